@@ -1,0 +1,1 @@
+"""Market data, calendar and trader-metric helpers for the Kronos QQQ CLI."""
