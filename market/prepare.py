@@ -1,0 +1,129 @@
+"""Turn raw canonical bars into the model's context: closed bars of the last N sessions, gaps filled."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from market import calendar as mcal
+from market.bars import COLUMNS, ONE_MINUTE, canonical, empty_frame
+
+DEFAULT_RECENT_WINDOW = 30
+DEFAULT_MAX_RECENT_FILLED = 10
+
+
+@dataclass
+class PrepareInfo:
+    """What prepare_bars did.  Times are UTC ISO strings, sessions ISO dates."""
+
+    asof: str
+    rth: bool
+    sessions: list[str]               # the `days` sessions considered, oldest first
+    empty_sessions: list[str]         # of those, sessions without a single closed bar
+    first_bar: Optional[str]
+    last_bar: Optional[str]
+    bar_count: int                    # bars returned (real + filled)
+    real_count: int
+    filled_count: int
+    filled_recent: int                # filled bars among the last `recent_window` bars
+    recent_window: int
+    max_recent_filled: int
+    leading_missing: int              # window minutes before each session's first real bar (left out)
+    dropped_unclosed: int             # input bars not closed by asof (the forming bar, or later in a replay)
+    dropped_outside: int              # closed input bars outside the sessions' windows
+    skip_reason: Optional[str]
+    filled_index: pd.DatetimeIndex = field(repr=False, default_factory=lambda: empty_frame().index)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (without the filled bar list)."""
+        d = asdict(self)
+        d.pop("filled_index")
+        return d
+
+
+def prepare_bars(frame: pd.DataFrame, asof: mcal.TimeLike, days: int = 3, rth: bool = True,
+                 max_recent_filled: int = DEFAULT_MAX_RECENT_FILLED,
+                 recent_window: int = DEFAULT_RECENT_WINDOW) -> tuple[pd.DataFrame, PrepareInfo]:
+    """Closed bars of the last `days` sessions that started by asof, with gaps filled.
+
+    * A bar counts only when closed: start + 1 min <= asof.  asof is "now" live, or a past instant in a replay.
+    * Sessions: mcal.recent_sessions(asof, days, rth); bars outside their windows are dropped.
+    * Fill rule, per session, never across sessions: from the session's first real bar up to the window end
+      (past sessions) or the last closed minute (the current session), a missing minute gets the previous
+      bar's close as open = high = low = close and volume 0.  Minutes before a session's first real bar are
+      not invented: they are left out and counted in leading_missing.
+    * skip_reason (the CLI skips cleanly when it is set): no closed bars at all; the current session has
+      closed minutes but no bar (stale data); or more than max_recent_filled of the last recent_window bars
+      are fills.
+    Returns a canonical frame and a PrepareInfo.
+    """
+    t = mcal.to_utc(asof)
+    closed_mask = frame.index + ONE_MINUTE <= t
+    closed = frame[closed_mask]
+    sessions = mcal.recent_sessions(t, days, rth)
+    pieces: list[pd.DataFrame] = []
+    fills: list[pd.DatetimeIndex] = []
+    empty: list[str] = []
+    leading = kept = 0
+    for session in sessions:
+        start, end = mcal.session_window(session, rth)
+        grid_end = min(end, t.floor("min"))
+        real = closed[(closed.index >= start) & (closed.index < end)]
+        kept += len(real)
+        if real.empty:
+            empty.append(session.date().isoformat())
+            leading += len(mcal.minutes_between(start, grid_end))
+            continue
+        filled, filled_at = _fill_session(real, grid_end)
+        leading += len(mcal.minutes_between(start, real.index[0]))
+        pieces.append(filled)
+        fills.append(filled_at)
+    bars = canonical(pd.concat(pieces)) if pieces else empty_frame()
+    filled_index = fills[0].append(fills[1:]) if fills else empty_frame().index
+    recent = bars.index[-recent_window:] if recent_window > 0 else bars.index[:0]
+    filled_recent = int(recent.isin(filled_index).sum())
+    info = PrepareInfo(
+        asof=t.isoformat(), rth=rth, sessions=[s.date().isoformat() for s in sessions], empty_sessions=empty,
+        first_bar=bars.index[0].isoformat() if len(bars) else None,
+        last_bar=bars.index[-1].isoformat() if len(bars) else None,
+        bar_count=len(bars), real_count=len(bars) - len(filled_index), filled_count=len(filled_index),
+        filled_recent=filled_recent, recent_window=recent_window, max_recent_filled=max_recent_filled,
+        leading_missing=leading, dropped_unclosed=int((~closed_mask).sum()), dropped_outside=len(closed) - kept,
+        skip_reason=None, filled_index=filled_index,
+    )
+    info.skip_reason = _skip_reason(info, sessions, t, rth)
+    return bars, info
+
+
+def _fill_session(real: pd.DataFrame, grid_end: pd.Timestamp) -> tuple[pd.DataFrame, pd.DatetimeIndex]:
+    """Reindex one session's real bars onto every minute from its first bar to grid_end (exclusive)."""
+    grid = mcal.minutes_between(real.index[0], max(grid_end, real.index[-1] + ONE_MINUTE))
+    out = real.reindex(grid)
+    missing = out["close"].isna().to_numpy()
+    close = out["close"].ffill()
+    for col in ("open", "high", "low", "close"):
+        out[col] = np.where(missing, close, out[col])
+    out["volume"] = out["volume"].fillna(0.0)
+    return out[list(COLUMNS)], grid[missing]
+
+
+def _skip_reason(info: PrepareInfo, sessions: list[pd.Timestamp], t: pd.Timestamp, rth: bool) -> Optional[str]:
+    if info.bar_count == 0:
+        return f"no closed bars in the last {len(sessions)} session(s) up to {info.asof}"
+    current = sessions[-1]
+    start, end = mcal.session_window(current, rth)
+    if t < end and t.floor("min") > start and current.date().isoformat() in info.empty_sessions:
+        return f"no bars yet for the current session {current.date()} although it opened at {start.isoformat()}"
+    if info.filled_recent > info.max_recent_filled:
+        return (f"{info.filled_recent} of the last {min(info.recent_window, info.bar_count)} bars are gap fills "
+                f"(limit {info.max_recent_filled}); data too sparse")
+    return None
+
+
+def session_bars(bars: pd.DataFrame, session: mcal.DateLike, rth: bool = True) -> pd.DataFrame:
+    """The rows of `bars` inside one session's window (e.g. today's bars for VWAP)."""
+    start, end = mcal.session_window(session, rth)
+    return bars[(bars.index >= start) & (bars.index < end)]
