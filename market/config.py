@@ -1,0 +1,322 @@
+"""The forecast's configuration: one flat table of keys, read from YAML and overridden on the command line.
+
+Every key has a type, a default, a rule and a one-line help text. The same table builds the argparse flags
+(`lookback` -> `--lookback`, `mid_window` -> `--mid-window`), validates values, and documents itself in the README.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import yaml
+
+# Context length of the published checkpoints; lookback + horizon must fit inside it.
+KNOWN_CONTEXTS = {
+    "NeoQuasar/Kronos-mini": 2048,
+    "NeoQuasar/Kronos-small": 512,
+    "NeoQuasar/Kronos-base": 512,
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is unusable; the message names the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    kind: type  # int, float, str, bool, list or dict; a value of None is allowed when default is None
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    check: Callable[[Any], bool] | None = None
+    rule: str = ""  # what `check` allows, for the error message
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+KEYS: tuple[Key, ...] = (
+    Key("symbol", str, "QQQ", "ticker to forecast", check=lambda v: v.replace(".", "").isalnum(),
+        rule="letters, digits and dots"),
+    Key("horizon", int, 30, "minutes to forecast", check=lambda v: 1 <= v <= 390, rule="1..390"),
+    Key("n_samples", int, 100, "number of sampled paths", check=lambda v: 1 <= v <= 100_000, rule="1..100000"),
+    Key("temperature", float, 1.0, "sampling temperature", check=_positive, rule="> 0"),
+    Key("top_p", float, 0.9, "nucleus sampling mass (1.0 turns it off)", check=lambda v: 0 < v <= 1,
+        rule="in (0, 1]"),
+    Key("top_k", int, 0, "keep only the k likeliest tokens (0 = off; when set, top_p is ignored)",
+        check=lambda v: v >= 0, rule=">= 0"),
+    Key("lookback", int, 480, "bars of context given to the model", check=lambda v: v >= 16, rule=">= 16"),
+    Key("days", int, 3, "trading sessions of history to load", check=lambda v: 1 <= v <= 30, rule="1..30"),
+    Key("rth", bool, True, "regular hours only (false: 04:00-20:00 ET extended hours)"),
+    Key("source", str, "alpaca", "where bars come from", choices=("alpaca", "csv")),
+    Key("csv", str, None, "bars file (CSV or Parquet) for source csv"),
+    Key("csv_tz", str, "auto", "time zone of naive timestamps in the bars file (auto = UTC)"),
+    Key("csv_label", str, "auto", "bars file labels bars by their start or end minute",
+        choices=("auto", "start", "end")),
+    Key("feed", str, "iex", "Alpaca feed", choices=("iex", "sip")),
+    Key("sip_fallback", str, "iex", "when the plan refuses recent SIP data: use IEX, SIP delayed 15 min, or fail",
+        choices=("iex", "delayed", "error")),
+    Key("model", str, "NeoQuasar/Kronos-small", "predictor: hub repo id or local directory"),
+    Key("model_revision", str, None, "hub revision (commit hash or tag) of the predictor"),
+    Key("tokenizer", str, "NeoQuasar/Kronos-Tokenizer-base", "tokenizer: hub repo id or local directory"),
+    Key("tokenizer_revision", str, None, "hub revision of the tokenizer"),
+    Key("max_context", int, None, "override the model's context length (local checkpoints)",
+        check=_positive, rule="> 0"),
+    Key("device", str, "auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps",
+        check=lambda v: v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()),
+        rule="auto, cpu, cuda, cuda:N or mps"),
+    Key("dtype", str, "float32", "model precision (bfloat16/float16 on CUDA only)",
+        choices=("float32", "bfloat16", "float16")),
+    Key("seed", int, None, "random seed for reproducible paths (null = fresh each run)"),
+    Key("percentiles", list, [10, 50, 90], "per-minute percentile bands of the close",
+        check=lambda v: len(v) > 0 and all(isinstance(p, (int, float)) and 0 < p < 100 for p in v),
+        rule="a non-empty list of numbers strictly between 0 and 100"),
+    Key("time_label", str, "start", "model time features use each bar's start or end minute",
+        choices=("start", "end")),
+    Key("near_close", str, "truncate", "fewer than `horizon` minutes left in the session: forecast to the close "
+        "or skip", choices=("truncate", "skip")),
+    Key("min_horizon", int, 5, "skip when fewer minutes than this are left to forecast", check=_positive,
+        rule=">= 1"),
+    Key("events", list, [], "event times (ISO 8601 with offset) to keep quiet around, e.g. CPI or FOMC releases",
+        check=lambda v: all(isinstance(e, str) for e in v), rule="a list of ISO 8601 timestamp strings"),
+    Key("event_before", int, 5, "quiet window: minutes before an event", check=lambda v: v >= 0, rule=">= 0"),
+    Key("event_after", int, 15, "quiet window: minutes after an event", check=lambda v: v >= 0, rule=">= 0"),
+    Key("event_action", str, "flag", "inside a quiet window: flag the output or skip the run",
+        choices=("flag", "skip")),
+    Key("mid_kind", str, "sma", "mid-band: simple or exponential moving average of closes", choices=("sma", "ema")),
+    Key("mid_window", int, 20, "mid-band length in bars", check=lambda v: v >= 2, rule=">= 2"),
+    Key("vwap_mode", str, "moving", "VWAP to touch: updated with each path's simulated volume, or fixed now",
+        choices=("moving", "static")),
+    Key("vol_window", int, 60, "bars of recent realised volatility to compare paths with",
+        check=lambda v: v >= 2, rule=">= 2"),
+    Key("recent_window", int, 30, "bars inspected for gap filling before trusting the data",
+        check=_positive, rule=">= 1"),
+    Key("max_recent_filled", int, 10, "skip when more of the recent bars than this had to be filled",
+        check=lambda v: v >= 0, rule=">= 0"),
+    Key("out", str, "outputs", "directory for the JSON, CSV, PNG and the run log"),
+    Key("calibrator", str, None, "p_up calibrator JSON fitted by backtest.py (shown beside the raw values)"),
+    Key("time_budget", float, 50.0, "seconds a run may take before it stops (cron runs every 60 s)",
+        check=_positive, rule="> 0"),
+    Key("plot", bool, False, "also write the fan chart PNG"),
+)
+KEYS_BY_NAME = {k.name: k for k in KEYS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings of one run; field names are the YAML keys."""
+    symbol: str
+    horizon: int
+    n_samples: int
+    temperature: float
+    top_p: float
+    top_k: int
+    lookback: int
+    days: int
+    rth: bool
+    source: str
+    csv: str | None
+    csv_tz: str
+    csv_label: str
+    feed: str
+    sip_fallback: str
+    model: str
+    model_revision: str | None
+    tokenizer: str
+    tokenizer_revision: str | None
+    max_context: int | None
+    device: str
+    dtype: str
+    seed: int | None
+    percentiles: list
+    time_label: str
+    near_close: str
+    min_horizon: int
+    events: list
+    event_before: int
+    event_after: int
+    event_action: str
+    mid_kind: str
+    mid_window: int
+    vwap_mode: str
+    vol_window: int
+    recent_window: int
+    max_recent_filled: int
+    out: str
+    calibrator: str | None
+    time_budget: float
+    plot: bool
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(key: Key, value: Any) -> Any:
+    """Turn a YAML or command-line value into the key's type, or raise ConfigError naming the key."""
+    if value is None:
+        if key.default is None:
+            return None
+        raise ConfigError(f"config key '{key.name}' must not be empty")
+    kind = key.kind
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+                return value.lower() in ("true", "yes", "1", "on")
+            raise TypeError
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise TypeError
+            out = float(value)
+            if not math.isfinite(out):
+                raise TypeError
+            return out
+        if kind is list:
+            if isinstance(value, str):  # from the command line: comma separated
+                items = [s.strip() for s in value.split(",") if s.strip()]
+                if key.name == "percentiles":
+                    return [float(s) for s in items]
+                return items
+            if not isinstance(value, list):
+                raise TypeError
+            return list(value)
+        if kind is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise TypeError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"config key '{key.name}' must be {_kind_name(kind)}, got {value!r}")
+
+
+def _kind_name(kind: type) -> str:
+    return {bool: "true or false", int: "a whole number", float: "a number", list: "a list",
+            str: "a string"}[kind]
+
+
+def _check(key: Key, value: Any) -> None:
+    if value is None:
+        return
+    if key.choices is not None and value not in key.choices:
+        raise ConfigError(f"config key '{key.name}' must be one of {', '.join(key.choices)}; got {value!r}")
+    if key.check is not None and not key.check(value):
+        raise ConfigError(f"config key '{key.name}' must be {key.rule}; got {value!r}")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The YAML file as a mapping; a missing file, bad YAML or unknown keys raise ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of key: value, not {type(data).__name__}")
+    for name in data:
+        if name not in KEYS_BY_NAME:
+            close = difflib.get_close_matches(str(name), KEYS_BY_NAME, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{name}' in {path}{hint}")
+    return data
+
+
+def build_config(file_values: dict[str, Any], overrides: dict[str, Any]) -> Config:
+    """Defaults, then the file, then command-line overrides (None means 'not given'); validated."""
+    values: dict[str, Any] = {}
+    for key in KEYS:
+        raw = key.default
+        if key.name in file_values:
+            raw = file_values[key.name]
+        if overrides.get(key.name) is not None:
+            raw = overrides[key.name]
+        value = _coerce(key, raw)
+        _check(key, value)
+        values[key.name] = value
+    cfg = Config(**values)
+    _check_combination(cfg)
+    return cfg
+
+
+def _check_combination(cfg: Config) -> None:
+    if cfg.source == "csv" and not cfg.csv:
+        raise ConfigError("config key 'csv' must name a bars file when source is csv (or pass --csv PATH)")
+    if cfg.dtype != "float32" and cfg.device in ("cpu", "mps"):
+        raise ConfigError(f"config key 'dtype' must be float32 on device {cfg.device}; "
+                          "bfloat16 and float16 need CUDA")
+    context = cfg.max_context or KNOWN_CONTEXTS.get(cfg.model)
+    if context is not None and cfg.lookback + cfg.horizon > context:
+        raise ConfigError(f"config keys 'lookback' + 'horizon' = {cfg.lookback} + {cfg.horizon} exceed the "
+                          f"model's context of {context} bars; lower lookback to at most "
+                          f"{context - cfg.horizon}")
+    if cfg.min_horizon > cfg.horizon:
+        raise ConfigError(f"config key 'min_horizon' ({cfg.min_horizon}) must not exceed 'horizon' "
+                          f"({cfg.horizon})")
+    for text in cfg.events:
+        try:
+            stamp = pd.Timestamp(text)
+        except (ValueError, TypeError):
+            stamp = None
+        if stamp is None or stamp.tzinfo is None:
+            raise ConfigError(f"config key 'events' must hold ISO 8601 times with a UTC offset, "
+                              f"like 2026-12-10T14:00:00-05:00; got {text!r}")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One optional flag per config key; values stay strings here and are validated by build_config."""
+    group = parser.add_argument_group("configuration overrides (each wins over config.yaml)")
+    for key in KEYS:
+        if key.kind is bool:
+            group.add_argument(flag(key.name), dest=key.name, action=argparse.BooleanOptionalAction,
+                               default=None, help=key.help)
+        else:
+            meta = key.name.upper() if key.kind is not list else "A,B,..."
+            group.add_argument(flag(key.name), dest=key.name, default=None, metavar=meta,
+                               help=f"{key.help} (default {key.default!r})")
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {key.name: getattr(args, key.name) for key in KEYS if getattr(args, key.name, None) is not None}
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> Config:
+    """config.yaml (or the given file; none at all means defaults) with the overrides applied."""
+    file_values = read_yaml(path) if path is not None else {}
+    return build_config(file_values, overrides)
+
+
+def reference_table() -> str:
+    """The config reference as a Markdown table, for the README."""
+    rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
+    for key in KEYS:
+        allowed = ", ".join(key.choices) if key.choices else (key.rule or _kind_name(key.kind))
+        default = "null" if key.default is None else str(key.default).lower() if key.kind is bool \
+            else str(key.default)
+        rows.append(f"| `{key.name}` | `{default}` | {allowed} | {key.help} |")
+    return "\n".join(rows)

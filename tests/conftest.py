@@ -1,0 +1,26 @@
+"""Shared test settings: never reach the model hub, and find the real bars through TEST_DATA_DIR."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tests run offline: checkpoints come from folders the tests write, never from the hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    """The shared real-bars folder (CI points TEST_DATA_DIR at ../shared/data); skip when it is not given."""
+    value = os.environ.get("TEST_DATA_DIR")
+    if not value:
+        pytest.skip("TEST_DATA_DIR is not set: real-bar tests need the shared data folder")
+    path = Path(value)
+    if not path.is_dir():
+        pytest.fail(f"TEST_DATA_DIR={value} is not a directory")
+    return path
