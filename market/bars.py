@@ -407,6 +407,9 @@ class AlpacaBarSource:
             return fn()
         except APIError as exc:
             raise _map_api_error(exc, feed) from None
+        except requests.exceptions.JSONDecodeError as exc:
+            # Also a RequestException, but the server did answer: the body is not JSON.
+            raise DataSourceError(f"malformed response from Alpaca (not JSON): {_first_line(exc)[:200]}") from None
         except requests.exceptions.RequestException as exc:
             raise DataSourceError(f"cannot reach Alpaca ({type(exc).__name__}): "
                                   f"{_first_line(exc)[:200]}") from None
