@@ -341,11 +341,12 @@ class AlpacaBarSource:
         dividend adjustment would shift older prices away from live quotes.
     timeout_s: per-HTTP-request timeout (alpaca-py sets none, and a cron job must not hang).
     retry_attempts / retry_wait_s: the client retries HTTP 429 and 504 this many times, sleeping this long.
+    max_pages: a fetch that pages more than this raises DataSourceError (an empty next_page_token ends paging).
     """
 
     def __init__(self, api_key: str, secret_key: str, feed: str = "iex", url_override: Optional[str] = None,
                  adjustment: str = "split", timeout_s: float = 30.0, retry_attempts: int = 3,
-                 retry_wait_s: float = 3.0) -> None:
+                 retry_wait_s: float = 3.0, max_pages: int = 50) -> None:
         if feed not in FEEDS:
             raise ValueError(f"feed must be one of {FEEDS}, got {feed!r}")
         if adjustment not in ADJUSTMENTS:
@@ -357,6 +358,8 @@ class AlpacaBarSource:
         self.timeout_s = timeout_s
         self.retry_attempts = retry_attempts
         self.retry_wait_s = retry_wait_s
+        self.max_pages = max_pages
+        self._pages = 0
         self._client: Any = None
 
     def __repr__(self) -> str:
@@ -371,8 +374,22 @@ class AlpacaBarSource:
             client._retry = max(0, int(self.retry_attempts))
             client._retry_wait = max(0.0, float(self.retry_wait_s))
             client._session.request = functools.partial(client._session.request, timeout=self.timeout_s)
+            client.get = self._guard_pages(client.get)
             self._client = client
         return self._client
+
+    def _guard_pages(self, get: Any) -> Any:
+        # The client pages until next_page_token is None: an empty-string token, or a server that never stops,
+        # would loop forever inside a cron job.  Three days of minutes fit in one 10,000-bar page.
+        def guarded(path: str, data: Any = None, **kwargs: Any) -> Any:
+            self._pages += 1
+            if self._pages > self.max_pages:
+                raise DataSourceError(f"Alpaca kept paging past {self.max_pages} pages; giving up")
+            response = get(path, data, **kwargs)
+            if isinstance(response, dict) and response.get("next_page_token") == "":
+                response["next_page_token"] = None
+            return response
+        return guarded
 
     def fetch(self, symbol: str, start_utc: mcal.TimeLike, end_utc: mcal.TimeLike,
               feed: Optional[str] = None) -> pd.DataFrame:
@@ -394,6 +411,7 @@ class AlpacaBarSource:
             end=(end - pd.Timedelta(microseconds=1)).floor("min").to_pydatetime(),
             feed=data_feed(feed), adjustment=adjustment(self.adjustment),
         )
+        self._pages = 0
         barset = self._call(lambda: self._get_client().get_stock_bars(request), feed)
         frame = _barset_frame(barset, symbol)
         return frame[(frame.index >= start) & (frame.index < end)]

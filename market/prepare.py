@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from market import calendar as mcal
-from market.bars import COLUMNS, ONE_MINUTE, canonical, empty_frame
+from market.bars import COLUMNS, ONE_MINUTE, DataError, canonical, empty_frame
 
 DEFAULT_RECENT_WINDOW = 30
 DEFAULT_MAX_RECENT_FILLED = 10
@@ -33,7 +33,7 @@ class PrepareInfo:
     max_recent_filled: int
     leading_missing: int              # window minutes before each session's first real bar (left out)
     dropped_unclosed: int             # input bars not closed by asof (the forming bar, or later in a replay)
-    dropped_outside: int              # closed input bars outside the sessions' windows
+    dropped_outside: int              # closed input bars outside the chosen sessions' windows
     skip_reason: Optional[str]
     filled_index: pd.DatetimeIndex = field(repr=False, default_factory=lambda: empty_frame().index)
 
@@ -60,6 +60,7 @@ def prepare_bars(frame: pd.DataFrame, asof: mcal.TimeLike, days: int = 3, rth: b
       are fills.
     Returns a canonical frame and a PrepareInfo.
     """
+    _check_canonical(frame)
     t = mcal.to_utc(asof)
     closed_mask = frame.index + ONE_MINUTE <= t
     closed = frame[closed_mask]
@@ -96,6 +97,17 @@ def prepare_bars(frame: pd.DataFrame, asof: mcal.TimeLike, days: int = 3, rth: b
     )
     info.skip_reason = _skip_reason(info, sessions, t, rth)
     return bars, info
+
+
+def _check_canonical(frame: pd.DataFrame) -> None:
+    # Cheap guards: everything below relies on a sorted, unique UTC index and the OHLCV columns.
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"bars frame lacks column(s) {', '.join(missing)}")
+    if not isinstance(frame.index, pd.DatetimeIndex) or frame.index.tz is None:
+        raise DataError("bars frame needs a tz-aware DatetimeIndex of bar starts")
+    if not frame.index.is_monotonic_increasing or not frame.index.is_unique:
+        raise DataError("bars frame index must be sorted and unique")
 
 
 def _fill_session(real: pd.DataFrame, grid_end: pd.Timestamp) -> tuple[pd.DataFrame, pd.DatetimeIndex]:

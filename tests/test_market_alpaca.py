@@ -118,6 +118,19 @@ def test_bars_outside_the_requested_range_are_dropped(serve):
     assert pd.Timestamp(fake.requests[0]["query"]["end"]) == pd.Timestamp("2025-05-27 13:34", tz="UTC")
 
 
+def test_empty_string_page_token_ends_paging(serve):
+    fake = serve(lambda q: (200, {"bars": {"QQQ": [bar("2025-05-27T13:30:00Z", 1.0)]}, "next_page_token": ""}))
+    frame = source(fake).fetch("QQQ", START, END)
+    assert len(fake.requests) == 1 and frame["close"].tolist() == [1.0]
+
+
+def test_endless_paging_is_cut_off(serve):
+    fake = serve(lambda q: (200, {"bars": {"QQQ": [bar("2025-05-27T13:30:00Z", 1.0)]}, "next_page_token": "again"}))
+    with pytest.raises(DataSourceError, match="paging past 4 pages"):
+        source(fake, max_pages=4).fetch("QQQ", START, END)
+    assert len(fake.requests) == 4
+
+
 def test_empty_bars_gives_an_empty_frame(serve):
     fake = serve(lambda q: (200, {"bars": {}, "next_page_token": None}))
     frame = source(fake).fetch("QQQ", START, END)

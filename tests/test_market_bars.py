@@ -300,3 +300,11 @@ def test_prepare_info_is_json_friendly():
     _, info = prepare_bars(frame(full_session("2025-05-23")), et("2025-05-24 12:00"), days=1)
     d = json.loads(json.dumps(info.to_dict()))
     assert d["sessions"] == ["2025-05-23"] and d["bar_count"] == 390 and "filled_index" not in d
+
+
+def test_prepare_rejects_a_non_canonical_frame():
+    rows = frame({et("2025-05-27 09:30"): (1, 1, 1, 1, 1), et("2025-05-27 09:31"): (2, 2, 2, 2, 2)})
+    with pytest.raises(DataError, match="sorted and unique"):
+        prepare_bars(rows.iloc[::-1], et("2025-05-27 10:00"), days=1)
+    with pytest.raises(DataError, match="volume"):
+        prepare_bars(rows.drop(columns="volume"), et("2025-05-27 10:00"), days=1)
