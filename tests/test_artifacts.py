@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import fcntl
 import json
 import os
 import threading
@@ -215,6 +216,29 @@ def test_run_log_single_write_per_row(tmp_path: Path, monkeypatch) -> None:
     a.append_run_log(log, {"symbol": "QQQ", "model": "kronos, small"})  # comma gets quoted
     assert len(calls) == 1 and calls[0].count(b"\n") == 2
     assert _read_csv(log)[1][a.RUN_LOG_COLUMNS.index("model")] == "kronos, small"
+
+
+def test_run_log_writes_under_exclusive_lock(tmp_path: Path, monkeypatch) -> None:
+    log = tmp_path / "runs.csv"
+    log.write_text(",".join(a.RUN_LOG_COLUMNS) + "\n")
+    seen: list[bool] = []
+    real = a.os.write
+
+    def probe(fd, data):
+        # another appender (own descriptor) must not get the lock while we write
+        other = os.open(log, os.O_WRONLY | os.O_APPEND)
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen.append(False)
+        except BlockingIOError:
+            seen.append(True)
+        finally:
+            os.close(other)
+        return real(fd, data)
+
+    monkeypatch.setattr(a.os, "write", probe)
+    a.append_run_log(log, {"symbol": "QQQ"})
+    assert seen == [True]
 
 
 def test_run_log_concurrent_appends(tmp_path: Path) -> None:

@@ -159,6 +159,13 @@ def test_vwap_static_vs_moving() -> None:
         m.p_hit_vwap(path, session, 98.5, "twap")
 
 
+def test_moving_vwap_uses_typical_price_and_volume() -> None:
+    path = np.array([[[100, 105, 99, 99, 100, 0],     # tp (105+99+99)/3 = 101
+                      [99, 101, 98, 101, 200, 0]]], float)  # tp (101+98+101)/3 = 100
+    # session pv 10000, volume 100: (10000 + 101*100)/200 = 100.5; (20100 + 100*200)/400 = 100.25
+    assert m.moving_vwap(path, 10000.0, 100.0) == pytest.approx(np.array([[100.5, 100.25]]))
+
+
 # ---------------------------------------------------------------- excursions and vol
 
 def test_drawdown_runup_per_path() -> None:
