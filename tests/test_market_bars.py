@@ -308,3 +308,27 @@ def test_prepare_rejects_a_non_canonical_frame():
         prepare_bars(rows.iloc[::-1], et("2025-05-27 10:00"), days=1)
     with pytest.raises(DataError, match="volume"):
         prepare_bars(rows.drop(columns="volume"), et("2025-05-27 10:00"), days=1)
+
+
+def read_lean_zip(path: Path) -> pd.DataFrame:
+    """Test-only reader for Lean's SPY minute zips: ms since midnight ET (bar start), prices x 10000."""
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        raw = pd.read_csv(z.open(z.namelist()[0]), header=None,
+                          names=["ms", "open", "high", "low", "close", "volume"])
+    day = pd.Timestamp(path.name[:8], tz="America/New_York")
+    idx = (day + pd.to_timedelta(raw["ms"], unit="ms")).dt.tz_convert("UTC")
+    out = raw[["open", "high", "low", "close"]] / 10000.0
+    out["volume"] = raw["volume"].astype(float)
+    out.index = pd.DatetimeIndex(idx, name="timestamp")
+    return out
+
+
+def test_lean_spy_2013_six_full_sessions(real_data_dir):
+    zips = sorted((real_data_dir / "lean_spy_minute").glob("*_trade.zip"))
+    raw = pd.concat([read_lean_zip(p) for p in zips]).sort_index()
+    bars, info = prepare_bars(raw, et("2013-10-11 16:00"), days=6)
+    assert info.sessions == ["2013-10-04", "2013-10-07", "2013-10-08", "2013-10-09", "2013-10-10", "2013-10-11"]
+    # PROVENANCE: exactly 390 RTH bars every day; no fills needed.
+    assert info.bar_count == 2340 and info.filled_count == 0
+    assert bars.index[0] == pd.Timestamp("2013-10-04 13:30", tz="UTC")  # first RTH row is 34200000 ms = 09:30 EDT
