@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib.dates as mdates
 import numpy as np
 import pandas as pd
 # A Figure on an explicit Agg canvas: no display needed (cron) and no change to
@@ -39,20 +38,47 @@ def _history_close(history: pd.DataFrame | pd.Series | None) -> pd.Series | None
     return close[close.index > close.index[-1] - pd.Timedelta(minutes=HISTORY_MINUTES)]
 
 
-def _pct(summary: Mapping[str, Any], prefix: str) -> Any:
+def _metrics(summary: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The metrics dict: the CLI nests compute_metrics' output under "summary";
+    a flat dict (compute_metrics' own output plus symbol/asof) works too."""
+    nested = summary.get("summary")
+    return nested if isinstance(nested, Mapping) else summary
+
+
+def _first(metrics: Mapping[str, Any], prefix: str) -> Any:
     """First value whose key starts with ``prefix`` (e.g. 'p_up_' -> p_up_30m)."""
-    return next((v for k, v in summary.items() if k.startswith(prefix)), None)
+    return next((v for k, v in metrics.items() if k.startswith(prefix)), None)
 
 
 def _title(summary: Mapping[str, Any], horizon: int, symbol: str | None) -> str:
     sym = symbol or summary.get("symbol") or ""
     asof = summary.get("asof")
-    when = (pd.Timestamp(asof).tz_convert(NY_TZ).strftime("%Y-%m-%d %H:%M ET")
-            if asof else "")
-    p_up, exp_ret = _pct(summary, "p_up_"), _pct(summary, "exp_ret_")
+    when = pd.Timestamp(asof).tz_convert(NY_TZ).strftime("%Y-%m-%d %H:%M ET") if asof else ""
+    m = _metrics(summary)
+    p_up, exp_ret = _first(m, "p_up_"), _first(m, "exp_ret_")
     stats = [f"P(up {horizon}m) = {p_up:.1%}" if p_up is not None else "",
              f"E[ret {horizon}m] = {exp_ret:+.3%}" if exp_ret is not None else ""]
     return "\n".join(s for s in (f"{sym}  {when}".strip(), "   ".join(s for s in stats if s)) if s)
+
+
+def _time_axis(ax: Any, times: pd.DatetimeIndex) -> None:
+    """Label bar positions with New York clock times; mark each new day.
+
+    The x axis is the bar position, not the time, so the overnight gap (a
+    forecast made after the close for the next open) takes no room.
+    """
+    et = times.tz_convert(NY_TZ)
+    step = max(1, len(et) // 8)
+    quarter = [i for i, t in enumerate(et) if t.minute % 15 == 0]
+    ticks = quarter if 2 <= len(quarter) <= 12 else list(range(0, len(et), step))
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([et[i].strftime("%H:%M") for i in ticks])
+    for i in range(1, len(et)):
+        if et[i].date() != et[i - 1].date():
+            ax.axvline(i - 0.5, color="grey", lw=0.8, ls="--")
+            ax.annotate(et[i].strftime("%a %d %b"), (i - 0.5, 1.0), xycoords=("data", "axes fraction"),
+                        xytext=(3, -12), textcoords="offset points", fontsize=8, color="grey")
+    ax.set_xlim(-0.5, len(et) - 0.5)
 
 
 def fan_chart(history: pd.DataFrame | pd.Series | None,
@@ -64,46 +90,49 @@ def fan_chart(history: pd.DataFrame | pd.Series | None,
     band, the median, and the VWAP / mid-band levels; write the PNG atomically.
 
     ``paths_close`` is [N, H]; the band and median are computed from it with
-    numpy's linear percentiles. Each path is drawn from (last history time,
-    now_close) so the fan starts at the present. The x axis shows New York time.
+    numpy's linear percentiles. Lines start at (last history bar, now_close) so
+    the fan grows out of the present. The x axis shows New York time.
     """
     closes = np.asarray(paths_close, dtype=float)
-    times = _utc_index(future_times)
-    if closes.ndim != 2 or closes.shape[1] != len(times):
-        raise ValueError(f"paths_close {closes.shape} does not match {len(times)} future times")
+    future = _utc_index(future_times)
+    if closes.ndim != 2 or closes.shape[1] != len(future):
+        raise ValueError(f"paths_close {closes.shape} does not match {len(future)} future times")
     hist = _history_close(history)
-    now_close = summary.get("now_close")
-    if now_close is None and hist is not None:
-        now_close = float(hist.iloc[-1])
-    # prepend the present so every line starts where history ends
-    if hist is not None and now_close is not None:
-        times = times.insert(0, hist.index[-1])
-        closes = np.hstack([np.full((len(closes), 1), float(now_close)), closes])
-    x = times.to_pydatetime()
+    m = _metrics(summary)
+    now_close = summary.get("now_close", m.get("now_close"))
+    n_hist = 0 if hist is None else len(hist)
+    x_fut = np.arange(n_hist, n_hist + len(future))
+    if hist is not None:
+        now_close = float(hist.iloc[-1]) if now_close is None else float(now_close)
+        # prepend the present so every line starts where history ends
+        x_fut = np.concatenate([[n_hist - 1], x_fut])
+        closes = np.hstack([np.full((len(closes), 1), now_close), closes])
+        times = hist.index.append(future)
+    else:
+        times = future
 
     fig = Figure(figsize=(10, 5.5), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     if hist is not None:
-        ax.plot(hist.index.to_pydatetime(), hist.to_numpy(), color="black", lw=1.2, label="close")
+        ax.plot(np.arange(n_hist), hist.to_numpy(), color="black", lw=1.2, label="close")
+        ax.axvline(n_hist - 1, color="grey", lw=0.8, ls=":")  # the present
     rng = np.random.default_rng(seed)
-    shown = rng.choice(len(closes), size=min(n_show, len(closes)), replace=False)
-    for i in shown:
-        ax.plot(x, closes[i], color="tab:blue", lw=0.6, alpha=0.25)
+    for i in rng.choice(len(closes), size=min(n_show, len(closes)), replace=False):
+        ax.plot(x_fut, closes[i], color="tab:blue", lw=0.6, alpha=0.25)
     p10, p50, p90 = np.percentile(closes, [10, 50, 90], axis=0)
-    ax.fill_between(x, p10, p90, color="tab:blue", alpha=0.2, label="p10-p90")
-    ax.plot(x, p50, color="navy", lw=2, label="median")
-    ax.axvline(x[0], color="grey", lw=0.8, ls=":")  # the present
+    ax.fill_between(x_fut, p10, p90, color="tab:blue", alpha=0.2, label="p10-p90")
+    ax.plot(x_fut, p50, color="navy", lw=2, label="median")
     for key, color, name in (("vwap", "tab:orange", "VWAP"), ("mid_band", "tab:green", "mid band")):
-        level = summary.get(key)
+        level = m.get(key)
         if level is not None:
             ax.axhline(level, color=color, lw=1, ls="--", label=f"{name} {level:.2f}")
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=NY_TZ))
+    _time_axis(ax, times)
     ax.set_xlabel("time (New York)")
     ax.set_ylabel("price")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(_title(summary, len(paths_close[0]), symbol), fontsize=11)
+    ax.set_title(_title(summary, len(future), symbol), fontsize=11)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

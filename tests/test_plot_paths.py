@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from market import artifacts
-from market.plotting import fan_chart
+from market.plotting import _title, fan_chart
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "plot_paths.py"
@@ -54,6 +54,23 @@ def test_fan_chart_from_artifacts(tmp_path: Path) -> None:
                     tmp_path / "fan.png", n_show=10)
     _assert_png(out)
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_title_reads_flat_and_nested_summaries() -> None:
+    metrics = {"p_up_30m": 0.55, "exp_ret_30m": 0.0004}
+    want = "QQQ  2025-05-01 12:00 ET\nP(up 30m) = 55.0%   E[ret 30m] = +0.040%"
+    head = {"symbol": "QQQ", "asof": "2025-05-01T16:00:00Z"}  # 16:00Z is 12:00 EDT
+    assert _title({**head, **metrics}, 30, None) == want
+    assert _title({**head, "summary": metrics}, 30, None) == want  # the CLI's layout
+
+
+def test_fan_chart_overnight_gap(tmp_path: Path) -> None:
+    # forecast made after the close for the next open: must still render
+    hist = pd.Series(np.linspace(480, 481, 60),
+                     index=pd.date_range("2025-05-01T19:00Z", periods=60, freq="1min"))
+    times = pd.date_range("2025-05-02T13:30Z", periods=30, freq="1min")
+    closes = 481 + np.cumsum(np.random.default_rng(1).normal(0, 0.1, (20, 30)), axis=1)
+    _assert_png(fan_chart(hist, times, closes, {"summary": {"vwap": 480.5}}, tmp_path / "o.png"))
 
 
 def test_fan_chart_rejects_mismatched_times(tmp_path: Path) -> None:
