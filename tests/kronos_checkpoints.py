@@ -1,0 +1,89 @@
+"""Random-weight Kronos checkpoints for offline tests.
+
+write_checkpoint_pair(root, shape, seed) builds the upstream reference networks (package `model`,
+kronos-model-arch, test-only) with the published configurations and saves them with their own
+save_pretrained, so the files have exactly the published layout (config.json + model.safetensors).
+install_in_hub_cache(cache_dir, repo_id, src_dir) lays such a directory out like huggingface_hub's cache,
+so that with HF_HUB_CACHE=cache_dir and HF_HUB_OFFLINE=1 a hub repo id resolves to it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+# Predictor shapes of the published checkpoints (see the notes' table) and the tokenizer each pairs with.
+PREDICTORS = {
+    "mini": dict(n_layers=4, d_model=256, n_heads=4, ff_dim=512),
+    "small": dict(n_layers=8, d_model=512, n_heads=8, ff_dim=1024),
+    "base": dict(n_layers=12, d_model=832, n_heads=16, ff_dim=2048),
+}
+TOKENIZER_GROUP = {"mini": 4, "small": 5, "base": 5}  # 2k tokenizer vs base tokenizer (training-only field)
+HEAD_SCALE = 8.0  # random heads give near-uniform logits; sharpen them so sampling is peaked
+
+
+def predictor_config(shape: str) -> dict:
+    return dict(s1_bits=10, s2_bits=10, ffn_dropout_p=0.0, attn_dropout_p=0.0, resid_dropout_p=0.0,
+                token_dropout_p=0.0, learn_te=True, **PREDICTORS[shape])
+
+
+def tokenizer_config(shape: str) -> dict:
+    return dict(d_in=6, d_model=256, n_heads=4, ff_dim=512, n_enc_layers=4, n_dec_layers=4, ffn_dropout_p=0.0,
+                attn_dropout_p=0.0, resid_dropout_p=0.0, s1_bits=10, s2_bits=10, beta=0.05, gamma0=1.0,
+                gamma=1.1, zeta=0.05, group_size=TOKENIZER_GROUP[shape])
+
+
+def write_checkpoint_pair(root: Path, shape: str = "small", seed: int = 0) -> tuple[Path, Path]:
+    """Write random-weight predictor and tokenizer directories under root; return (model_dir, tokenizer_dir).
+
+    The global torch RNG state is restored afterwards. Output heads are scaled by HEAD_SCALE so that greedy
+    decoding is well separated and sampled paths are neither uniform noise nor degenerate.
+    """
+    from model import Kronos, KronosTokenizer  # the reference, installed only for tests
+
+    root = Path(root)
+    model_dir, tok_dir = root / f"Kronos-{shape}", root / f"Kronos-Tokenizer-{shape}"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        predictor = Kronos(**predictor_config(shape))
+        tokenizer = KronosTokenizer(**tokenizer_config(shape))
+        with torch.no_grad():
+            for proj in (predictor.head.proj_s1, predictor.head.proj_s2):
+                proj.weight.mul_(HEAD_SCALE)
+                proj.bias.normal_(0.0, 1.0)
+    predictor.save_pretrained(model_dir)
+    tokenizer.save_pretrained(tok_dir)
+    return model_dir, tok_dir
+
+
+def install_in_hub_cache(cache_dir: Path, repo_id: str, src_dir: Path, revision_hash: str = "0" * 40) -> None:
+    """Copy src_dir's config.json and model.safetensors into cache_dir in huggingface_hub's cache layout.
+
+    models--Org--Name/blobs/<sha256> holds the files, snapshots/<revision_hash>/ links to them and
+    refs/main names the hash, which is what the hub code reads when HF_HUB_OFFLINE=1.
+    """
+    repo = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / revision_hash
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    for name in ("config.json", "model.safetensors"):
+        src = Path(src_dir) / name
+        digest = hashlib.sha256()
+        with open(src, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        blob = repo / "blobs" / digest.hexdigest()
+        if not blob.exists():
+            shutil.copyfile(src, blob)
+        link = snapshot / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        try:
+            link.symlink_to(os.path.relpath(blob, snapshot))
+        except OSError:  # no symlinks (e.g. Windows without developer mode): the hub also copies then
+            shutil.copyfile(blob, link)
+    (repo / "refs" / "main").write_text(revision_hash)
