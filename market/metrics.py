@@ -256,6 +256,12 @@ def recent_realized_vol(history: pd.DataFrame, vol_window: int = 60) -> float:
 # ---------------------------------------------------------------- summary
 
 
+def _session_date(session: pd.DataFrame) -> str | None:
+    if len(session) == 0:
+        return None
+    return session.index[-1].tz_convert(NY_TZ).strftime("%Y-%m-%d")
+
+
 def _json_float(x: float) -> float | None:
     x = float(x)
     return x if math.isfinite(x) else None
@@ -318,6 +324,9 @@ def compute_metrics(paths: np.ndarray, history: pd.DataFrame, now_close: float,
         f"ret_percentiles{sfx}": {_pct_key(q): f(np.percentile(final_ret, q)) for q in qs},
         "vwap": f(session_vwap(session)),
         "vwap_mode": vwap_mode,
+        # the New York date whose bars make the VWAP: after the close it is the
+        # finished session, not the one the forecast runs into
+        "vwap_session": _session_date(session),
         f"p_hit_vwap{sfx}": f(p_hit_vwap(p, session, now_close, vwap_mode)),
         "mid_band": f(mid),
         "mid_kind": mid_kind,

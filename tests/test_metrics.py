@@ -224,6 +224,7 @@ def test_compute_metrics_by_hand() -> None:
     assert out["percentiles"]["p90"] == pytest.approx([100.5, 101.35, 101.7])
     assert out["ret_percentiles_3m"] == pytest.approx({"p10": -0.028, "p50": 0.005, "p90": 0.017})
     assert out["vwap"] == pytest.approx(100.9) and out["vwap_mode"] == "static"
+    assert out["vwap_session"] == "2025-05-01"
     assert out["p_hit_vwap_3m"] == 0.5  # see test_p_hit_static_levels_on_tiny_paths
     # mid = mean(101, 101.5, 99.5, 100) = 100.5; path0 m1 [99.5,101] yes, path1 highs <= 100.2
     # and closes < 100.5 no, path2 m1 high 100.5 == level yes, path3 yes -> 3/4
