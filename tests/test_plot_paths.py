@@ -98,6 +98,19 @@ def test_cli_summary_without_history(tmp_path: Path) -> None:
     _assert_png(tmp_path / "f.png")
 
 
+def test_cli_history_csv(tmp_path: Path) -> None:
+    files = _write_run(tmp_path, with_history=False)
+    good, bad = tmp_path / "bars.csv", tmp_path / "nobars.csv"
+    good.write_text("time,close\n2025-05-01T15:58:00Z,480.1\n2025-05-01T15:59:00Z,480.3\n")
+    bad.write_text("time,price\n2025-05-01T15:59:00Z,480.3\n")
+    res = _run("--summary", str(files["summary"]), "--history-csv", str(good), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    _assert_png(tmp_path / f"fan_QQQ_{STAMP}.png")
+    res = _run("--summary", str(files["summary"]), "--history-csv", str(bad), cwd=tmp_path)
+    assert res.returncode == 2 and "close" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
 def test_cli_missing_summary_exit_2_one_line(tmp_path: Path) -> None:
     res = _run("--summary", str(tmp_path / "nope.json"), cwd=tmp_path)
     assert res.returncode == 2
