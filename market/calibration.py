@@ -252,6 +252,10 @@ class Calibrator:
                    ProbabilityCalibrator.from_dict(d.get("p_hit_vwap", {"method": "identity"})),
                    BandCalibrator.from_dict(d.get("bands", {})), meta)
 
+    @classmethod
+    def identity(cls, horizon_min: int) -> "Calibrator":
+        return cls(horizon_min)
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -271,6 +275,11 @@ class Calibrator:
     @classmethod
     def load(cls, path: str | Path) -> "Calibrator":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def load_calibrator(path: str | Path) -> Calibrator:
+    """The calibrator saved by backtest.py (or fitted from a run log); ValueError for another file format."""
+    return Calibrator.load(path)
 
 
 # ----------------------------------------------------------------------------------------------- walk-forward
@@ -319,17 +328,31 @@ def walk_forward_bands(origins: pd.DatetimeIndex, close_paths: np.ndarray, now_c
     """Walk-forward calibrated quantiles [O, L, H] (NaN until ``min_n`` windows have resolved).
 
     close_paths [O, M, H], now_close [O], outcome [O, H] (NaN where unknown)."""
+    centre, scale = ensemble_centre_scale(close_paths, now_close)
+    return walk_forward_bands_from_summary(origins, centre, scale, now_close, outcome, horizon_min, levels,
+                                           refit_every, min_n)
+
+
+def walk_forward_bands_from_summary(origins: pd.DatetimeIndex, centre: np.ndarray, scale: np.ndarray,
+                                    now_close: np.ndarray, outcome: np.ndarray, horizon_min: int,
+                                    levels: np.ndarray, refit_every: int = 50,
+                                    min_n: int = MIN_FIT_N) -> np.ndarray:
+    """As ``walk_forward_bands`` from each ensemble's log-return median and scale per step ([O, H] each),
+    which is all the band calibration needs (a backtest stores these instead of every path)."""
     origins = pd.DatetimeIndex(origins)
     levels = np.asarray(levels, dtype=float)
-    scores = band_scores(close_paths, now_close, outcome)
+    now = np.asarray(now_close, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scores = (np.log(np.asarray(outcome, dtype=float) / now[:, None]) - centre) / scale
     usable = np.isfinite(scores).all(axis=1)
     plan = _fit_schedule(origins, origins + pd.Timedelta(minutes=horizon_min), usable, refit_every, min_n)
-    out = np.full((len(origins), levels.size, close_paths.shape[-1]), np.nan)
+    out = np.full((len(origins), levels.size, centre.shape[-1]), np.nan)
     for j, (start, idx) in enumerate(plan):
         stop = plan[j + 1][0] if j + 1 < len(plan) else len(origins)
         cal = BandCalibrator.fit(scores[idx])
-        for i in range(start, stop):
-            out[i] = cal.band_quantiles(close_paths[i], float(now_close[i]), levels)
+        z = np.stack([cal.score_quantile(h, levels) for h in range(1, centre.shape[-1] + 1)], axis=-1)  # [L, H]
+        out[start:stop] = now[start:stop, None, None] * np.exp(
+            centre[start:stop, None, :] + scale[start:stop, None, :] * z[None])
     return out
 
 

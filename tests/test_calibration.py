@@ -153,6 +153,8 @@ def test_json_round_trip(tmp_path) -> None:
     np.testing.assert_array_equal(back.apply_p_hit_vwap(grid), c.apply_p_hit_vwap(grid))
     np.testing.assert_allclose(back.band_quantiles(w["close_paths"][0], 500.0, [0.05, 0.95]),
                                c.band_quantiles(w["close_paths"][0], 500.0, [0.05, 0.95]))
+    # The forecast CLI's call: load_calibrator(path).apply([p_up]).
+    assert float(cal.load_calibrator(path).apply([0.93])[0]) == pytest.approx(float(c.apply_p_up(0.93)))
     sbs = back.side_by_side(0.93, 500.0, w["close_paths"][0], p_hit_vwap=0.4)
     assert sbs["p_up_raw"] == 0.93 and sbs["p_up_cal"] < 0.8
     assert len(sbs["bands_cal"]) == len(sbs["levels"]) and len(sbs["bands_cal"][0]) == H
