@@ -275,14 +275,16 @@ def compute_metrics(paths: np.ndarray, history: pd.DataFrame, now_close: float,
                     horizon: int | None = None,
                     percentiles: Sequence[float] = (10, 50, 90),
                     mid_window: int = 20, mid_kind: str = "sma", vol_window: int = 60,
-                    vwap_mode: str = DEFAULT_VWAP_MODE) -> dict[str, Any]:
+                    vwap_mode: str = DEFAULT_VWAP_MODE, new_session: bool = False) -> dict[str, Any]:
     """All metrics as a JSON-ready dict (plain floats/lists; None where undefined).
 
     ``paths`` are repaired first (``repair_paths``). ``horizon`` (None = all H
     steps) truncates the paths to the first ``horizon`` minutes; the suffix
     ``_{H}m`` of the keys is the horizon actually used. ``history`` is the model
     input (tz-aware UTC index, columns high/low/close/volume); today's session
-    for the VWAP is the bars on the New York date of its last bar.
+    for the VWAP is the bars on the New York date of its last bar. ``new_session``
+    (the forecast covers the next session's opening minutes) leaves the VWAP and
+    its touch probability undefined (None): the session VWAP resets at the open.
     """
     if not (math.isfinite(now_close) and now_close > 0):
         raise ValueError(f"now_close must be a positive finite number, got {now_close!r}")
@@ -302,7 +304,8 @@ def compute_metrics(paths: np.ndarray, history: pd.DataFrame, now_close: float,
     final_ret = closes[:, -1] / now_close - 1.0
     qs = list(percentiles)
 
-    session = session_bars_of_last_day(history)
+    # A forecast of the next session's opening minutes has no VWAP yet: the session VWAP resets at the open.
+    session = history.iloc[:0] if new_session else session_bars_of_last_day(history)
     hist_close = history["close"].to_numpy(dtype=float)
     mid = mid_band(hist_close, mid_window, mid_kind)
     dd, ru = drawdown_runup(p, now_close)

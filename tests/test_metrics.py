@@ -276,3 +276,15 @@ def test_compute_metrics_rejects_nan_paths_and_bad_close() -> None:
         m.compute_metrics(bad, HISTORY, NOW)
     with pytest.raises(ValueError):
         m.compute_metrics(PATHS, HISTORY, 0.0)
+
+
+def test_next_session_forecast_has_no_vwap_yet():
+    # History: two bars of one session with volume; a forecast for the next session's open.
+    idx = pd.DatetimeIndex(["2025-06-04T19:58Z", "2025-06-04T19:59Z"])
+    history = pd.DataFrame({"open": [10.0, 10.0], "high": [10.0, 11.0], "low": [10.0, 9.0],
+                            "close": [10.0, 10.0], "volume": [100.0, 100.0]}, index=idx)
+    paths = np.array([[[10.0, 10.5, 9.5, 10.2, 5.0, 0.0]]])
+    same_day = m.compute_metrics(paths, history, 10.0, mid_window=2, vol_window=1)
+    assert same_day["vwap"] == pytest.approx(10.0)  # (10*100 + 10*100) / 200
+    fresh = m.compute_metrics(paths, history, 10.0, mid_window=2, vol_window=1, new_session=True)
+    assert fresh["vwap"] is None and fresh["p_hit_vwap_1m"] is None and fresh["vwap_session"] is None
