@@ -120,10 +120,12 @@ class BlockBootstrap:
     """Blocks of ``block`` consecutive same-time-of-day 1-minute returns, each block from a random earlier session.
 
     Sessions before the origin's own session supply the returns (a minute missing in that session counts as 0);
-    with no earlier session it falls back to drawing from all intraday returns seen so far."""
+    with no earlier session it falls back to drawing from all intraday returns seen so far. ``demean`` removes
+    the pool's average return first: with three sessions of history the earlier days' trend would otherwise
+    become every path's drift."""
 
-    def __init__(self, block: int = 5, name: str = "block_bootstrap") -> None:
-        self.block, self.name = block, name
+    def __init__(self, block: int = 5, demean: bool = True, name: str = "block_bootstrap") -> None:
+        self.block, self.demean, self.name = block, demean, name
 
     def sample(self, history: pd.DataFrame, future_times: pd.DatetimeIndex, n_paths: int,
                rng: np.random.Generator) -> np.ndarray:
@@ -134,10 +136,13 @@ class BlockBootstrap:
         horizon = len(future_times)
         if past.empty:
             pool = rets["r"].to_numpy()
+            pool = pool - pool.mean() if self.demean and pool.size else pool
             inc = rng.choice(pool, size=(n_paths, horizon)) if pool.size else np.zeros((n_paths, horizon))
         else:
-            table = past.pivot_table(index="day", columns="tod", values="r", aggfunc="first")
-            table = table.reindex(columns=np.arange(24 * 60)).fillna(0.0).to_numpy()
+            days, row = np.unique(past["day"].to_numpy(), return_inverse=True)
+            r = past["r"].to_numpy()
+            table = np.zeros((days.size, 24 * 60))
+            table[row, past["tod"].to_numpy()] = r - r.mean() if self.demean else r
             n_blocks = -(-horizon // self.block)
             pick = rng.integers(0, table.shape[0], size=(n_paths, n_blocks))
             rows = np.repeat(pick, self.block, axis=1)[:, :horizon]
