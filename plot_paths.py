@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = _Parser(prog=PROG, description="Fan chart PNG from run artifacts.")
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--summary", type=Path, help="summary JSON (default: <dir>/pred_summary_<symbol>_latest.json)")
-    src.add_argument("--dir", type=Path, default=Path("out"), help="artifact directory (default: out)")
+    src.add_argument("--dir", type=Path, default=Path("outputs"),
+                     help="artifact directory (default: outputs, as in config.yaml)")
     ap.add_argument("--symbol", default="QQQ", help="symbol for the default file names (default: QQQ)")
     ap.add_argument("--out", type=Path, help="PNG path (default: next to the summary, fan_<...>.png)")
     ap.add_argument("--history-csv", type=Path, help="recent bars CSV with a close column (overrides the summary)")

@@ -92,8 +92,10 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
     formatter.converter = time.gmtime
     handler.setFormatter(formatter)
+    handler.set_name("kronos_prob")
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Replace only our own handler, so a second call (or a test harness's handler) is left alone.
+    root.handlers[:] = [h for h in root.handlers if h.get_name() != "kronos_prob"] + [handler]
     root.setLevel(level)
     # Third-party chatter stays out of a cron mailbox unless asked for.
     for name in ("urllib3", "filelock", "matplotlib", "huggingface_hub"):

@@ -81,10 +81,10 @@ def test_fan_chart_rejects_mismatched_times(tmp_path: Path) -> None:
 
 
 def test_cli_default_latest_and_seeded(tmp_path: Path) -> None:
-    _write_run(tmp_path / "out")
-    res = _run(cwd=tmp_path)  # defaults: --dir out --symbol QQQ
+    _write_run(tmp_path / "outputs")
+    res = _run(cwd=tmp_path)  # defaults: --dir outputs --symbol QQQ
     assert res.returncode == 0, res.stderr
-    png = tmp_path / "out" / "fan_QQQ_latest.png"
+    png = tmp_path / "outputs" / "fan_QQQ_latest.png"
     _assert_png(png)
     first = png.read_bytes()
     assert _run("--out", "again.png", cwd=tmp_path).returncode == 0
