@@ -1,0 +1,104 @@
+"""The run's summary: the JSON document, its run-log row, and the short console text."""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from market.artifacts import iso_utc
+
+NEW_YORK = "America/New_York"
+HISTORY_FOR_PLOT = 120  # closes kept in the summary so plot_paths.py can draw recent history
+
+
+def build_summary(*, cfg: Any, now: pd.Timestamp, bars: pd.DataFrame, times: pd.DatetimeIndex,
+                  metrics: dict[str, Any], calibrated: dict[str, Any] | None, notes: list[str],
+                  events: list[str], engine: dict[str, Any], provenance: dict[str, Any],
+                  timings: dict[str, float], market_open: bool) -> dict[str, Any]:
+    """The pred_summary JSON: the original plan's fields first, then everything needed to audit the run."""
+    h = len(times)
+    now_close = float(bars["close"].iloc[-1])
+    recent = bars.iloc[-HISTORY_FOR_PLOT:]
+    summary_block = {key: metrics[key] for key in (f"p_up_{h}m", f"exp_ret_{h}m", "percentiles")}
+    summary_block.update({k: v for k, v in metrics.items() if k not in summary_block})
+    return {
+        "symbol": cfg.symbol,
+        "now_close": now_close,
+        "n_samples": cfg.n_samples,
+        "temp": cfg.temperature,
+        "top_p": cfg.top_p,
+        "top_k": cfg.top_k,
+        "horizon_min": h,
+        "horizon_requested_min": cfg.horizon,
+        "asof": now.isoformat().replace("+00:00", "Z"),
+        "asof_new_york": now.tz_convert(NEW_YORK).isoformat(),
+        "last_bar": bars.index[-1].isoformat().replace("+00:00", "Z"),
+        "market_open": market_open,
+        "notes": notes,
+        "events_in_window": events,
+        "future_times": iso_utc(times),
+        "summary": summary_block,
+        "calibrated": calibrated,
+        "model": engine,
+        "seed": cfg.seed,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "data": provenance,
+        "history": {"times": iso_utc(recent.index), "close": [float(x) for x in recent["close"]]},
+        "settings": {"lookback": cfg.lookback, "days": cfg.days, "rth": cfg.rth, "time_label": cfg.time_label,
+                     "percentiles": cfg.percentiles, "vwap_mode": cfg.vwap_mode, "mid_kind": cfg.mid_kind,
+                     "mid_window": cfg.mid_window, "vol_window": cfg.vol_window},
+    }
+
+
+def log_row(summary: dict[str, Any], summary_file: str) -> dict[str, Any]:
+    """One run-log row: what a calibration step joins with the realised outcome later."""
+    h = summary["horizon_min"]
+    m = summary["summary"]
+    pct = m["percentiles"]
+    ends = {f"{k}_end": v[-1] for k, v in pct.items() if k in ("p10", "p50", "p90")}
+    return {
+        "asof": summary["asof"], "symbol": summary["symbol"], "now_close": summary["now_close"],
+        "horizon_min": h, "n_samples": summary["n_samples"],
+        "p_up": m[f"p_up_{h}m"], "exp_ret": m[f"exp_ret_{h}m"], **ends,
+        "p_hit_vwap": m.get(f"p_hit_vwap_{h}m"), "vwap": m.get("vwap"), "vwap_mode": m.get("vwap_mode"),
+        "p_hit_mid": m.get(f"p_hit_mid_{h}m"), "mid_band": m.get("mid_band"), "zscore_mid": m.get("zscore_mid"),
+        "drawdown_p90": m.get(f"drawdown_p90_{h}m"), "runup_p90": m.get(f"runup_p90_{h}m"),
+        "p_vol_exceeds_recent": m.get(f"p_vol_exceeds_recent_{h}m"),
+        "model": summary["model"]["model"], "device": summary["model"]["device"], "seed": summary["seed"],
+        "runtime_s": summary["timings_s"].get("total"), "summary_file": summary_file,
+    }
+
+
+def console_text(summary: dict[str, Any]) -> str:
+    """A few lines a trader reads at a glance."""
+    h = summary["horizon_min"]
+    m = summary["summary"]
+    close = summary["now_close"]
+    pct = m["percentiles"]
+    band = " / ".join(f"{k} {v[-1]:.2f}" for k, v in pct.items())
+    cal = summary.get("calibrated") or {}
+    p_up = m[f"p_up_{h}m"]
+    p_up_text = f"{p_up:.1%}" + (f" (calibrated {cal[f'p_up_{h}m']:.1%})" if f"p_up_{h}m" in cal else "")
+    when = pd.Timestamp(summary["asof"]).tz_convert(NEW_YORK).strftime("%Y-%m-%d %H:%M:%S %Z")
+    lines = [
+        f"{summary['symbol']} {close:.2f} at {when}, {summary['n_samples']} paths, {h} min ahead",
+        f"  P(up {h}m)        {p_up_text}",
+        f"  expected return  {m[f'exp_ret_{h}m']:+.3%}",
+        f"  close in {h}m     {band}",
+        f"  P(touch VWAP {_num(m.get('vwap'))})  {_pct(m.get(f'p_hit_vwap_{h}m'))}   "
+        f"P(touch mid {_num(m.get('mid_band'))})  {_pct(m.get(f'p_hit_mid_{h}m'))}",
+        f"  drawdown p50/p90/p95  {_pct(m.get(f'drawdown_p50_{h}m'))} / {_pct(m.get(f'drawdown_p90_{h}m'))} / "
+        f"{_pct(m.get(f'drawdown_p95_{h}m'))}   run-up p90 {_pct(m.get(f'runup_p90_{h}m'))}",
+    ]
+    lines += [f"  note: {n}" for n in summary["notes"]]
+    if summary["events_in_window"]:
+        lines.append(f"  FLAG: event quiet window ({', '.join(summary['events_in_window'])})")
+    return "\n".join(lines)
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.1%}" if abs(x) >= 0.001 else f"{x:.3%}"
+
+
+def _num(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.2f}"

@@ -1,0 +1,272 @@
+"""The forecast CLI end to end: CSV bars + a random-weight local checkpoint -> real files, exit codes, no leftovers.
+
+Numbers in the summary are checked against the paths CSV the run wrote, recomputed here with numpy.
+"""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import cli_kronos_prob_qqq as cli
+from market.operation import ExitCode, run_lock
+from tests.kronos_checkpoints import write_checkpoint_pair
+
+ROOT = Path(__file__).resolve().parents[1]
+SESSIONS = ("2025-06-02", "2025-06-03", "2025-06-04")  # Mon..Wed, full days, EDT (13:30Z..20:00Z)
+
+
+def synthetic_bars(sessions=SESSIONS, seed=0, price=500.0) -> pd.DataFrame:
+    """RTH 1-minute bars of a random walk, UTC start labels, like a file the user would replay."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for day in sessions:
+        idx = pd.date_range(f"{day}T13:30Z", f"{day}T19:59Z", freq="min")
+        close = price * np.exp(np.cumsum(rng.normal(0, 4e-4, len(idx))))
+        open_ = np.r_[price, close[:-1]]
+        spread = np.abs(rng.normal(0, 2e-4, len(idx))) * close
+        frames.append(pd.DataFrame({
+            "timestamp": idx.strftime("%Y-%m-%dT%H:%M:%SZ"), "open": open_, "high": np.maximum(open_, close) + spread,
+            "low": np.minimum(open_, close) - spread, "close": close,
+            "volume": rng.integers(50_000, 150_000, len(idx)).astype(float)}))
+        price = close[-1]
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_checkpoint_pair(tmp_path_factory.mktemp("ckpt"), shape="small", seed=0)
+
+
+@pytest.fixture(scope="module")
+def mini_checkpoint(tmp_path_factory):
+    return write_checkpoint_pair(tmp_path_factory.mktemp("mini"), shape="mini", seed=1)
+
+
+@pytest.fixture
+def bars_csv(tmp_path):
+    path = tmp_path / "bars.csv"
+    synthetic_bars().to_csv(path, index=False)
+    return path
+
+
+def args_for(ckpt, bars, out, *extra):
+    model, tokenizer = ckpt
+    return ["--source", "csv", "--csv", str(bars), "--model", str(model), "--tokenizer", str(tokenizer),
+            "--out", str(out), "--device", "cpu", "-q", *map(str, extra)]
+
+
+def read_paths_csv(path: Path):
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    return rows[0], np.array([[float(x) for x in row[1:]] for row in rows[1:]])
+
+
+def test_csv_replay_writes_consistent_artifacts(checkpoint, bars_csv, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli.main(args_for(checkpoint, bars_csv, out, "--asof", "2025-06-04T15:00:00Z", "--seed", "7"))
+    assert code == ExitCode.OK
+    summary = json.loads((out / "pred_summary_QQQ_20250604T150000Z.json").read_text())
+    bars = synthetic_bars()
+    # Only bars closed by 15:00Z: the last one started 14:59Z.
+    last = bars[bars["timestamp"] == "2025-06-04T14:59:00Z"].iloc[0]
+    assert summary["now_close"] == pytest.approx(last["close"])
+    assert summary["horizon_min"] == 30 and summary["n_samples"] == 100
+    assert summary["future_times"][0] == "2025-06-04T15:00:00Z" and summary["future_times"][-1] == "2025-06-04T15:29:00Z"
+    assert summary["data"]["bar_count"] == 390 * 2 + 90 and summary["data"]["filled_count"] == 0
+
+    header, closes = read_paths_csv(out / "paths_QQQ_20250604T150000Z.csv")
+    assert header[1:] == summary["future_times"] and closes.shape == (100, 30)
+    s = summary["summary"]
+    assert s["p_up_30m"] == pytest.approx(np.mean(closes[:, -1] > last["close"]))
+    assert s["exp_ret_30m"] == pytest.approx(np.mean(closes[:, -1] / last["close"] - 1), rel=1e-6)
+    for q in (10, 50, 90):
+        assert s["percentiles"][f"p{q}"] == pytest.approx(np.percentile(closes, q, axis=0), rel=1e-6)
+    _, highs = read_paths_csv(out / "paths_high_QQQ_20250604T150000Z.csv")
+    _, lows = read_paths_csv(out / "paths_low_QQQ_20250604T150000Z.csv")
+    assert (highs >= closes - 1e-9).all() and (lows <= closes + 1e-9).all()  # bars were repaired
+    # latest copies are byte-identical, and the run log got one row pointing at this run
+    assert (out / "pred_summary_QQQ_latest.json").read_bytes() == (out / "pred_summary_QQQ_20250604T150000Z.json").read_bytes()
+    with (out / "runs_QQQ.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1 and float(rows[0]["p_up"]) == pytest.approx(s["p_up_30m"])
+    assert rows[0]["summary_file"] == "pred_summary_QQQ_20250604T150000Z.json"
+    assert "P(up 30m)" in capsys.readouterr().out
+
+
+def test_same_seed_same_paths_and_json_output(mini_checkpoint, bars_csv, tmp_path, capsys):
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert cli.main(args_for(mini_checkpoint, bars_csv, out, "--asof", "2025-06-04T15:00:00Z", "--seed", "3",
+                                 "--n-samples", "20", "--json", "--lookback", "200")) == ExitCode.OK
+        printed = json.loads(capsys.readouterr().out)
+        assert printed["summary"] == json.loads((out / "pred_summary_QQQ_latest.json").read_text())["summary"]
+        runs.append((out / "paths_QQQ_latest.csv").read_text())
+    assert runs[0] == runs[1]
+
+
+def test_file_end_is_the_default_replay_time(mini_checkpoint, bars_csv, tmp_path):
+    out = tmp_path / "out"
+    assert cli.main(args_for(mini_checkpoint, bars_csv, out, "--n-samples", "5", "--lookback", "200")) == 0
+    summary = json.loads((out / "pred_summary_QQQ_latest.json").read_text())
+    # The file ends with the 2025-06-04 close: the forecast covers the next session's first 30 minutes.
+    assert summary["asof"] == "2025-06-04T20:00:00Z" and summary["market_open"] is False
+    assert summary["future_times"][0] == "2025-06-05T13:30:00Z"
+    assert any("forecast from the last close" in n for n in summary["notes"])
+
+
+def test_cron_skips_when_the_market_is_closed(mini_checkpoint, bars_csv, tmp_path):
+    out = tmp_path / "out"
+    code = cli.main(args_for(mini_checkpoint, bars_csv, out, "--cron", "--asof", "2025-06-04T21:00:00Z"))
+    assert code == ExitCode.SKIPPED
+    assert not out.exists() or not any(p.name.endswith((".json", ".csv")) for p in out.iterdir())
+
+
+def test_near_the_close_truncates_and_renames_metrics(mini_checkpoint, bars_csv, tmp_path):
+    out = tmp_path / "out"
+    # Last closed bar 15:47 ET (19:47Z): 12 minutes remain.
+    assert cli.main(args_for(mini_checkpoint, bars_csv, out, "--asof", "2025-06-04T19:48:00Z", "--n-samples", "8",
+                             "--lookback", "200")) == 0
+    summary = json.loads((out / "pred_summary_QQQ_latest.json").read_text())
+    assert summary["horizon_min"] == 12 and summary["horizon_requested_min"] == 30
+    assert "p_up_12m" in summary["summary"] and len(summary["summary"]["percentiles"]["p50"]) == 12
+    code = cli.main(args_for(mini_checkpoint, bars_csv, tmp_path / "skip", "--asof", "2025-06-04T19:48:00Z",
+                             "--near-close", "skip"))
+    assert code == ExitCode.SKIPPED
+
+
+def test_event_quiet_window_flags_or_skips(mini_checkpoint, bars_csv, tmp_path):
+    event = "2025-06-04T11:10:00-04:00"  # 15:10Z, inside the 15:00Z..15:30Z forecast
+    out = tmp_path / "flag"
+    assert cli.main(args_for(mini_checkpoint, bars_csv, out, "--asof", "2025-06-04T15:00:00Z", "--events", event,
+                             "--n-samples", "4", "--lookback", "200")) == 0
+    summary = json.loads((out / "pred_summary_QQQ_latest.json").read_text())
+    assert summary["events_in_window"] == ["2025-06-04T15:10:00+00:00"]
+    code = cli.main(args_for(mini_checkpoint, bars_csv, tmp_path / "skip", "--asof", "2025-06-04T15:00:00Z",
+                             "--events", event, "--event-action", "skip"))
+    assert code == ExitCode.SKIPPED
+
+
+def test_second_run_exits_at_once_when_locked(mini_checkpoint, bars_csv, tmp_path):
+    out = tmp_path / "out"
+    with run_lock(out / ".run_QQQ.lock"):
+        code = cli.main(args_for(mini_checkpoint, bars_csv, out, "--asof", "2025-06-04T15:00:00Z"))
+    assert code == ExitCode.LOCKED
+    assert not list(out.glob("pred_summary_*"))
+
+
+def test_time_budget_stops_the_run_without_files(checkpoint, bars_csv, tmp_path):
+    out = tmp_path / "out"
+    code = cli.main(args_for(checkpoint, bars_csv, out, "--asof", "2025-06-04T15:00:00Z", "--time-budget", "0.05"))
+    assert code == ExitCode.TIME_BUDGET
+    assert not list(out.glob("*.json")) and not list(out.glob("*.csv")) and not list(out.glob("*.tmp*"))
+
+
+@pytest.mark.parametrize("content, words", [
+    ("", "empty"),
+    ("timestamp,open,high,low,close,volume\n", "no"),
+    ("timestamp,open,high,low,close,volume\n2025-06-04T14:00:00Z,1,2,0.5,nan,10\n", "NaN"),
+    ("timestamp,open,high,low,close,volume\n2025-06-04T14:00:00Z,1,2,0.5,1,10\n2025-06-04T14:00:00Z,1,2,0.5,1,10\n",
+     "duplicate"),
+    ("when,open,high,low,close,volume\n2025-06-04T14:00:00Z,1,2,0.5,1,10\n", "timestamp"),
+])
+def test_bad_bars_file_is_a_clean_input_error(mini_checkpoint, tmp_path, caplog, content, words):
+    bars = tmp_path / "bad.csv"
+    bars.write_text(content)
+    out = tmp_path / "out"
+    code = cli.main(args_for(mini_checkpoint, bars, out, "--asof", "2025-06-04T15:00:00Z"))
+    assert code == ExitCode.BAD_INPUT
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and words.lower() in errors[0].lower() and "\n" not in errors[0]
+    assert not list(out.glob("pred_summary_*"))
+
+
+def test_unsorted_file_is_accepted(mini_checkpoint, tmp_path):
+    bars = tmp_path / "shuffled.csv"
+    synthetic_bars().sample(frac=1.0, random_state=1).to_csv(bars, index=False)
+    out = tmp_path / "out"
+    assert cli.main(args_for(mini_checkpoint, bars, out, "--asof", "2025-06-04T15:00:00Z", "--n-samples", "4",
+                             "--lookback", "200", "--seed", "1")) == 0
+    assert json.loads((out / "pred_summary_QQQ_latest.json").read_text())["now_close"] == pytest.approx(
+        synthetic_bars().set_index("timestamp").loc["2025-06-04T14:59:00Z", "close"])
+
+
+def test_too_many_recent_gaps_skip(mini_checkpoint, tmp_path):
+    frame = synthetic_bars()
+    # drop 12 of the last 30 minutes before 15:00Z on 2025-06-04
+    drop = [f"2025-06-04T14:{m:02d}:00Z" for m in range(31, 59, 2)][:12]
+    frame[~frame["timestamp"].isin(drop)].to_csv(tmp_path / "gappy.csv", index=False)
+    code = cli.main(args_for(mini_checkpoint, tmp_path / "gappy.csv", tmp_path / "out",
+                             "--asof", "2025-06-04T15:00:00Z"))
+    assert code == ExitCode.SKIPPED
+
+
+def test_bad_config_and_arguments(mini_checkpoint, bars_csv, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("horizon: [1, 2\n")
+    assert cli.main(args_for(mini_checkpoint, bars_csv, tmp_path / "o1", "--config", bad)) == ExitCode.BAD_INPUT
+    assert cli.main(args_for(mini_checkpoint, bars_csv, tmp_path / "o2", "--asof", "yesterday")) == ExitCode.BAD_INPUT
+    assert cli.main(args_for(mini_checkpoint, bars_csv, tmp_path / "o3", "--temperature", "0")) == ExitCode.BAD_INPUT
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o3").exists()
+
+
+def test_missing_or_mismatched_checkpoint_is_a_model_error(mini_checkpoint, checkpoint, bars_csv, tmp_path, caplog):
+    out = tmp_path / "out"
+    missing = cli.main(args_for((tmp_path / "nope", mini_checkpoint[1]), bars_csv, out,
+                                "--asof", "2025-06-04T15:00:00Z"))
+    assert missing == ExitCode.MODEL
+    # A Kronos-small config.json beside mini-shaped weights: the tensors do not fit the network it describes.
+    franken = tmp_path / "franken"
+    franken.mkdir()
+    (franken / "config.json").write_bytes((checkpoint[0] / "config.json").read_bytes())
+    (franken / "model.safetensors").write_bytes((mini_checkpoint[0] / "model.safetensors").read_bytes())
+    mismatch = cli.main(args_for((franken, mini_checkpoint[1]), bars_csv, out, "--asof", "2025-06-04T15:00:00Z"))
+    assert mismatch == ExitCode.MODEL
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "does not exist" in errors[0] and "mis-shaped tensor" in errors[1]
+    assert not list(out.glob("pred_summary_*"))
+
+
+def test_plot_flag_writes_a_png(mini_checkpoint, bars_csv, tmp_path):
+    out = tmp_path / "out"
+    assert cli.main(args_for(mini_checkpoint, bars_csv, out, "--asof", "2025-06-04T15:00:00Z", "--plot",
+                             "--n-samples", "10", "--lookback", "200")) == 0
+    png = out / "fan_QQQ_20250604T150000Z.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_real_qqq_bars_replay(real_data_dir, checkpoint, tmp_path):
+    """The real 2025 QQQ file (naive UTC, start-labelled, extended hours): RTH replay on a half day."""
+    bars = real_data_dir / "QQQ_60day_1min_polygon__Poloilo16-VWAP.csv"
+    out = tmp_path / "out"
+    assert cli.main(args_for(checkpoint, bars, out, "--asof", "2025-07-03T16:40:00Z", "--seed", "1")) == 0
+    summary = json.loads((out / "pred_summary_QQQ_latest.json").read_text())
+    # 2025-07-03 closes at 13:00 ET (17:00Z): 20 minutes left after the 12:39 ET bar.
+    assert summary["horizon_min"] == 20 and summary["data"]["sessions"] == ["2025-07-01", "2025-07-02", "2025-07-03"]
+    raw = pd.read_csv(bars)
+    last = raw[raw["Datetime"] == "2025-07-03 16:39:00"].iloc[0]
+    assert summary["now_close"] == pytest.approx(last["Close"])
+
+
+def test_subprocess_exit_code_and_streams(mini_checkpoint, bars_csv, tmp_path):
+    """As cron runs it: a separate process, result on stdout, logs on stderr, secrets nowhere."""
+    env = {**os.environ, "ALPACA_KEY_ID": "AKTESTKEY1234", "ALPACA_SECRET_KEY": "very-secret-value-xyz"}
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "cli_kronos_prob_qqq.py"),
+                           *args_for(mini_checkpoint, bars_csv, out, "--asof", "2025-06-04T15:00:00Z",
+                                     "--n-samples", "4", "--lookback", "200")],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "P(up 30m)" in proc.stdout
+    everything = proc.stdout + proc.stderr + "".join(p.read_text() for p in out.iterdir() if p.is_file())
+    assert "very-secret-value-xyz" not in everything
+    bad = subprocess.run([sys.executable, str(ROOT / "cli_kronos_prob_qqq.py"), "--top-k", "-3"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert bad.returncode == ExitCode.BAD_INPUT and bad.stdout == ""
+    assert "top_k" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
