@@ -122,10 +122,12 @@ class BlockBootstrap:
     Sessions before the origin's own session supply the returns (a minute missing in that session counts as 0);
     with no earlier session it falls back to drawing from all intraday returns seen so far. ``demean`` removes
     the pool's average return first: with three sessions of history the earlier days' trend would otherwise
-    become every path's drift."""
+    become every path's drift. Each block starts at the same minute of day shifted by a random offset of at
+    most ``jitter`` minutes (kept inside the minutes seen), so two earlier sessions still give many distinct
+    paths instead of 2 ** n_blocks."""
 
-    def __init__(self, block: int = 5, demean: bool = True, name: str = "block_bootstrap") -> None:
-        self.block, self.demean, self.name = block, demean, name
+    def __init__(self, block: int = 5, demean: bool = True, jitter: int = 15, name: str = "block_bootstrap") -> None:
+        self.block, self.demean, self.jitter, self.name = block, demean, jitter, name
 
     def sample(self, history: pd.DataFrame, future_times: pd.DatetimeIndex, n_paths: int,
                rng: np.random.Generator) -> np.ndarray:
@@ -145,8 +147,11 @@ class BlockBootstrap:
             table[row, past["tod"].to_numpy()] = r - r.mean() if self.demean else r
             n_blocks = -(-horizon // self.block)
             pick = rng.integers(0, table.shape[0], size=(n_paths, n_blocks))
+            shift = rng.integers(-self.jitter, self.jitter + 1, size=(n_paths, n_blocks))
             rows = np.repeat(pick, self.block, axis=1)[:, :horizon]
-            inc = table[rows, minute_of_day(future_times)[None, :]]
+            cols = minute_of_day(future_times)[None, :] + np.repeat(shift, self.block, axis=1)[:, :horizon]
+            seen = past["tod"].to_numpy()
+            inc = table[rows, np.clip(cols, seen.min(), seen.max())]
         return assemble_paths(float(history["close"].iloc[-1]), inc, volume_by_time(history, future_times))
 
 

@@ -71,7 +71,7 @@ def test_block_bootstrap_reuses_same_time_returns_of_earlier_sessions() -> None:
     frame = baselines.simulate_bars("2025-03-03", 4, seed=3)
     origin = pd.Timestamp("2025-03-06 11:00", tz="America/New_York").tz_convert("UTC")
     hist = _history(frame, origin)
-    paths = baselines.BlockBootstrap(block=5, demean=False).sample(hist, _future(origin, 10), 200, np.random.default_rng(1))
+    paths = baselines.BlockBootstrap(block=5, demean=False, jitter=0).sample(hist, _future(origin, 10), 200, np.random.default_rng(1))
     inc = np.diff(np.log(np.concatenate([np.full((200, 1), hist["close"].iloc[-1]), paths[:, :, 3]], axis=1)), axis=1)
     rets = baselines.session_returns(hist)
     for step, t in enumerate(_future(origin, 10)):
