@@ -270,3 +270,95 @@ def test_subprocess_exit_code_and_streams(mini_checkpoint, bars_csv, tmp_path):
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert bad.returncode == ExitCode.BAD_INPUT and bad.stdout == ""
     assert "top_k" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- Alpaca through the real client
+
+KEYS = {"ALPACA_KEY_ID": "AKFAKE0001", "ALPACA_SECRET_KEY": "fake-secret-do-not-print"}
+
+
+def alpaca_bars_server(serve_bars, refuse_sip=False, status=200):
+    """A fake bars endpoint serving synthetic_bars() in pages of 500 between the query's start and end."""
+    frame = synthetic_bars()
+    frame.index = pd.DatetimeIndex(frame["timestamp"])
+    page = 500
+
+    def respond(query):
+        if status != 200:
+            return status, {"message": "internal server error"}
+        if refuse_sip and query.get("feed") == "sip":
+            return 403, {"code": 42210000, "message": "subscription does not permit querying recent SIP data"}
+        rows = frame[(frame.index >= pd.Timestamp(query["start"])) & (frame.index <= pd.Timestamp(query["end"]))]
+        offset = int(query.get("page_token", 0))
+        chunk = rows.iloc[offset:offset + page]
+        bars = [{"t": r.timestamp, "o": r.open, "h": r.high, "l": r.low, "c": r.close, "v": r.volume, "n": 10,
+                 "vw": r.close} for r in chunk.itertuples()]
+        more = offset + page < len(rows)
+        return 200, {"bars": {"QQQ": bars} if bars else {}, "next_page_token": str(offset + page) if more else None}
+
+    return serve_bars(respond)
+
+
+@pytest.fixture
+def serve_bars():
+    from tests.fake_alpaca import FakeAlpaca
+
+    servers = []
+    yield lambda respond: servers.append(FakeAlpaca(respond)) or servers[-1]
+    for server in servers:
+        server.close()
+
+
+def alpaca_args(ckpt, out, *extra):
+    model, tokenizer = ckpt
+    return ["--source", "alpaca", "--model", str(model), "--tokenizer", str(tokenizer), "--out", str(out),
+            "--device", "cpu", "--asof", "2025-06-04T15:00:30Z", "--n-samples", "6", "--lookback", "200", "-q",
+            *map(str, extra)]
+
+
+def test_alpaca_sip_refused_falls_back_to_iex(mini_checkpoint, serve_bars, tmp_path, monkeypatch, capsys):
+    for name, value in KEYS.items():
+        monkeypatch.setenv(name, value)
+    fake = alpaca_bars_server(serve_bars, refuse_sip=True)
+    monkeypatch.setenv("ALPACA_DATA_URL", fake.url)
+    out = tmp_path / "out"
+    assert cli.main(alpaca_args(mini_checkpoint, out, "--feed", "sip", "--sip-fallback", "iex")) == 0
+    summary = json.loads((out / "pred_summary_QQQ_latest.json").read_text())
+    assert summary["data"]["source"] == "alpaca" and summary["data"]["feed"] == "iex"
+    assert any("used the IEX feed" in n for n in summary["notes"])
+    # The still-forming 15:00Z bar is dropped: the last bar is 14:59Z, exactly as in the CSV replay.
+    assert summary["last_bar"] == "2025-06-04T14:59:00Z" and summary["data"]["bar_count"] == 390 * 2 + 90
+    feeds = [r["query"]["feed"] for r in fake.requests]
+    assert feeds[0] == "sip" and set(feeds[1:]) == {"iex"} and len(feeds) >= 3  # refused, then paged IEX
+    everything = capsys.readouterr()
+    assert KEYS["ALPACA_SECRET_KEY"] not in everything.out + everything.err
+    assert all(KEYS["ALPACA_SECRET_KEY"] not in p.read_text() for p in out.iterdir() if p.is_file())
+
+
+def test_alpaca_sip_refused_with_policy_error_is_a_data_source_failure(mini_checkpoint, serve_bars, tmp_path,
+                                                                        monkeypatch):
+    for name, value in KEYS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ALPACA_DATA_URL", alpaca_bars_server(serve_bars, refuse_sip=True).url)
+    code = cli.main(alpaca_args(mini_checkpoint, tmp_path / "out", "--feed", "sip", "--sip-fallback", "error"))
+    assert code == ExitCode.DATA_SOURCE
+
+
+def test_alpaca_server_error_and_missing_keys(mini_checkpoint, serve_bars, tmp_path, monkeypatch, caplog):
+    for name in (*KEYS, "APCA_API_KEY_ID", "APCA_API_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    assert cli.main(alpaca_args(mini_checkpoint, tmp_path / "o1")) == ExitCode.BAD_INPUT
+    assert "ALPACA_KEY_ID" in caplog.records[-1].getMessage()
+    # Alpaca's own variable names work too.
+    monkeypatch.setenv("APCA_API_KEY_ID", "AKFAKE0002")
+    monkeypatch.setenv("APCA_API_SECRET_KEY", "another-secret")
+    monkeypatch.setenv("ALPACA_DATA_URL", alpaca_bars_server(serve_bars, status=500).url)
+    assert cli.main(alpaca_args(mini_checkpoint, tmp_path / "o2")) == ExitCode.DATA_SOURCE
+    assert not (tmp_path / "o2").exists() or not list((tmp_path / "o2").glob("pred_summary_*"))
+
+
+def test_alpaca_empty_answer_skips(mini_checkpoint, serve_bars, tmp_path, monkeypatch):
+    for name, value in KEYS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ALPACA_DATA_URL", serve_bars(lambda q: (200, {"bars": {}, "next_page_token": None})).url)
+    assert cli.main(alpaca_args(mini_checkpoint, tmp_path / "out")) == ExitCode.SKIPPED

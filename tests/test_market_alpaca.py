@@ -1,17 +1,15 @@
 """The real alpaca-py client against a fake bars endpoint on 127.0.0.1, plus credentials handling."""
 import json
 import socket
-import threading
 import time
 import warnings
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
 
 import pandas as pd
 import pytest
 
 from market.bars import (AlpacaBarSource, Credentials, DataSourceError, SubscriptionError, credentials_from_env,
                          fetch_with_fallback)
+from tests.fake_alpaca import FakeAlpaca
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # websockets.legacy, imported by alpaca.data
@@ -25,41 +23,6 @@ def bar(t: str, c: float, **over) -> dict:
     b = {"t": t, "o": c - 0.5, "h": c + 1, "l": c - 1, "c": c, "v": 100, "n": 3, "vw": c}
     b.update(over)
     return b
-
-
-class FakeAlpaca:
-    """Answers GET /v2/stocks/bars with whatever `respond(query)` returns: (status, body-bytes-or-json)."""
-
-    def __init__(self, respond):
-        self.respond = respond
-        self.requests: list[dict] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                parsed = urlparse(self.path)
-                query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
-                fake.requests.append({"path": parsed.path, "query": query, "headers": dict(self.headers)})
-                status, body = fake.respond(query)
-                data = body if isinstance(body, bytes) else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
