@@ -1,0 +1,208 @@
+"""Walk-forward engine: no look-ahead, resume after an interruption, known answers on simulated bars, and a
+baseline backtest of the real QQQ bars (TEST_DATA_DIR)."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import backtest as cli
+from market import backtest as bt
+from market import baselines
+from market.bars import read_bars_file
+
+NY = "America/New_York"
+
+
+@pytest.fixture(scope="module")
+def sim() -> pd.DataFrame:
+    return baselines.simulate_bars("2025-03-03", 6, seed=21)
+
+
+def settings(**kw) -> bt.Settings:
+    base = dict(every=20, n_paths=32, min_history=60, batch=4, start="2025-03-06")
+    return bt.Settings(**(base | kw))
+
+
+class Recorder:
+    """Random-walk paths, but remembers what it was shown."""
+
+    def __init__(self, name: str = "recorder") -> None:
+        self.name, self.inner, self.seen = name, baselines.RandomWalk(), []
+
+    def describe(self) -> dict:
+        return {"kind": "recorder"}
+
+    def sample(self, history, future_times, n_paths, rng):
+        self.seen.append((history.index.max(), future_times[0], len(future_times)))
+        return self.inner.sample(history, future_times, n_paths, rng)
+
+
+class FakeSampler:
+    """Stands in for KronosPathSampler.sample_batch and records the model's inputs."""
+
+    def __init__(self) -> None:
+        self.calls = []
+
+    def sample_batch(self, dfs, x_timestamps, y_timestamps, n_paths, temperature, top_k, top_p, seed):
+        self.calls.append([(d.index.max(), x[-1], y[0], len(y)) for d, x, y in zip(dfs, x_timestamps, y_timestamps)])
+        rng = np.random.default_rng(seed)
+        future = [pd.date_range(d.index[-1] + pd.Timedelta(minutes=1), periods=len(y), freq="min") for d, y in
+                  zip(dfs, y_timestamps)]
+        return np.stack([baselines.RandomWalk().sample(d, f, n_paths, rng) for d, f in zip(dfs, future)])
+
+
+FORECAST_FIELDS = ("p_up", "p_hit_vwap", "exp_ret", "zscore_mid", "vwap", "now_close", "centre", "scale", "q")
+
+
+def test_no_bar_at_or_after_an_origin_reaches_a_forecaster(sim: pd.DataFrame, tmp_path: Path) -> None:
+    rec, fake = Recorder(), FakeSampler()
+    kronos = bt.KronosForecaster("kronos_fake", fake, lookback=100, time_label="start")
+    s = settings()
+    records = bt.run_walk_forward(sim, s, [rec, kronos], tmp_path / "a", progress=False)
+    origins = bt.make_origins(sim, s)
+    assert len(rec.seen) == len(origins) > 50
+    for (last_bar, first_future, _), origin in zip(rec.seen, origins):
+        assert last_bar < origin and first_future == origin
+        assert last_bar == origin - pd.Timedelta(minutes=1)  # and nothing older is withheld
+    calls = [c for batch in fake.calls for c in batch]
+    assert len(calls) == len(origins)
+    for last_bar, last_stamp, first_stamp, _ in calls:
+        # Model stamps are New York wall clock, bar starts (time_label start).
+        assert last_stamp == last_bar.tz_convert(NY).tz_localize(None)
+        assert first_stamp == last_stamp + pd.Timedelta(minutes=1)
+    # Near the close the window is truncated (near_close: truncate), as in the live run.
+    assert {h for *_, h in rec.seen} == {30, 10}
+    # Changing every bar from some origin on changes no forecast made before it.
+    cut = origins[len(origins) // 2]
+    shocked = sim.copy()
+    later = shocked.index >= cut
+    shocked.loc[later, ["open", "high", "low", "close"]] *= 1.05
+    shocked.loc[later, "volume"] *= 3
+    again = bt.run_walk_forward(shocked, s, [Recorder(), bt.KronosForecaster("kronos_fake", FakeSampler(), 100)],
+                                tmp_path / "b", progress=False)
+    for key, r in records.items():
+        if key[0] == bt.SKIP:
+            continue
+        same = [r[k] == again[key][k] for k in FORECAST_FIELDS]
+        if pd.Timestamp(key[1]) <= cut:
+            assert all(same), key
+    assert any(not all(r[k] == again[key][k] for k in FORECAST_FIELDS)
+               for key, r in records.items() if key[0] != bt.SKIP and pd.Timestamp(key[1]) > cut)
+
+
+def test_outcomes_are_the_bars_after_the_origin(sim: pd.DataFrame, tmp_path: Path) -> None:
+    s = settings(start="2025-03-10", end="2025-03-10")
+    records = bt.run_walk_forward(sim, s, [baselines.RandomWalk()], tmp_path, progress=False)
+    for (name, key), r in records.items():
+        origin = pd.Timestamp(key)
+        real = sim["close"].loc[origin:origin + pd.Timedelta(minutes=r["horizon"] - 1)].to_numpy()
+        np.testing.assert_allclose(r["realised"], real, rtol=1e-8)
+        assert r["now_close"] == pytest.approx(sim["close"].loc[origin - pd.Timedelta(minutes=1)])
+        assert r["up"] == float(real[-1] > r["now_close"])
+
+
+class CrashAfter:
+    """Same paths as the random walk, but raises on the k-th call (an interrupted run)."""
+
+    def __init__(self, k: int) -> None:
+        self.name, self.inner, self.k, self.calls = "random_walk", baselines.RandomWalk(), k, 0
+
+    def describe(self) -> dict:
+        return bt.describe(self.inner)
+
+    def sample(self, history, future_times, n_paths, rng):
+        self.calls += 1
+        if self.calls == self.k:
+            raise KeyboardInterrupt("simulated interruption")
+        return self.inner.sample(history, future_times, n_paths, rng)
+
+
+def _lines(path: Path) -> list[tuple[str, str]]:
+    return [(json.loads(x)["forecaster"], json.loads(x)["origin"]) for x in path.read_text().splitlines()]
+
+
+def test_resume_after_an_interruption(sim: pd.DataFrame, tmp_path: Path) -> None:
+    s = settings(end="2025-03-07")
+    full = bt.run_walk_forward(sim, s, [baselines.RandomWalk(), baselines.BlockBootstrap()], tmp_path / "full",
+                               progress=False)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        bt.run_walk_forward(sim, s, [CrashAfter(11), baselines.BlockBootstrap()], out, progress=False)
+    partial = _lines(out / bt.RESULTS)
+    assert 0 < len(partial) < len(full)
+    # A crash in the middle of a write leaves a torn line; it must be dropped, not read or kept.
+    with open(out / bt.RESULTS, "ab") as fh:
+        fh.write(b'{"forecaster": "random_walk", "origin": "2025-')
+    resumed = bt.run_walk_forward(sim, s, [baselines.RandomWalk(), baselines.BlockBootstrap()], out, progress=False)
+    lines = _lines(out / bt.RESULTS)
+    assert len(lines) == len(set(lines)) == len(full)
+    assert resumed == full
+    # A second resume has nothing left to do and writes nothing.
+    before = (out / bt.RESULTS).read_bytes()
+    bt.run_walk_forward(sim, s, [baselines.RandomWalk(), baselines.BlockBootstrap()], out, progress=False)
+    assert (out / bt.RESULTS).read_bytes() == before
+    # Other settings in the same folder are refused instead of mixed in.
+    with pytest.raises(ValueError):
+        bt.run_walk_forward(sim, settings(end="2025-03-07", every=15), [baselines.RandomWalk()], out, progress=False)
+
+
+class OverConfident:
+    """Random walk with a third of the volatility and a random, useless drift: confident and wrong."""
+
+    name = "overconfident"
+
+    def sample(self, history, future_times, n_paths, rng):
+        sig = baselines.RandomWalk().sigmas(history, future_times)
+        drift = rng.normal() * float(np.sqrt(np.sum(sig**2))) / len(future_times)
+        inc = rng.standard_normal((n_paths, len(future_times))) * sig * 0.3 + drift
+        return baselines.assemble_paths(float(history["close"].iloc[-1]), inc,
+                                        baselines.volume_by_time(history, future_times))
+
+
+def test_report_catches_and_calibration_fixes_an_overconfident_forecaster(tmp_path: Path) -> None:
+    frame = baselines.simulate_bars("2025-03-03", 12, seed=22)
+    s = settings(every=15, n_paths=64, start="2025-03-04", batch=32, refit_every=25)
+    records = bt.run_walk_forward(frame, s, [baselines.RandomWalk(), OverConfident()], tmp_path, progress=False)
+    report = bt.build_report(records, s, tmp_path, plots=False)
+    rw, oc = report["forecasters"]["random_walk"], report["forecasters"]["overconfident"]
+    # Caught: reliability term large, 80 % band far below nominal at the horizon, worse CRPS than the random walk.
+    assert oc["p_up"]["raw"]["reliability"] > 0.05 > rw["p_up"]["raw"]["reliability"]
+    assert oc["coverage_by_step"]["p10_p90"]["raw"][-1] < 0.45
+    assert abs(rw["coverage_by_step"]["p10_p90"]["raw"][-1] - 0.8) < 0.1
+    dm = oc["diebold_mariano_vs_random_walk"]["crps_end"]
+    assert dm["stat"] > 2 and dm["p_value"] < 0.05 and dm["h"] == 2
+    # Fixed walk-forward: calibrated p_up is reliable, calibrated bands cover about 80 %.
+    assert oc["p_up"]["calibrated"]["reliability"] < 0.02
+    assert oc["p_up"]["calibrated"]["brier"] < oc["p_up"]["raw_after_warmup"]["brier"]
+    assert abs(oc["coverage_by_step"]["p10_p90"]["calibrated"][-1] - 0.8) < 0.1
+    w = report["independent_windows"]
+    assert w["n_sessions"] == 11 and w["n_independent"] == 11 * 13  # 09:45 .. 15:45 ET, 30-minute windows
+    assert (tmp_path / "calibrator_overconfident.json").exists() and (tmp_path / "per_origin.csv").exists()
+
+
+def test_baseline_backtest_on_real_bars(real_data_dir: Path, tmp_path: Path, capsys) -> None:
+    """Several sessions of the real QQQ bars through the command line, baselines only."""
+    csv = real_data_dir / "QQQ_60day_1min_polygon__Poloilo16-VWAP.csv"
+    argv = ["--config", str(Path(cli.__file__).parent / "config.yaml"), "--csv", str(csv), "--start", "2025-05-06", "--end", "2025-05-09",
+            "--every", "30", "--n-paths", "64", "--out", str(tmp_path), "--no-progress"]
+    assert cli.main(argv) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    names = list(report["forecasters"])
+    assert names[:2] == ["random_walk", "block_bootstrap"]
+    w = report["independent_windows"]
+    assert w["n_sessions"] == 4 and w["n_origins"] == 4 * 12 == w["n_independent"]
+    table = pd.read_csv(tmp_path / "per_origin.csv")
+    assert len(table) == 4 * 12 * len(names) and table["up"].isin([0, 1]).all()
+    frame = read_bars_file(csv)
+    row = table[(table["forecaster"] == "random_walk")].iloc[0]
+    origin = pd.Timestamp(row["origin_utc"], tz="UTC")
+    assert row["realised_end"] == pytest.approx(frame["close"].loc[origin + pd.Timedelta(minutes=29)], rel=1e-6)
+    for png in ("reliability.png", "pit_histogram.png", "coverage_by_step.png", "equity.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    rw = report["forecasters"]["random_walk"]
+    assert 0.15 < rw["p_up"]["raw"]["brier"] < 0.35 and rw["close_end"]["crps_fair_bp"] > 0
+    out = capsys.readouterr().out
+    assert "random_walk" in out and "independent" in out
