@@ -121,8 +121,8 @@ def forecast(cfg: Config, asof: pd.Timestamp | None, cron: bool) -> Forecast:
     metrics = compute_metrics(paths, bars, now_close, percentiles=cfg.percentiles, mid_window=cfg.mid_window,
                               mid_kind=cfg.mid_kind, vol_window=cfg.vol_window, vwap_mode=cfg.vwap_mode,
                               new_session=plan.next_session)
-    calibrated = apply_calibrator(cfg.calibrator, metrics, len(plan.times))
     repaired, _ = repair_paths(paths)
+    calibrated = apply_calibrator(cfg.calibrator, metrics, repaired[:, :, 3], cfg.percentiles, notes)
     engine = {"model": cfg.model, "model_revision": sampler.model_revision or cfg.model_revision,
               "tokenizer": cfg.tokenizer, "tokenizer_revision": sampler.tokenizer_revision or cfg.tokenizer_revision,
               "device": str(sampler.device), "dtype": cfg.dtype, "max_context": sampler.max_context}
@@ -175,15 +175,32 @@ class ModelError(RunError):
     exit_code = ExitCode.MODEL
 
 
-def apply_calibrator(path: str | None, metrics: dict, horizon: int) -> dict | None:
-    """Calibrated p_up beside the raw one, when a calibrator fitted by backtest.py is configured."""
+def apply_calibrator(path: str | None, metrics: dict, close_paths: np.ndarray, percentiles: list,
+                     notes: list[str]) -> dict | None:
+    """Calibrated values beside the raw ones, when a calibrator fitted by backtest.py is configured."""
     if not path:
         return None
     from market.calibration import load_calibrator
 
-    calibrator = load_calibrator(path)
-    key = f"p_up_{horizon}m"
-    return {key: float(calibrator.apply([metrics[key]])[0]), "calibrator": str(path)}
+    try:
+        calibrator = load_calibrator(path)
+    except FileNotFoundError:
+        raise ConfigError(f"config key 'calibrator': file not found: {path}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"config key 'calibrator': {path} is not a calibrator file ({exc})") from None
+    h = metrics["horizon_min"]
+    if calibrator.horizon_min != h:
+        notes.append(f"calibrator fitted for {calibrator.horizon_min}-minute forecasts; not applied to this "
+                     f"{h}-minute one")
+        return None
+    levels = tuple(q / 100 for q in percentiles)
+    both = calibrator.side_by_side(metrics[f"p_up_{h}m"], metrics["now_close"], close_paths,
+                                   p_hit_vwap=metrics.get(f"p_hit_vwap_{h}m"), levels=levels)
+    calibrated = {f"p_up_{h}m": both["p_up_cal"], "method": both["p_up_method"], "calibrator": str(path),
+                  "percentiles": {key: band for key, band in zip(metrics["percentiles"], both["bands_cal"])}}
+    if "p_hit_vwap_cal" in both:
+        calibrated[f"p_hit_vwap_{h}m"] = both["p_hit_vwap_cal"]
+    return calibrated
 
 
 def exit_code_for(exc: BaseException) -> ExitCode:

@@ -59,7 +59,7 @@ def log_row(summary: dict[str, Any], summary_file: str) -> dict[str, Any]:
     return {
         "asof": summary["asof"], "symbol": summary["symbol"], "now_close": summary["now_close"],
         "horizon_min": h, "n_samples": summary["n_samples"],
-        "p_up": m[f"p_up_{h}m"], "exp_ret": m[f"exp_ret_{h}m"], **ends,
+        "p_up": m[f"p_up_{h}m"], "p_up_cal": (summary["calibrated"] or {}).get(f"p_up_{h}m"), "exp_ret": m[f"exp_ret_{h}m"], **ends,
         "p_hit_vwap": m.get(f"p_hit_vwap_{h}m"), "vwap": m.get("vwap"), "vwap_mode": m.get("vwap_mode"),
         "p_hit_mid": m.get(f"p_hit_mid_{h}m"), "mid_band": m.get("mid_band"), "zscore_mid": m.get("zscore_mid"),
         "drawdown_p90": m.get(f"drawdown_p90_{h}m"), "runup_p90": m.get(f"runup_p90_{h}m"),

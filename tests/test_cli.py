@@ -362,3 +362,41 @@ def test_alpaca_empty_answer_skips(mini_checkpoint, serve_bars, tmp_path, monkey
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("ALPACA_DATA_URL", serve_bars(lambda q: (200, {"bars": {}, "next_page_token": None})).url)
     assert cli.main(alpaca_args(mini_checkpoint, tmp_path / "out")) == ExitCode.SKIPPED
+
+
+def platt_calibrator(path, horizon=30, a=0.5, b=0.2):
+    from market.calibration import FORMAT
+
+    path.write_text(json.dumps({"format": FORMAT, "version": 1, "horizon_min": horizon,
+                                "p_up": {"method": "platt", "params": {"a": a, "b": b}, "n": 100}}))
+    return path
+
+
+def test_calibrator_is_shown_beside_the_raw_value(mini_checkpoint, bars_csv, tmp_path, capsys):
+    cal = platt_calibrator(tmp_path / "cal.json")
+    out = tmp_path / "out"
+    assert cli.main(args_for(mini_checkpoint, bars_csv, out, "--asof", "2025-06-04T15:00:00Z", "--n-samples", "10",
+                             "--lookback", "200", "--calibrator", cal, "--seed", "2")) == 0
+    summary = json.loads((out / "pred_summary_QQQ_latest.json").read_text())
+    raw = summary["summary"]["p_up_30m"]
+    clipped = min(max(raw, 1e-3), 1 - 1e-3)
+    expected = 1 / (1 + np.exp(-(0.5 * np.log(clipped / (1 - clipped)) + 0.2)))
+    assert summary["calibrated"]["p_up_30m"] == pytest.approx(expected)
+    assert summary["calibrated"]["method"] == "platt"
+    assert f"(calibrated {expected:.1%})" in capsys.readouterr().out
+    with (out / "runs_QQQ.csv").open() as fh:
+        assert float(next(csv.DictReader(fh))["p_up_cal"]) == pytest.approx(expected)
+
+
+def test_calibrator_for_another_horizon_is_not_applied(mini_checkpoint, bars_csv, tmp_path):
+    cal = platt_calibrator(tmp_path / "cal.json", horizon=30)
+    out = tmp_path / "out"
+    # 12 minutes left before the close: a 30-minute calibrator does not describe a 12-minute forecast.
+    assert cli.main(args_for(mini_checkpoint, bars_csv, out, "--asof", "2025-06-04T19:48:00Z", "--n-samples", "4",
+                             "--lookback", "200", "--calibrator", cal)) == 0
+    summary = json.loads((out / "pred_summary_QQQ_latest.json").read_text())
+    assert summary["calibrated"] is None and any("not applied" in n for n in summary["notes"])
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"format": "something else"}')
+    assert cli.main(args_for(mini_checkpoint, bars_csv, tmp_path / "o2", "--asof", "2025-06-04T15:00:00Z",
+                             "--calibrator", broken)) == ExitCode.BAD_INPUT
