@@ -206,3 +206,46 @@ def test_baseline_backtest_on_real_bars(real_data_dir: Path, tmp_path: Path, cap
     assert 0.15 < rw["p_up"]["raw"]["brier"] < 0.35 and rw["close_end"]["crps_fair_bp"] > 0
     out = capsys.readouterr().out
     assert "random_walk" in out and "independent" in out
+
+
+def tiny_kronos(root: Path) -> tuple[Path, Path]:
+    """A random-weight Kronos pair far smaller than the published ones, saved as config.json + safetensors."""
+    import torch
+    from safetensors.torch import save_file
+
+    from kronos.config import PredictorConfig, TokenizerConfig
+    from kronos.model import KronosPredictor, KronosTokenizer
+
+    pc = dict(s1_bits=10, s2_bits=10, n_layers=2, d_model=32, n_heads=2, ff_dim=64, learn_te=True)
+    tc = dict(d_in=6, d_model=32, n_heads=2, ff_dim=64, n_enc_layers=3, n_dec_layers=3, s1_bits=10, s2_bits=10)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for name, cls, cfg_cls, cfg in (("model", KronosPredictor, PredictorConfig, pc),
+                                        ("tokenizer", KronosTokenizer, TokenizerConfig, tc)):
+            d = root / name
+            d.mkdir(parents=True)
+            (d / "config.json").write_text(json.dumps(cfg))
+            save_file({k: v.contiguous() for k, v in cls(cfg_cls(**cfg)).state_dict().items()},
+                      str(d / "model.safetensors"))
+    return root / "model", root / "tokenizer"
+
+
+def test_kronos_settings_side_by_side_through_the_command_line(tmp_path: Path) -> None:
+    model, tok = tiny_kronos(tmp_path / "ck")
+    frame = baselines.simulate_bars("2025-03-03", 4, seed=23)
+    csv = tmp_path / "bars.csv"
+    frame.rename_axis("timestamp").reset_index().to_csv(csv, index=False)
+    common = f"model={model},tokenizer={tok},lookback=64,max_context=128"
+    argv = ["--config", str(Path(cli.__file__).parent / "config.yaml"), "--csv", str(csv), "--start", "2025-03-06",
+            "--every", "60", "--n-paths", "8", "--batch", "4", "--forecasters", "random_walk",
+            "--kronos", f"name=k_p09,top_p=0.9,{common}", "--kronos", f"name=k_p10_end,top_p=1.0,time_label=end,{common}",
+            "--out", str(tmp_path / "out"), "--no-progress", "--no-plots"]
+    assert cli.main(argv) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert list(report["forecasters"]) == ["random_walk", "k_p09", "k_p10_end"]
+    run = json.loads((tmp_path / "out" / bt.RUN_FILE).read_text())
+    assert run["forecasters"]["k_p10_end"]["time_label"] == "end" and run["forecasters"]["k_p09"]["top_p"] == 0.9
+    # lookback 64 < the config's 480: origins still need the config's history, so all forecasters share origins.
+    assert run["settings"]["min_history"] == 480
+    n = {name: r["n_origins"] for name, r in report["forecasters"].items()}
+    assert len(set(n.values())) == 1 and n["k_p09"] > 0
