@@ -78,7 +78,9 @@ def load_frame(cfg: Config, csv: str | None, start: pd.Timestamp, end: pd.Timest
     first = mcal.recent_sessions(start, cfg.days + 1, cfg.rth)[0]  # history for the first origins too
     lo = mcal.session_window(first, cfg.rth)[0]
     hi = mcal.session_window(mcal.ny_date(end), cfg.rth)[1] if mcal.is_session(mcal.ny_date(end)) else end
-    frame = AlpacaBarSource(creds.key_id, creds.secret_key, feed=cfg.feed).fetch(cfg.symbol, lo, hi)
+    source = AlpacaBarSource(creds.key_id, creds.secret_key, feed=cfg.feed,
+                             url_override=os.environ.get("ALPACA_DATA_URL") or None)  # as the forecast CLI
+    frame = source.fetch(cfg.symbol, lo, hi)
     return frame, {"source": "alpaca", "symbol": cfg.symbol, "feed": cfg.feed, "from": lo.isoformat(),
                    "to": hi.isoformat()}
 

@@ -363,11 +363,34 @@ def realised_close(bars: pd.DataFrame, origin: pd.Timestamp, horizon_min: int) -
     return float(bars["close"].iloc[hi - 1]) if hi > lo else math.nan
 
 
-def run_log_outcomes(log: pd.DataFrame, bars: pd.DataFrame) -> pd.DataFrame:
-    """Adds origin (asof floored to the minute: the first bar not yet closed) and realised_close."""
+def _summary_last_bar(log_dir: Path, name: Any) -> pd.Timestamp | None:
+    """The ``last_bar`` of a run's summary JSON next to the run log, when it is still there."""
+    if not isinstance(name, str) or not name:
+        return None
+    path = log_dir / name
+    try:
+        value = json.loads(path.read_text()).get("last_bar")
+    except (OSError, ValueError):
+        return None
+    return pd.Timestamp(value).tz_convert("UTC") if value else None
+
+
+def run_log_outcomes(log: pd.DataFrame, bars: pd.DataFrame, log_dir: Path | None = None) -> pd.DataFrame:
+    """Adds each run's origin (the start of its first forecast minute) and realised_close.
+
+    The origin is last_bar + 1 min, from a ``last_bar`` column or the run's summary file (``summary_file``,
+    relative to ``log_dir``); without either it is asof floored to the minute, which is wrong only when the
+    run used delayed data (its last bar then ended well before asof)."""
     log = log.copy()
-    asof = pd.to_datetime(log["asof"], utc=True)
-    log["origin"] = asof.dt.floor("min")
+    origin = pd.to_datetime(log["asof"], utc=True).dt.floor("min")
+    if "last_bar" in log.columns:
+        last = pd.to_datetime(log["last_bar"], utc=True)
+        origin = origin.where(last.isna(), last + pd.Timedelta(minutes=1))
+    elif "summary_file" in log.columns and log_dir is not None:
+        last = [_summary_last_bar(log_dir, f) for f in log["summary_file"]]
+        origin = pd.Series([o if lb is None else lb + pd.Timedelta(minutes=1) for o, lb in zip(origin, last)],
+                           index=log.index)
+    log["origin"] = pd.to_datetime(origin, utc=True)
     log["realised_close"] = [realised_close(bars, o, int(h)) for o, h in zip(log["origin"], log["horizon_min"])]
     return log
 
@@ -385,7 +408,7 @@ def fit_from_run_log(log_csv: str | Path, bars: pd.DataFrame, symbol: str | None
     if symbol is not None:
         log = log[log["symbol"] == symbol]
     horizon = int(horizon_min or log["horizon_min"].mode().iloc[0])
-    log = run_log_outcomes(log[log["horizon_min"] == horizon], bars)
+    log = run_log_outcomes(log[log["horizon_min"] == horizon], bars, Path(log_csv).parent)
     log = log[np.isfinite(log["realised_close"])].sort_values("origin")
     now = log["now_close"].to_numpy(float)
     y = (log["realised_close"].to_numpy(float) > now).astype(float)

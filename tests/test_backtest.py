@@ -249,3 +249,27 @@ def test_kronos_settings_side_by_side_through_the_command_line(tmp_path: Path) -
     assert run["settings"]["min_history"] == 480
     n = {name: r["n_origins"] for name, r in report["forecasters"].items()}
     assert len(set(n.values())) == 1 and n["k_p09"] > 0
+
+
+def test_fit_a_calibrator_from_the_forecast_run_log(tmp_path: Path) -> None:
+    from market.artifacts import RUN_LOG_COLUMNS, append_run_log
+    from market.calibration import load_calibrator
+
+    frame = baselines.simulate_bars("2025-03-03", 3, seed=24)
+    csv = tmp_path / "bars.csv"
+    frame.rename_axis("timestamp").reset_index().to_csv(csv, index=False)
+    rng = np.random.default_rng(25)
+    log_path = tmp_path / "runs_QQQ.csv"
+    for origin in frame.index[(frame.index.minute % 5 == 0)][1:-12]:
+        now = float(frame["close"].loc[:origin - pd.Timedelta(minutes=1)].iloc[-1])
+        sd = 0.001
+        row = {"asof": origin + pd.Timedelta(seconds=5), "symbol": "QQQ", "now_close": now, "horizon_min": 30,
+               "p_up": float(rng.choice([0.05, 0.95])), "p10_end": now * (1 - sd), "p50_end": now,
+               "p90_end": now * (1 + sd)}
+        append_run_log(log_path, {k: v for k, v in row.items() if k in RUN_LOG_COLUMNS})
+    argv = ["--config", str(Path(cli.__file__).parent / "config.yaml"), "--csv", str(csv),
+            "--fit-run-log", str(log_path), "--out", str(tmp_path / "cal")]
+    assert cli.main(argv) == 0
+    c = load_calibrator(tmp_path / "cal" / "calibrator_QQQ_runlog.json")
+    assert c.p_up.n > 200 and c.p_up.method == "platt"
+    assert abs(float(c.apply([0.95])[0]) - 0.5) < 0.15  # a coin flip dressed as certainty is brought back

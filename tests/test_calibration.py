@@ -197,3 +197,17 @@ def test_fit_from_run_log(tmp_path) -> None:
     assert np.mean((real >= log["p10_end"]) & (real <= log["p90_end"])) < 0.5
     # The end-step table serves every step.
     np.testing.assert_array_equal(c.bands.score_quantile(1, [0.5]), c.bands.score_quantile(30, [0.5]))
+
+
+def test_run_log_origin_comes_from_the_last_bar_when_known(tmp_path) -> None:
+    bars = baselines.simulate_bars("2025-03-03", 1, seed=14)
+    t0 = pd.Timestamp("2025-03-03 10:00", tz="America/New_York").tz_convert("UTC")
+    # A delayed-feed run at 10:00:07 whose last bar was 09:44: its window is 09:45 .. 10:14.
+    (tmp_path / "summary_a.json").write_text(json.dumps({"last_bar": (t0 - pd.Timedelta(minutes=16)).isoformat()}))
+    log = pd.DataFrame({"asof": [(t0 + pd.Timedelta(seconds=7)).isoformat()] * 3, "horizon_min": [30] * 3,
+                        "summary_file": ["summary_a.json", "missing.json", None]})
+    out = cal.run_log_outcomes(log, bars, tmp_path)
+    assert list(out["origin"]) == [t0 - pd.Timedelta(minutes=15), t0, t0]
+    assert out["realised_close"].iloc[0] == bars["close"].loc[t0 + pd.Timedelta(minutes=14)]
+    with_col = cal.run_log_outcomes(log.assign(last_bar=(t0 - pd.Timedelta(minutes=6)).isoformat()), bars)
+    assert (with_col["origin"] == t0 - pd.Timedelta(minutes=5)).all()
