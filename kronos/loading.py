@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .config import PredictorConfig, TokenizerConfig, config_from_dict
-from .model import KronosPredictor, KronosTokenizer
+from .model import KronosPredictor, KronosTokenizer, fuse_projections
 
 FILES = ("config.json", "model.safetensors")
 # Deterministic buffers that upstream saves alongside the weights; we recompute them, so they may be absent.
@@ -110,7 +110,7 @@ def build(kind: str, ckpt: Checkpoint) -> nn.Module:
     except ValueError as exc:
         raise CheckpointError(str(exc)) from exc
     load_weights(net, ckpt.weights_path)
-    return net.eval().requires_grad_(False)
+    return fuse_projections(net).eval().requires_grad_(False)
 
 
 def load_predictor(source: str | os.PathLike, revision: str | None = None) -> tuple[KronosPredictor, str | None]:

@@ -26,20 +26,31 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()  # statistics in fp32 even when the weights are bf16/fp16
-        xf = xf * torch.rsqrt((xf * xf).mean(-1, keepdim=True) + self.eps)
-        return xf.type_as(x) * self.weight
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        # statistics in fp32 even when the weights are bf16/fp16, as upstream does
+        return F.rms_norm(x.float(), self.weight.shape, eps=self.eps).type_as(x) * self.weight
 
 
 class FeedForward(nn.Module):
+    """SwiGLU without biases: w2(silu(w1 x) * w3 x)."""
+
     def __init__(self, d_model: int, ff_dim: int):
         super().__init__()
         self.w1 = nn.Linear(d_model, ff_dim, bias=False)
         self.w3 = nn.Linear(d_model, ff_dim, bias=False)
         self.w2 = nn.Linear(ff_dim, d_model, bias=False)
 
+    def fuse(self) -> None:
+        """One matmul for w1 and w3 (non-persistent buffer: checkpoints are unaffected). Call after loading."""
+        self.register_buffer("w13", torch.cat([self.w1.weight, self.w3.weight]), persistent=False)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        w13 = getattr(self, "w13", None)
+        if w13 is None:
+            w13 = torch.cat([self.w1.weight, self.w3.weight])
+        gate, up = F.linear(x, w13).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 def rope_tables(head_dim: int, n_pos: int, device: torch.device) -> KV:
@@ -51,10 +62,11 @@ def rope_tables(head_dim: int, n_pos: int, device: torch.device) -> KV:
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x [B, T, h, e]; cos/sin [T, e] for the positions of x's T tokens."""
+    """x [B, T, ..., e]; cos/sin [T, e] for the positions of x's T tokens."""
+    shape = (cos.shape[0],) + (1,) * (x.dim() - 3) + (cos.shape[1],)
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos[:, None].to(x.dtype) + rotated * sin[:, None].to(x.dtype)
+    return x * cos.view(shape).to(x.dtype) + rotated * sin.view(shape).to(x.dtype)
 
 
 def to_path_layout(x: Tensor, n_origins: int) -> Tensor:
@@ -68,30 +80,24 @@ def prefix_attention(q: Tensor, prefix: KV, k: Tensor | None, v: Tensor | None) 
 
     q [O, h, n, T, e]; prefix keys/values [O, h, P, e]; k/v [O, h, n, S, e] whose last T positions
     are the queries' own (causal among themselves). Returns [O, h, n, T, e].
-    The two score blocks are merged with one running max, as in flash-decoding.
+    The n*T queries of an origin share one matmul against its prefix, so the prefix is read, never repeated.
     """
     o, h, n, t, e = q.shape
     pk, pv = prefix
-    q = q * (e ** -0.5)
-    s_pre = (q.reshape(o, h, n * t, e) @ pk.transpose(-1, -2)).float()  # [O, h, nT, P]
-    m = s_pre.amax(-1, keepdim=True)
-    has_new = k is not None and k.shape[-2] > 0
-    if has_new:
-        s = k.shape[-2]
-        s_new = (q @ k.transpose(-1, -2)).float()  # [O, h, n, T, S]
+    p = pk.shape[-2]
+    scores = q.reshape(o, h, n * t, e) @ pk.transpose(-1, -2)  # [O, h, nT, P]
+    s = 0 if k is None else k.shape[-2]
+    if s:
+        s_new = q @ k.transpose(-1, -2)  # [O, h, n, T, S]
         if t > 1:  # query i sits at new position s - t + i (bottom-right aligned causal mask)
             allowed = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
             s_new = s_new.masked_fill(~allowed, float("-inf"))
-        s_new = s_new.reshape(o, h, n * t, s)
-        m = torch.maximum(m, s_new.amax(-1, keepdim=True))
-    p_pre = s_pre.sub_(m).exp_()
-    denom = p_pre.sum(-1, keepdim=True)
-    out = p_pre.to(pv.dtype) @ pv  # [O, h, nT, e]
-    if has_new:
-        p_new = s_new.sub_(m).exp_()
-        denom = denom + p_new.sum(-1, keepdim=True)
-        out = out + (p_new.to(v.dtype).view(o, h, n, t, -1) @ v).view(o, h, n * t, e)
-    return (out / denom.to(out.dtype)).view(o, h, n, t, e)
+        scores = torch.cat([scores, s_new.view(o, h, n * t, s)], dim=-1)
+    weights = scores.float().mul_(e ** -0.5).softmax(-1).to(pv.dtype)
+    out = weights[..., :p] @ pv  # [O, h, nT, e]
+    if s:
+        out += (weights[..., p:].reshape(o, h, n, t, s) @ v).view(o, h, n * t, e)
+    return out.view(o, h, n, t, e)
 
 
 class Attention(nn.Module):
@@ -105,8 +111,22 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
 
-    def split(self, x: Tensor) -> Tensor:
-        return x.view(*x.shape[:-1], self.n_heads, self.head_dim)
+    def fuse(self) -> None:
+        """One matmul for q, k and v (non-persistent buffers: checkpoints are unaffected). Call after loading."""
+        ps = (self.q_proj, self.k_proj, self.v_proj)
+        self.register_buffer("qkv_weight", torch.cat([p.weight for p in ps]), persistent=False)
+        self.register_buffer("qkv_bias", torch.cat([p.bias for p in ps]), persistent=False)
+
+    def project(self, x: Tensor, which: slice) -> Tensor:
+        """Rows `which` of the fused q|k|v projection, split into heads: [..., n, h, e]."""
+        w, b = getattr(self, "qkv_weight", None), getattr(self, "qkv_bias", None)
+        if w is None:
+            ps = (self.q_proj, self.k_proj, self.v_proj)
+            w, b = torch.cat([p.weight for p in ps]), torch.cat([p.bias for p in ps])
+        d = self.n_heads * self.head_dim
+        rows = slice(which.start * d, which.stop * d)
+        y = F.linear(x, w[rows], b[rows])
+        return y.view(*x.shape[:-1], which.stop - which.start, self.n_heads, self.head_dim)
 
     def merge(self, y: Tensor) -> Tensor:
         """[O, h, n, T, e] -> out_proj over [B, T, d]."""
@@ -114,8 +134,9 @@ class Attention(nn.Module):
         return self.out_proj(y.permute(0, 2, 3, 1, 4).reshape(o * n, t, h * e))
 
     def qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        q, k, v = (self.split(p(x)) for p in (self.q_proj, self.k_proj, self.v_proj))
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        y = self.project(x, slice(0, 3))  # [B, T, 3, h, e]
+        qk = apply_rope(y[:, :, :2], cos, sin)  # q and k rotated together
+        return qk[:, :, 0], qk[:, :, 1], y[:, :, 2]
 
     def forward_full(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, KV]:
         """Causal attention over a whole sequence [B, T, d]; also returns its keys/values [B, h, T, e]."""
@@ -151,6 +172,14 @@ class TransformerBlock(nn.Module):
     def forward_cached(self, x: Tensor, cos: Tensor, sin: Tensor, prefix: KV, cache: KV, start: int) -> Tensor:
         x = x + self.self_attn.forward_cached(self.norm1(x), cos, sin, prefix, cache, start)
         return x + self.ffn(self.norm2(x))
+
+
+def fuse_projections(net: nn.Module) -> nn.Module:
+    """Build the fused projection buffers of every attention and feed-forward module (after loading weights)."""
+    for m in net.modules():
+        if isinstance(m, (Attention, FeedForward)):
+            m.fuse()
+    return net
 
 
 class Stack(nn.ModuleList):
@@ -282,13 +311,13 @@ class DependencyAwareLayer(nn.Module):
 
     def keys_values(self, hidden: Tensor) -> KV:
         """hidden [B, T, d] -> keys/values [B, T, h, e]."""
-        a = self.cross_attn
-        return a.split(a.k_proj(hidden)), a.split(a.v_proj(hidden))
+        kv = self.cross_attn.project(hidden, slice(1, 3))
+        return kv[:, :, 0], kv[:, :, 1]
 
     def forward(self, s1_emb: Tensor, h_last: Tensor, prefix: KV, k: Tensor | None, v: Tensor | None) -> Tensor:
         """s1_emb, h_last [B, d]; prefix K/V [O, h, P, e]; per-path k/v [O, h, n, S, e] -> [B, d]."""
         a = self.cross_attn
-        q = to_path_layout(a.split(a.q_proj(s1_emb[:, None])), prefix[0].shape[0])
+        q = to_path_layout(a.project(s1_emb[:, None], slice(0, 1))[:, :, 0], prefix[0].shape[0])
         y = a.merge(prefix_attention(q, prefix, k, v))[:, 0]
         return self.norm(h_last + y)
 

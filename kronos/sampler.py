@@ -102,7 +102,7 @@ def time_features(ts: Any) -> np.ndarray:
     import pandas as pd
 
     idx = pd.DatetimeIndex(ts)
-    return np.stack([idx.minute, idx.hour, idx.weekday, idx.day, idx.month], axis=-1).astype(np.int64)
+    return np.stack([idx.minute, idx.hour, idx.day_of_week, idx.day, idx.month], axis=-1).astype(np.int64)
 
 
 def frame_to_arrays(df: Any, x_timestamp: Any, y_timestamp: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
