@@ -1,0 +1,155 @@
+"""Benchmark: our KronosPathSampler against the reference predictor on Kronos-small-shaped random weights.
+
+    .venv/bin/python bench/bench_sampler.py                      # CPU, N = 1, 10, 100, 1000; reference N = 1, 4
+    .venv/bin/python bench/bench_sampler.py --device cuda --ns 1,100,1000,10000
+
+Each (implementation, N) runs in a fresh subprocess so its peak RSS is its own. Ours is timed after one
+small warm-up call (best of --repeats for N <= 100); the reference once per N, and its per-path time (its cost
+is linear in N: it recomputes the whole window for every path at every step) is extrapolated to larger N.
+Random weights come from tests/kronos_checkpoints.py (needs the test-only reference package), unless
+--model/--tokenizer point at real checkpoint directories.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+
+def bars(lookback: int, horizon: int):
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    close = 100 + np.cumsum(rng.normal(0, 0.5, lookback))
+    df = pd.DataFrame({"open": close + rng.normal(0, 0.2, lookback), "high": close + 0.4, "low": close - 0.4,
+                       "close": close, "volume": rng.uniform(1e4, 5e4, lookback)})
+    stamps = pd.Series(pd.date_range("2024-03-01 09:30", periods=lookback + horizon, freq="5min"))
+    return df, stamps[:lookback].reset_index(drop=True), stamps[lookback:].reset_index(drop=True)
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Time one implementation at one N; print a JSON line."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    df, x_ts, y_ts = bars(args.lookback, args.horizon)
+    cuda = args.device.startswith("cuda")
+
+    def timed(fn):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    if args.worker == "ours":
+        from kronos import KronosPathSampler
+
+        sampler = KronosPathSampler.from_pretrained(args.model, args.tokenizer, device=args.device, dtype=args.dtype)
+        run = lambda n: sampler.sample(df, x_ts, y_ts, n_paths=n, top_p=0.9, seed=0)  # noqa: E731
+        first = timed(lambda: run(min(args.n, 2)))  # warm-up: allocator, kernels, thread pool
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        times = [timed(lambda: run(args.n)) for _ in range(args.repeats if args.n <= 100 else 1)]
+    else:
+        from model import Kronos, KronosPredictor, KronosTokenizer
+
+        ref = KronosPredictor(Kronos.from_pretrained(args.model).eval(), KronosTokenizer.from_pretrained(args.tokenizer).eval(),
+                              device=args.device, max_context=512)
+        first = 0.0
+        times = [timed(lambda: ref.predict(df, x_ts, y_ts, pred_len=args.horizon, T=1.0, top_p=0.9,
+                                           sample_count=args.n, verbose=False))]
+    print(json.dumps({"best": min(times), "first": first, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+                      "threads": torch.get_num_threads(), "torch": torch.__version__}))
+
+
+def measure(args: argparse.Namespace, impl: str, n: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", impl, "--n", str(n), "--model", str(args.model),
+           "--tokenizer", str(args.tokenizer), "--device", args.device, "--dtype", args.dtype,
+           "--lookback", str(args.lookback), "--horizon", str(args.horizon), "--repeats", str(args.repeats),
+           "--threads", str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    if out.returncode:
+        raise SystemExit(f"{impl} N={n} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: auto)")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--ns", default="1,10,100,1000", help="path counts for our sampler")
+    p.add_argument("--ref-ns", default="1,4", help="path counts for the reference (slow); empty to skip")
+    p.add_argument("--lookback", type=int, default=480)
+    p.add_argument("--horizon", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--model", default=None, help="predictor directory (default: random Kronos-small weights)")
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--worker", choices=["ours", "ref"], help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.device is None:
+        from kronos.sampler import pick_device
+
+        args.device = str(pick_device(None))
+    if args.worker:
+        return worker(args)
+
+    tmp = tempfile.TemporaryDirectory(prefix="kronos_bench_")
+    if args.model is None:
+        from kronos_checkpoints import write_checkpoint_pair
+
+        args.model, args.tokenizer = write_checkpoint_pair(Path(tmp.name), "small", seed=0)
+    load_before = os.getloadavg()
+    ref = {n: measure(args, "ref", n) for n in [int(x) for x in args.ref_ns.split(",") if x]}
+    ours = {n: measure(args, "ours", n) for n in [int(x) for x in args.ns.split(",") if x]}
+    load_after = os.getloadavg()
+    info = next(iter(ours.values()))
+    ref_per_path = ref[max(ref)]["best"] / max(ref) if ref else None
+
+    print(f"Machine: {cpu_name()}, {os.cpu_count()} CPUs; device {args.device}; torch {info['torch']}; "
+          f"{info['threads']} threads; dtype {args.dtype}; lookback {args.lookback}, horizon {args.horizon}; "
+          f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
+    mem_col = "peak CUDA MB" if args.device.startswith("cuda") else "peak RSS MB"
+    print(f"\n| impl | N | total s | per path ms | speed-up | {mem_col} |\n|---|---|---|---|---|---|")
+    for n, r in ref.items():
+        print(f"| reference | {n} | {r['best']:.2f} | {1000 * r['best'] / n:.0f} | 1.0 | {r['rss_mb']:.0f} |")
+    for n, r in ours.items():
+        speed = f"{ref_per_path * n / r['best']:.0f}x" + ("" if n in ref else " (ref extrapolated)") if ref_per_path else "-"
+        mem = r["cuda_mb"] if args.device.startswith("cuda") else r["rss_mb"]
+        print(f"| ours | {n} | {r['best']:.3f} | {1000 * r['best'] / n:.1f} | {speed} | {mem:.0f} |")
+    if ref_per_path:
+        print(f"\nReference per-path time {ref_per_path:.2f} s (from its N={max(ref)} run; its cost is linear in N), "
+              f"so N=100 would take about {100 * ref_per_path:.0f} s and N=1000 about {1000 * ref_per_path:.0f} s.")
+    firsts = ", ".join(f"N={n}: {r['first']:.2f} s" for n, r in ours.items())
+    print(f"Ours: best of the timed calls after one warm-up call of N<=2 (warm-up call times: {firsts}).")
+
+
+if __name__ == "__main__":
+    main()
