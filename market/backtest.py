@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import zlib
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ BANDS = scoring.DEFAULT_BANDS
 SKIP = "_skipped"  # pseudo-forecaster name of the records that say why an origin was skipped
 RESULTS = "results.jsonl"
 RUN_FILE = "run.json"
+DIAGRAM_MIN_BIN = 20  # reliability-diagram bins with fewer outcomes are left out of the chart (kept in the JSON)
 
 
 @dataclass(frozen=True)
@@ -653,7 +655,9 @@ def build_report(records: dict[tuple[str, str], dict], settings: Settings, out_d
     base = frames.get(baseline)
     evals = {name: evaluate(f, settings, base) for name, f in frames.items()}
     skipped = [r for (n, _), r in records.items() if n == SKIP]
-    reasons = pd.Series([r["reason"].split(":")[0][:80] for r in skipped]).value_counts().to_dict() if skipped else {}
+    # Numbers and times vary per origin; without them the reasons group into a few kinds.
+    kinds = [re.sub(r"\d[\d:.+TZ-]*", "#", r["reason"])[:100] for r in skipped]
+    reasons = pd.Series(kinds, dtype=object).value_counts().to_dict() if skipped else {}
     any_f = next(iter(frames.values()))
     resolved = any_f.table[np.isfinite(any_f.table["up"])]
     report: dict[str, Any] = {
@@ -695,11 +699,12 @@ def write_plots(evals: dict[str, Evaluation], report: dict[str, Any], out_dir: P
     for n in names:
         for kind, ls in (("raw", "-"), ("calibrated", "--")):
             tab = pd.DataFrame(report["forecasters"][n]["p_up"][kind]["reliability_table"])
+            tab = tab[tab["n"] >= DIAGRAM_MIN_BIN] if len(tab) else tab  # a bin of 3 outcomes is noise
             if len(tab):
                 ax.plot(tab["mean_p"], tab["obs_freq"], ls, marker="o", ms=3, color=colours[n],
                         label=f"{n} ({kind})")
     ax.set(xlabel="forecast p_up (bin mean)", ylabel="observed frequency of close > now", xlim=(0, 1), ylim=(0, 1),
-           title="Reliability of p_up (dashed: walk-forward calibrated)")
+           title=f"Reliability of p_up (dashed: walk-forward calibrated; bins of >= {DIAGRAM_MIN_BIN})")
     ax.legend(fontsize=7)
     files.append(_save(fig, out_dir / "reliability.png"))
 
