@@ -211,7 +211,8 @@ def describe(forecaster: Any) -> dict[str, Any]:
     """What identifies a forecaster's settings (stored in run.json to refuse mixing settings under one name)."""
     if hasattr(forecaster, "describe"):
         return dict(forecaster.describe())
-    simple = {k: v for k, v in vars(forecaster).items() if isinstance(v, (int, float, str, bool)) and k != "name"}
+    simple = {k: v for k, v in vars(forecaster).items()
+              if isinstance(v, (int, float, str, bool)) and k != "name" and not k.startswith("last_")}  # run state
     return {"kind": type(forecaster).__name__, **simple}
 
 
