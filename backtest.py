@@ -167,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     forecasters = build_forecasters(args, cfg)
     settings = settings_from(args, cfg, forecasters)
     log.info("%d bars; forecasters %s; results in %s", len(frame), [f.name for f in forecasters], args.out)
-    records = bt.run_walk_forward(frame, settings, forecasters, args.out, data, progress=not args.no_progress)
+    try:
+        records = bt.run_walk_forward(frame, settings, forecasters, args.out, data, progress=not args.no_progress)
+    except bt.RunMismatch as exc:
+        print(f"backtest: {exc}", file=sys.stderr)
+        return 2
     report = bt.build_report(records, settings, args.out, data, plots=not args.no_plots)
     print(bt.console_table(report))
     print(f"report: {args.out / 'report.json'}; per origin: {args.out / 'per_origin.csv'}; "

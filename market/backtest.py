@@ -50,6 +50,10 @@ RUN_FILE = "run.json"
 DIAGRAM_MIN_BIN = 20  # reliability-diagram bins with fewer outcomes are left out of the chart (kept in the JSON)
 
 
+class RunMismatch(ValueError):
+    """The output folder holds results of a run with other settings, data or forecaster settings."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything that decides a run's results (the report reads its own knobs from here too)."""
@@ -334,10 +338,10 @@ def check_run_file(out_dir: Path, settings: Settings, data: dict[str, Any], fore
     if path.exists():
         old = json.loads(path.read_text())
         if old["settings"] != current["settings"] or old["data"] != current["data"]:
-            raise ValueError(f"{out_dir} holds a run with other settings or data; use another --out or --fresh")
+            raise RunMismatch(f"{out_dir} holds a run with other settings or data; use another --out or --fresh")
         for name, desc in current["forecasters"].items():
             if name in old["forecasters"] and old["forecasters"][name] != json.loads(json.dumps(desc)):
-                raise ValueError(f"forecaster {name!r} ran with other settings in {out_dir}: rename it or --fresh")
+                raise RunMismatch(f"forecaster {name!r} ran with other settings in {out_dir}: rename it or --fresh")
         current["forecasters"] = {**old["forecasters"], **current["forecasters"]}
     atomic_write_json(path, current)
 
