@@ -24,6 +24,7 @@ from market import backtest as bt
 from market import baselines
 from market import calendar as mcal
 from market.config import Config, load_config
+from market.operation import ExitCode
 
 log = logging.getLogger("backtest")
 BASELINES = {"random_walk": baselines.RandomWalk, "block_bootstrap": baselines.BlockBootstrap}
@@ -64,20 +65,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_frame(cfg: Config, csv: str | None, start: pd.Timestamp, end: pd.Timestamp) -> tuple[pd.DataFrame, dict]:
-    """All bars of the range, from the file or from Alpaca, with what identifies them for a resume."""
+def load_frame(cfg: Config, csv: str | None, start: str | None, end: str | None) -> tuple[pd.DataFrame, dict]:
+    """All bars of the sessions start..end (New York dates) and the history before them, from the file or from
+    Alpaca, with what identifies them for a resume."""
     from market.bars import AlpacaBarSource, DataError, credentials_from_env, read_bars_file
 
     path = csv or (cfg.csv if cfg.source == "csv" else None)
     if path:
         frame = read_bars_file(path, tz=cfg.csv_tz, label=cfg.csv_label)
         return frame, {"source": "csv", "file": os.path.abspath(path), "bytes": os.path.getsize(path)}
+    if start is None or end is None:
+        raise DataError("with Alpaca, give --start and --end")
     creds = credentials_from_env(os.environ)
     if creds is None:
         raise DataError("no bars file and no Alpaca keys (ALPACA_KEY_ID / ALPACA_SECRET_KEY)")
-    first = mcal.recent_sessions(start, cfg.days + 1, cfg.rth)[0]  # history for the first origins too
+    cal = mcal.xnys()
+    first_open = mcal.session_window(cal.date_to_session(mcal.to_session_label(start), "next"), cfg.rth)[0]
+    first = mcal.recent_sessions(first_open, cfg.days + 1, cfg.rth)[0]  # history for the first origins too
     lo = mcal.session_window(first, cfg.rth)[0]
-    hi = mcal.session_window(mcal.ny_date(end), cfg.rth)[1] if mcal.is_session(mcal.ny_date(end)) else end
+    hi = mcal.session_window(cal.date_to_session(mcal.to_session_label(end), "previous"), cfg.rth)[1]
     source = AlpacaBarSource(creds.key_id, creds.secret_key, feed=cfg.feed,
                              url_override=os.environ.get("ALPACA_DATA_URL") or None)  # as the forecast CLI
     frame = source.fetch(cfg.symbol, lo, hi)
@@ -139,8 +145,8 @@ def fit_run_log(args: argparse.Namespace, cfg: Config) -> int:
     from market.calibration import fit_from_run_log
 
     log_df = pd.read_csv(args.fit_run_log, usecols=["asof"])
-    asof = pd.to_datetime(log_df["asof"], utc=True)
-    frame, _ = load_frame(cfg, args.csv, asof.min(), asof.max() + pd.Timedelta(days=1))
+    asof = pd.to_datetime(log_df["asof"], utc=True).dt.tz_convert("America/New_York")
+    frame, _ = load_frame(cfg, args.csv, asof.min().date().isoformat(), asof.max().date().isoformat())
     calibrator = fit_from_run_log(args.fit_run_log, frame, symbol=cfg.symbol, horizon_min=cfg.horizon,
                                   isotonic_min=args.isotonic_min)
     path = calibrator.save(args.out / f"calibrator_{cfg.symbol}_runlog.json")
@@ -149,7 +155,26 @@ def fit_run_log(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    """Exit codes as the forecast CLI's: 2 bad input or another run in --out, 4 data source, 5 model, 130 Ctrl-C."""
+    from kronos import CheckpointError
+    from market.bars import DataError, DataSourceError, NoDataError
+    from market.config import ConfigError
+
+    try:
+        return run(parse_args(argv))
+    except (ConfigError, DataError, NoDataError, bt.RunMismatch) as exc:
+        code, text = ExitCode.BAD_INPUT, str(exc)
+    except DataSourceError as exc:
+        code, text = ExitCode.DATA_SOURCE, str(exc)
+    except CheckpointError as exc:
+        code, text = ExitCode.MODEL, str(exc)
+    except KeyboardInterrupt:
+        code, text = ExitCode.INTERRUPTED, "interrupted; rerun the same command to resume"
+    print(f"backtest: {text}", file=sys.stderr)
+    return int(code)
+
+
+def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     overrides = {"csv": args.csv, "source": "csv" if args.csv else None}
     cfg = load_config(args.config, {k: v for k, v in overrides.items() if v is not None})
@@ -159,19 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh:
         for name in (bt.RESULTS, bt.RUN_FILE):
             (args.out / name).unlink(missing_ok=True)
-    start = mcal.to_utc(args.start) if args.start else None
-    end = mcal.to_utc(args.end) if args.end else None
-    if (start is None or end is None) and not (args.csv or cfg.source == "csv"):
-        raise SystemExit("with Alpaca, give --start and --end")
-    frame, data = load_frame(cfg, args.csv, start, end)
+    frame, data = load_frame(cfg, args.csv, args.start, args.end)
     forecasters = build_forecasters(args, cfg)
     settings = settings_from(args, cfg, forecasters)
     log.info("%d bars; forecasters %s; results in %s", len(frame), [f.name for f in forecasters], args.out)
-    try:
-        records = bt.run_walk_forward(frame, settings, forecasters, args.out, data, progress=not args.no_progress)
-    except bt.RunMismatch as exc:
-        print(f"backtest: {exc}", file=sys.stderr)
-        return 2
+    records = bt.run_walk_forward(frame, settings, forecasters, args.out, data, progress=not args.no_progress)
     report = bt.build_report(records, settings, args.out, data, plots=not args.no_plots)
     print(bt.console_table(report))
     print(f"report: {args.out / 'report.json'}; per origin: {args.out / 'per_origin.csv'}; "

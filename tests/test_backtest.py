@@ -273,3 +273,49 @@ def test_fit_a_calibrator_from_the_forecast_run_log(tmp_path: Path) -> None:
     c = load_calibrator(tmp_path / "cal" / "calibrator_QQQ_runlog.json")
     assert c.p_up.n > 200 and c.p_up.method == "platt"
     assert abs(float(c.apply([0.95])[0]) - 0.5) < 0.15  # a coin flip dressed as certainty is brought back
+
+
+def test_alpaca_history_source(tmp_path: Path, monkeypatch) -> None:
+    """backtest.py without a file asks Alpaca (the real client, a fake endpoint) for the range plus history."""
+    from tests.fake_alpaca import FakeAlpaca
+
+    frame = baselines.simulate_bars("2025-03-03", 5, seed=26)
+
+    def respond(query):
+        rows = frame[(frame.index >= pd.Timestamp(query["start"])) & (frame.index <= pd.Timestamp(query["end"]))]
+        bars = [{"t": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "o": r.open, "h": r.high, "l": r.low, "c": r.close,
+                 "v": r.volume, "n": 1, "vw": r.close} for t, r in zip(rows.index, rows.itertuples())]
+        return 200, {"bars": {"QQQ": bars} if bars else {}, "next_page_token": None}
+
+    fake = FakeAlpaca(respond)
+    try:
+        monkeypatch.setenv("ALPACA_KEY_ID", "AKFAKE0001")
+        monkeypatch.setenv("ALPACA_SECRET_KEY", "fake-secret")
+        monkeypatch.setenv("ALPACA_DATA_URL", fake.url)
+        argv = ["--config", str(Path(cli.__file__).parent / "config.yaml"), "--start", "2025-03-06", "--end",
+                "2025-03-07", "--every", "60", "--n-paths", "16", "--forecasters", "random_walk",
+                "--out", str(tmp_path), "--no-progress", "--no-plots"]
+        assert cli.main(argv) == 0
+    finally:
+        fake.close()
+    first = pd.Timestamp(fake.requests[0]["query"]["start"])
+    assert first <= pd.Timestamp("2025-03-03 14:30", tz="UTC")  # three sessions of history before the start
+    run = json.loads((tmp_path / bt.RUN_FILE).read_text())
+    assert run["data"]["source"] == "alpaca"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["independent_windows"]["n_sessions"] == 2 and report["forecasters"]["random_walk"]["n_origins"] == 12
+
+
+def test_command_line_errors_exit_with_the_cli_codes(tmp_path: Path, monkeypatch, capsys) -> None:
+    for name in ("ALPACA_KEY_ID", "ALPACA_SECRET_KEY", "APCA_API_KEY_ID", "APCA_API_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    config = str(Path(cli.__file__).parent / "config.yaml")
+    assert cli.main(["--config", config, "--start", "2025-05-05", "--end", "2025-05-06", "--out", str(tmp_path)]) == 2
+    assert "Alpaca keys" in capsys.readouterr().err
+    csv = tmp_path / "bars.csv"
+    baselines.simulate_bars("2025-03-03", 4, seed=27).rename_axis("timestamp").reset_index().to_csv(csv, index=False)
+    base = ["--config", config, "--csv", str(csv), "--forecasters", "random_walk", "--n-paths", "8",
+            "--out", str(tmp_path / "o"), "--no-progress", "--no-plots"]
+    assert cli.main(base + ["--every", "60"]) == 0
+    assert cli.main(base + ["--every", "30"]) == 2  # another run's folder: refused, not mixed
+    assert "other settings" in capsys.readouterr().err
