@@ -678,7 +678,7 @@ def build_report(records: dict[tuple[str, str], dict], settings: Settings, out_d
     for name, ev in evals.items():
         path = ev.calibrator.save(out_dir / f"calibrator_{name}.json")
         report["calibrators"][name] = path.name
-    atomic_write_text(out_dir / "per_origin.csv", per_origin_table(evals).to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(out_dir / "per_origin.csv", per_origin_table(evals).to_csv(index=False, float_format="%.8g"))
     report = _jsonable(report)
     if plots:
         report["plots"] = write_plots(evals, report, out_dir)
