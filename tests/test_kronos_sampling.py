@@ -88,3 +88,40 @@ def test_seed_chunking_and_global_rng(mini):
     # a path depends on its index and the seed only: the first 10 of 24 paths are the 10 paths of n_paths=10
     sampler.memory_budget = None
     np.testing.assert_allclose(sampler.sample(df, x_ts, y_ts, n_paths=10, seed=11), a[:10], rtol=1e-5)
+
+
+def test_step_logits_match_reference(mini):
+    """The distributions we sample from are the reference's: s1 and s2 logits at the first two steps
+    (the second through our KV cache, the reference recomputing its whole window)."""
+    from model import Kronos, KronosTokenizer
+
+    from kronos.model import new_path_cache
+    from kronos.sampler import frame_to_arrays, prefill
+
+    model_dir, tok_dir = mini
+    ref_model, ref_tok = Kronos.from_pretrained(model_dir).eval(), KronosTokenizer.from_pretrained(tok_dir).eval()
+    ours = KronosPathSampler.from_pretrained(model_dir, tok_dir, device="cpu")
+    df, x_ts, y_ts = make_bars(32, 2, seed=3, columns=ALL)
+    values, x_stamp, y_stamp = frame_to_arrays(df, x_ts, y_ts)
+    x = torch.from_numpy(np.clip((values - values.mean(0)) / (values.std(0) + 1e-5), -5, 5))[None]
+    stamp = torch.from_numpy(np.concatenate([x_stamp, y_stamp]))[None]
+    with torch.inference_mode():
+        s1, s2 = ref_tok.encode(x, half=True)
+        ref_l1, ref_h = ref_model.decode_s1(s1, s2, stamp[:, :32].float())
+        prefix = prefill(ours.predictor, ours.tokenizer, x, stamp[:, :32])
+        torch.testing.assert_close(prefix.logits_s1, ref_l1[:, -1], rtol=1e-4, atol=1e-4)
+        candidates = torch.topk(ref_l1[0, -1], 3).indices
+        for c in candidates:
+            ref_l2 = ref_model.decode_s2(ref_h, c.view(1, 1))[:, -1]
+            ours_l2 = ours.predictor.s2_logits(c.view(1), prefix.h_last, prefix.dep, None, None)
+            torch.testing.assert_close(ours_l2, ref_l2, rtol=1e-4, atol=1e-4)
+        # second step: feed (s1, s2) = (best, best) and compare again
+        n1, n2 = candidates[:1].view(1, 1), ref_model.decode_s2(ref_h, candidates[:1].view(1, 1))[:, -1].argmax(-1, keepdim=True)
+        ref_l1b, ref_hb = ref_model.decode_s1(torch.cat([s1, n1], 1), torch.cat([s2, n2], 1), stamp[:, :33].float())
+        cache = new_path_cache(prefix.blocks, 1, 2)
+        h = ours.predictor.forward_cached(n1, n2, stamp[:, 32:33], prefix.blocks, cache, 0, ours.predictor.rope(34, x.device))
+        torch.testing.assert_close(ours.predictor.head.proj_s1(h[:, 0]), ref_l1b[:, -1], rtol=1e-4, atol=1e-4)
+        dk, dv = (t.transpose(1, 2)[:, :, None] for t in ours.predictor.dep_layer.keys_values(h))  # [O, h, n, 1, e]
+        c2 = torch.topk(ref_l1b[0, -1], 1).indices
+        ours_l2 = ours.predictor.s2_logits(c2, h[:, 0], prefix.dep, dk, dv)
+        torch.testing.assert_close(ours_l2, ref_model.decode_s2(ref_hb, c2.view(1, 1))[:, -1], rtol=1e-4, atol=1e-4)
