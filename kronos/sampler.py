@@ -1,7 +1,6 @@
 """Path sampling: encode and prefill each context once, then decode all paths together with a shared-prefix KV cache."""
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence

@@ -42,7 +42,7 @@ def test_sample_tokens_follows_filtered_distribution():
         freq = torch.bincount(draws, minlength=1024).double() / n
         assert (freq[probs == 0] == 0).all(), "a filtered-out token was drawn"
         se = (probs.double() * (1 - probs.double()) / n).sqrt()
-        assert ((freq - probs.double()).abs() <= 5 * se + 1e-9).all()
+        assert ((freq - probs.double()).abs() <= 5 * se + 5 / n).all()  # 5/n: Poisson slack for rare tokens
 
 
 @pytest.fixture(scope="module")
