@@ -86,6 +86,14 @@ def bytes_per_path(predictor: KronosPredictor, tokenizer: KronosTokenizer, p: in
     return kv + scores + vocab + ffn + tok_kv + tok_scores
 
 
+def bytes_per_origin(predictor: KronosPredictor, tokenizer: KronosTokenizer, p: int, elem: int) -> int:
+    """Rough memory of one origin's prefix caches plus the transient activations of its prefill."""
+    pc, tc = predictor.cfg, tokenizer.cfg
+    caches = p * (2 * pc.d_model * (pc.n_layers + 1) * elem + 2 * tc.d_model * max(tc.n_dec_layers - 1, 1) * 4)
+    transient = p * (3 * pc.ff_dim + 6 * pc.d_model) * elem + p * 3 * tc.ff_dim * 4
+    return caches + transient
+
+
 def pick_device(device: str | torch.device | None) -> torch.device:
     if device is not None:
         return torch.device(device)
@@ -155,7 +163,8 @@ class KronosPathSampler:
     max_context, otherwise sample() raises ValueError (upstream would re-encode a sliding window, which a
     KV cache cannot reproduce).
 
-    Paths are split into chunks whose size comes from memory_budget (bytes). Every path draws its random
+    Origins and paths are split into groups/chunks sized from memory_budget (bytes, default 1 GiB on
+    CPU/MPS, half the free memory on CUDA; the estimate is rough). Every path draws its random
     numbers up front from a CPU torch.Generator seeded with `seed` (two uniforms per step: s1 and s2), so a
     path's result depends on its index and the seed, not on the chunking or on the device's RNG; only
     floating-point differences of batch sizes or devices can change a draw that sits on a CDF boundary.
@@ -235,23 +244,31 @@ class KronosPathSampler:
     def _run(self, x: Tensor, x_stamp: Tensor, y_stamp: Tensor, u: Tensor, temperature: float, top_k: int,
              top_p: float) -> np.ndarray:
         dev = self.device
-        prefix = prefill(self.predictor, self.tokenizer, x.to(dev), x_stamp.to(dev))
-        y_stamp = y_stamp.to(dev)
         n_origins, n_paths, horizon, _ = u.shape
-        chunk = self.chunk_size(x.shape[1], horizon, n_origins)
+        groups, chunk = self.plan(x.shape[1], horizon, n_origins, n_paths)
         parts = []
-        for start in range(0, n_paths, chunk):
-            part = decode_paths(self.predictor, self.tokenizer, prefix, y_stamp, u[:, start : start + chunk].to(dev),
-                                temperature, top_k, top_p)
-            parts.append(part.float().cpu())
-        return torch.cat(parts, dim=1).numpy()
+        for o0 in range(0, n_origins, groups):  # origins whose prefixes fit in memory together
+            o1 = min(o0 + groups, n_origins)
+            prefix = prefill(self.predictor, self.tokenizer, x[o0:o1].to(dev), x_stamp[o0:o1].to(dev))
+            ys = y_stamp[o0:o1].to(dev)
+            row = [decode_paths(self.predictor, self.tokenizer, prefix, ys, u[o0:o1, p0 : p0 + chunk].to(dev),
+                                temperature, top_k, top_p).float().cpu() for p0 in range(0, n_paths, chunk)]
+            parts.append(torch.cat(row, dim=1))
+        return torch.cat(parts, dim=0).numpy()
 
-    def chunk_size(self, lookback: int, horizon: int, n_origins: int = 1) -> int:
-        """Paths per origin decoded together, from the memory budget (default: 1 GiB, or half the free GPU memory)."""
-        budget = self.memory_budget
-        if budget is None:
-            budget = 1 << 30
-            if self.device.type == "cuda":
-                budget = max(budget, torch.cuda.mem_get_info(self.device)[0] // 2)
+    def budget(self) -> int:
+        """Bytes we may use for caches and activations (default: 1 GiB, or half the free GPU memory)."""
+        if self.memory_budget is not None:
+            return int(self.memory_budget)
+        if self.device.type == "cuda":
+            return max(1 << 30, torch.cuda.mem_get_info(self.device)[0] // 2)
+        return 1 << 30
+
+    def plan(self, lookback: int, horizon: int, n_origins: int, n_paths: int) -> tuple[int, int]:
+        """(origins prefilled together, paths per origin decoded together) that fit the memory budget."""
+        per_origin = bytes_per_origin(self.predictor, self.tokenizer, lookback, self.dtype.itemsize)
         per_path = bytes_per_path(self.predictor, self.tokenizer, lookback, horizon, self.dtype.itemsize)
-        return max(1, int(budget // (per_path * n_origins)))
+        budget = self.budget()
+        groups = max(1, min(n_origins, budget // (per_origin + n_paths * per_path)))
+        chunk = max(1, min(n_paths, (budget - groups * per_origin) // (groups * per_path)))
+        return groups, chunk

@@ -180,6 +180,12 @@ def test_sample_batch_matches_single_origins(sampler):
     batch = sampler.sample_batch([a[0], b[0]], [a[1], b[1]], [a[2], b[2]], n_paths=6, seed=5)
     assert batch.shape == (2, 6, 4, 6)
     np.testing.assert_allclose(batch[0], sampler.sample(*a, n_paths=6, seed=5), rtol=1e-5)
+    sampler.memory_budget = 1  # one origin and one path at a time: same results
+    try:
+        np.testing.assert_allclose(sampler.sample_batch([a[0], b[0]], [a[1], b[1]], [a[2], b[2]], n_paths=6, seed=5),
+                                   batch, rtol=1e-5)
+    finally:
+        sampler.memory_budget = None
     greedy = sampler.sample_batch([a[0], b[0]], [a[1], b[1]], [a[2], b[2]], n_paths=2, top_k=1)
     np.testing.assert_allclose(greedy[1], sampler.sample(*b, n_paths=2, top_k=1), rtol=1e-5)
     with pytest.raises(ValueError, match="same lookback"):

@@ -83,7 +83,7 @@ def test_seed_chunking_and_global_rng(mini):
     assert not np.allclose(a, sampler.sample(df, x_ts, y_ts, n_paths=24, seed=12))
     assert len({p.tobytes() for p in a}) > 1, "paths should differ from each other"
     sampler.memory_budget = 1  # one path per chunk
-    assert sampler.chunk_size(40, 6) == 1
+    assert sampler.plan(40, 6, 1, 24) == (1, 1)
     np.testing.assert_allclose(sampler.sample(df, x_ts, y_ts, n_paths=24, seed=11), a, rtol=1e-5)
     # a path depends on its index and the seed only: the first 10 of 24 paths are the 10 paths of n_paths=10
     sampler.memory_budget = None
