@@ -1,7 +1,6 @@
 """Walk-forward engine: no look-ahead, resume after an interruption, known answers on simulated bars, and a
 baseline backtest of the real QQQ bars (TEST_DATA_DIR)."""
 import json
-import math
 from pathlib import Path
 
 import numpy as np
