@@ -289,6 +289,15 @@ def score_case(name: str, case: Case, paths: np.ndarray, settings: Settings) -> 
     return rec
 
 
+def scored_or_failed(name: str, case: Case, paths: np.ndarray, settings: Settings) -> dict[str, Any]:
+    """The record, or a failure record when the paths are unusable (NaN, wrong shape): one bad forecast must
+    not stop a night's run, and it is counted in the report instead of silently dropped."""
+    try:
+        return score_case(name, case, paths, settings)
+    except ValueError as exc:
+        return {"forecaster": name, "origin": case.key, "session": case.session, "error": str(exc)[:300]}
+
+
 class ResultStore:
     """Append-only JSON-lines file of finished records, keyed by (forecaster, origin)."""
 
@@ -377,7 +386,8 @@ def run_walk_forward(frame: pd.DataFrame, settings: Settings, forecasters: Seque
                 todo = [c for c in live if (f.name, c.key) not in done]
                 if not todo:
                     continue
-                records = [score_case(f.name, c, p, settings) for c, p in zip(todo, sample_cases(f, todo, settings))]
+                records = [scored_or_failed(f.name, c, p, settings)
+                           for c, p in zip(todo, sample_cases(f, todo, settings))]
                 store.append(records)  # one write per forecaster and batch: all of it or (after a crash) none
                 done |= {(f.name, c.key) for c in todo}
             bar.update(len(batch))
@@ -416,7 +426,7 @@ def frames_by_forecaster(records: dict[tuple[str, str], dict], horizon: int) -> 
     out = {}
     by_name: dict[str, list[dict]] = {}
     for (name, _), rec in records.items():
-        if name != SKIP:
+        if name != SKIP and "error" not in rec:
             by_name.setdefault(name, []).append(rec)
     for name, recs in by_name.items():
         recs.sort(key=lambda r: r["origin"])
@@ -650,6 +660,16 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def failed_forecasts(records: dict[tuple[str, str], dict]) -> dict[str, Any]:
+    """Per forecaster: how many origins gave unusable paths, and the first message."""
+    out: dict[str, Any] = {}
+    for (name, _), rec in sorted(records.items()):
+        if "error" in rec:
+            entry = out.setdefault(name, {"n": 0, "first": rec["error"]})
+            entry["n"] += 1
+    return out
+
+
 def build_report(records: dict[tuple[str, str], dict], settings: Settings, out_dir: Path,
                  data: dict[str, Any] | None = None, baseline: str = "random_walk",
                  plots: bool = True) -> dict[str, Any]:
@@ -672,6 +692,7 @@ def build_report(records: dict[tuple[str, str], dict], settings: Settings, out_d
         "overlap_h": math.ceil(settings.horizon / settings.every),
         "first_origin": any_f.table["origin"].min().isoformat(), "last_origin": any_f.table["origin"].max().isoformat(),
         "skipped_origins": {"n": len(skipped), "reasons": reasons},
+        "failed_forecasts": failed_forecasts(records),
         "forecasters": {name: ev.report for name, ev in evals.items()},
         "calibrators": {},
     }

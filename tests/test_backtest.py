@@ -318,3 +318,29 @@ def test_command_line_errors_exit_with_the_cli_codes(tmp_path: Path, monkeypatch
     assert cli.main(base + ["--every", "60"]) == 0
     assert cli.main(base + ["--every", "30"]) == 2  # another run's folder: refused, not mixed
     assert "other settings" in capsys.readouterr().err
+
+
+class SometimesNaN:
+    """Random-walk paths, but NaN at every third call: counted as failed forecasts, the run goes on."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        self.inner, self.calls = baselines.RandomWalk(), 0
+
+    def sample(self, history, future_times, n_paths, rng):
+        self.calls += 1
+        paths = self.inner.sample(history, future_times, n_paths, rng)
+        if self.calls % 3 == 0:
+            paths[0, -1, 3] = np.nan
+        return paths
+
+
+def test_unusable_paths_are_counted_not_fatal(sim: pd.DataFrame, tmp_path: Path) -> None:
+    s = settings(start="2025-03-10", end="2025-03-10")
+    records = bt.run_walk_forward(sim, s, [SometimesNaN()], tmp_path, progress=False)
+    failed = [r for r in records.values() if "error" in r]
+    assert len(failed) == len(records) // 3 and "non-finite" in failed[0]["error"]
+    report = bt.build_report(records, s, tmp_path, plots=False)
+    assert report["failed_forecasts"]["flaky"]["n"] == len(failed)
+    assert report["forecasters"]["flaky"]["n_origins"] == len(records) - len(failed)
