@@ -399,8 +399,9 @@ def fit_from_run_log(log_csv: str | Path, bars: pd.DataFrame, symbol: str | None
                      horizon_min: int | None = None, isotonic_min: int = ISOTONIC_MIN_N) -> Calibrator:
     """Fit the calibrator from the forecast CLI's run log once outcomes are in ``bars`` (UTC, bar-start index).
 
-    p_up is calibrated against close(end) > now_close. The bands learn from the end quantiles p10/p50/p90
-    (the run log has no paths), so only the horizon-end step is fitted; other steps borrow it."""
+    p_up is calibrated against close(end) > now_close, p_hit_vwap (when logged) against the realised touch of
+    the session VWAP by the live rule. The bands learn from the end quantiles p10/p50/p90 (the run log has no
+    paths), so only the horizon-end step is fitted; other steps borrow it."""
     log = pd.read_csv(log_csv)
     missing = [c for c in RUN_LOG_COLUMNS if c not in log.columns]
     if missing:
@@ -419,6 +420,36 @@ def fit_from_run_log(log_csv: str | Path, bars: pd.DataFrame, symbol: str | None
                    SCALE_FLOOR)
     z = (np.log(log["realised_close"].to_numpy(float) / now) - m) / s
     bands = BandCalibrator.fit(z[:, None], steps=[horizon], times=times)
+    vwap_cal = ProbabilityCalibrator()
+    if "p_hit_vwap" in log.columns:
+        modes = log["vwap_mode"] if "vwap_mode" in log.columns else pd.Series("moving", index=log.index)
+        hit = [realised_vwap_touch(bars, o, horizon, c, md if isinstance(md, str) and md else "moving")
+               for o, c, md in zip(log["origin"], log["now_close"], modes)]
+        vwap_cal = ProbabilityCalibrator.fit(pd.to_numeric(log["p_hit_vwap"], errors="coerce").to_numpy(float),
+                                             np.array(hit, dtype=float), times, isotonic_min)
     meta = {"source": "run_log", "run_log": str(log_csv), "symbol": symbol,
             "created_utc": datetime.now(timezone.utc).isoformat()}
-    return Calibrator(horizon, p_cal, ProbabilityCalibrator(), bands, meta)
+    return Calibrator(horizon, p_cal, vwap_cal, bands, meta)
+
+
+def realised_vwap_touch(bars: pd.DataFrame, origin: pd.Timestamp, horizon_min: int, now_close: float,
+                        mode: str = "moving", rth: bool = True) -> float:
+    """1.0 when the realised bars of [origin, origin + horizon) touched the session VWAP by the live rule
+    (market.metrics.p_hit_vwap on the one realised path), 0.0 when not, NaN when unknown."""
+    from market import calendar as mcal
+    from market.metrics import p_hit_vwap
+
+    session = mcal.session_containing(origin, rth)
+    if session is None:
+        return math.nan
+    start = mcal.session_window(session, rth)[0]
+    today = bars[(bars.index >= start) & (bars.index < origin)]
+    times = pd.date_range(origin, periods=horizon_min, freq="min")
+    window = bars.reindex(times)
+    if window["close"].isna().all() or bars.index[-1] < times[-1]:
+        return math.nan
+    close = window["close"].ffill().fillna(now_close)
+    missing = window["close"].isna()
+    cols = [np.where(missing, close, window[c]) for c in ("open", "high", "low", "close")]
+    path = np.stack(cols + [window["volume"].fillna(0.0).to_numpy(), np.zeros(horizon_min)], axis=-1)
+    return p_hit_vwap(path[None], today, now_close, mode)

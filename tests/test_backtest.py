@@ -264,7 +264,7 @@ def test_fit_a_calibrator_from_the_forecast_run_log(tmp_path: Path) -> None:
         sd = 0.001
         row = {"asof": origin + pd.Timedelta(seconds=5), "symbol": "QQQ", "now_close": now, "horizon_min": 30,
                "p_up": float(rng.choice([0.05, 0.95])), "p10_end": now * (1 - sd), "p50_end": now,
-               "p90_end": now * (1 + sd)}
+               "p90_end": now * (1 + sd), "p_hit_vwap": 0.99, "vwap_mode": "moving"}
         append_run_log(log_path, {k: v for k, v in row.items() if k in RUN_LOG_COLUMNS})
     argv = ["--config", str(Path(cli.__file__).parent / "config.yaml"), "--csv", str(csv),
             "--fit-run-log", str(log_path), "--out", str(tmp_path / "cal")]
@@ -272,6 +272,8 @@ def test_fit_a_calibrator_from_the_forecast_run_log(tmp_path: Path) -> None:
     c = load_calibrator(tmp_path / "cal" / "calibrator_QQQ_runlog.json")
     assert c.p_up.n > 200 and c.p_up.method == "platt"
     assert abs(float(c.apply([0.95])[0]) - 0.5) < 0.15  # a coin flip dressed as certainty is brought back
+    # p_hit_vwap is learnt too: a constant 0.99 maps to the observed touch rate.
+    assert c.p_hit_vwap.n > 200 and float(c.apply_p_hit_vwap([0.99])[0]) < 0.95
 
 
 def test_alpaca_history_source(tmp_path: Path, monkeypatch) -> None:

@@ -195,6 +195,8 @@ def test_fit_from_run_log(tmp_path) -> None:
     hi = log["now_close"] * np.exp(np.log(log["p50_end"] / log["now_close"]) + z * q[1])
     assert np.mean((real >= lo) & (real <= hi)) == pytest.approx(0.8, abs=0.03)
     assert np.mean((real >= log["p10_end"]) & (real <= log["p90_end"])) < 0.5
+    # No p_hit_vwap column in this log: that calibrator stays the identity.
+    assert c.p_hit_vwap.method == "identity"
     # The end-step table serves every step.
     np.testing.assert_array_equal(c.bands.score_quantile(1, [0.5]), c.bands.score_quantile(30, [0.5]))
 
@@ -211,3 +213,17 @@ def test_run_log_origin_comes_from_the_last_bar_when_known(tmp_path) -> None:
     assert out["realised_close"].iloc[0] == bars["close"].loc[t0 + pd.Timedelta(minutes=14)]
     with_col = cal.run_log_outcomes(log.assign(last_bar=(t0 - pd.Timedelta(minutes=6)).isoformat()), bars)
     assert (with_col["origin"] == t0 - pd.Timedelta(minutes=5)).all()
+
+
+def test_realised_vwap_touch_follows_the_live_rule() -> None:
+    from market.metrics import p_hit_vwap
+
+    bars = baselines.simulate_bars("2025-03-03", 2, seed=15)
+    origin = pd.Timestamp("2025-03-04 11:00", tz="America/New_York").tz_convert("UTC")
+    now = float(bars["close"].loc[origin - pd.Timedelta(minutes=1)])
+    today = bars[(bars.index >= pd.Timestamp("2025-03-04 14:30", tz="UTC")) & (bars.index < origin)]
+    window = bars.loc[origin:origin + pd.Timedelta(minutes=29)]
+    path = np.concatenate([window.to_numpy(float), np.zeros((30, 1))], axis=1)[None]
+    for mode in ("moving", "static"):
+        assert cal.realised_vwap_touch(bars, origin, 30, now, mode) == p_hit_vwap(path, today, now, mode)
+    assert math.isnan(cal.realised_vwap_touch(bars, bars.index[-5], 30, now))  # not over yet
