@@ -34,7 +34,7 @@ PATH_FIELDS = {"open": 0, "high": 1, "low": 2, "close": 3, "volume": 4, "amount"
 # Run log columns, in file order. Changing this list changes the header, and an
 # existing log with the old header is then refused (RunLogSchemaError): rotate it.
 RUN_LOG_COLUMNS: tuple[str, ...] = (
-    "asof", "symbol", "now_close", "horizon_min", "n_samples",
+    "asof", "last_bar", "symbol", "now_close", "horizon_min", "n_samples",
     "p_up", "p_up_cal", "exp_ret", "p10_end", "p50_end", "p90_end",
     "p_hit_vwap", "vwap", "vwap_mode", "p_hit_mid", "mid_band", "zscore_mid",
     "drawdown_p90", "runup_p90", "p_vol_exceeds_recent",

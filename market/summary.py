@@ -57,7 +57,7 @@ def log_row(summary: dict[str, Any], summary_file: str) -> dict[str, Any]:
     pct = m["percentiles"]
     ends = {f"{k}_end": v[-1] for k, v in pct.items() if k in ("p10", "p50", "p90")}
     return {
-        "asof": summary["asof"], "symbol": summary["symbol"], "now_close": summary["now_close"],
+        "asof": summary["asof"], "last_bar": summary["last_bar"], "symbol": summary["symbol"], "now_close": summary["now_close"],
         "horizon_min": h, "n_samples": summary["n_samples"],
         "p_up": m[f"p_up_{h}m"], "p_up_cal": (summary["calibrated"] or {}).get(f"p_up_{h}m"), "exp_ret": m[f"exp_ret_{h}m"], **ends,
         "p_hit_vwap": m.get(f"p_hit_vwap_{h}m"), "vwap": m.get("vwap"), "vwap_mode": m.get("vwap_mode"),

@@ -100,6 +100,7 @@ def test_csv_replay_writes_consistent_artifacts(checkpoint, bars_csv, tmp_path, 
         rows = list(csv.DictReader(fh))
     assert len(rows) == 1 and float(rows[0]["p_up"]) == pytest.approx(s["p_up_30m"])
     assert rows[0]["summary_file"] == "pred_summary_QQQ_20250604T150000Z.json"
+    assert rows[0]["last_bar"] == "2025-06-04T14:59:00Z"  # the forecast starts one minute later
     assert "P(up 30m)" in capsys.readouterr().out
 
 
