@@ -127,8 +127,11 @@ def iso_utc(times: Sequence[Any] | pd.DatetimeIndex) -> list[str]:
     return [t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in idx.tz_convert("UTC")]
 
 
+SIGNIFICANT_DIGITS = 10  # sub-cent on any price, far below the sampling noise; keeps files readable
+
+
 def format_number(x: Any) -> str:
-    """Plain decimal text a spreadsheet reads: no exponent, shortest exact form,
+    """Plain decimal text a spreadsheet reads: no exponent, at most SIGNIFICANT_DIGITS significant digits,
     '' for None/NaN/inf."""
     if x is None:
         return ""
@@ -139,7 +142,7 @@ def format_number(x: Any) -> str:
     v = float(x)
     if not math.isfinite(v):
         return ""
-    return np.format_float_positional(v, unique=True, trim="-")
+    return np.format_float_positional(v, precision=SIGNIFICANT_DIGITS, unique=True, fractional=False, trim="-")
 
 
 def paths_csv_text(values: np.ndarray, header_times: list[str]) -> str:

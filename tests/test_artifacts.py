@@ -170,6 +170,9 @@ def test_format_number_is_plain_decimal() -> None:
     assert a.format_number(2.5e16) == "25000000000000000"
     assert a.format_number(float("nan")) == "" and a.format_number(None) == ""
     assert a.format_number(np.int64(3)) == "3"
+    # ten significant digits: sub-cent on any price, no float noise in a spreadsheet
+    assert a.format_number(540.052530061322) == "540.0525301"
+    assert a.format_number(-0.0039799030422786276) == "-0.003979903042"
 
 
 # ---------------------------------------------------------------- run log
