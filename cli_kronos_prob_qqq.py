@@ -98,7 +98,7 @@ def forecast(cfg: Config, asof: pd.Timestamp | None, cron: bool) -> Forecast:
 
     plan = plan_horizon(bars.index[-1], cfg.horizon, cfg.rth, cfg.near_close, cfg.min_horizon)
     notes = list(plan.notes)
-    if not status.is_open:
+    if not status.is_open and not plan.next_session:
         notes.insert(0, f"{status.describe()}: forecast from the last close")
     if recent.provenance.get("note"):
         notes.append(recent.provenance["note"])
@@ -160,9 +160,16 @@ def skip_if_closed(status, cron: bool) -> None:
 
 def load_sampler(cfg: Config):
     """The Kronos engine; any failure to find or fit the weights is a model error (exit 5)."""
+    import torch
+
     from kronos import CheckpointError, KronosPathSampler
 
     device = None if cfg.device == "auto" else cfg.device
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'device' is {cfg.device}, but this PyTorch ({torch.__version__}) sees no "
+                          "CUDA GPU: use device auto or cpu, or run setup_venv.sh on the GPU machine")
+    if cfg.device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("config key 'device' is mps, but this machine has no Apple GPU: use auto or cpu")
     try:
         return KronosPathSampler.from_pretrained(
             model=cfg.model, tokenizer=cfg.tokenizer, device=device, max_context=cfg.max_context,

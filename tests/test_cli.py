@@ -123,7 +123,7 @@ def test_file_end_is_the_default_replay_time(mini_checkpoint, bars_csv, tmp_path
     # The file ends with the 2025-06-04 close: the forecast covers the next session's first 30 minutes.
     assert summary["asof"] == "2025-06-04T20:00:00Z" and summary["market_open"] is False
     assert summary["future_times"][0] == "2025-06-05T13:30:00Z"
-    assert any("forecast from the last close" in n for n in summary["notes"])
+    assert any("first 30 minutes of the 2025-06-05 session from the last close" in n for n in summary["notes"])
 
 
 def test_cron_skips_when_the_market_is_closed(mini_checkpoint, bars_csv, tmp_path):
@@ -219,6 +219,16 @@ def test_bad_config_and_arguments(mini_checkpoint, bars_csv, tmp_path):
     assert cli.main(args_for(mini_checkpoint, bars_csv, tmp_path / "o2", "--asof", "yesterday")) == ExitCode.BAD_INPUT
     assert cli.main(args_for(mini_checkpoint, bars_csv, tmp_path / "o3", "--temperature", "0")) == ExitCode.BAD_INPUT
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o3").exists()
+
+
+def test_cuda_without_a_gpu_is_a_clean_config_error(mini_checkpoint, bars_csv, tmp_path, caplog, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code = cli.main(args_for(mini_checkpoint, bars_csv, tmp_path / "out", "--asof", "2025-06-04T15:00:00Z",
+                             "--device", "cuda"))
+    assert code == ExitCode.BAD_INPUT
+    assert "sees no CUDA GPU" in caplog.records[-1].getMessage()
 
 
 def test_missing_or_mismatched_checkpoint_is_a_model_error(mini_checkpoint, checkpoint, bars_csv, tmp_path, caplog):
