@@ -27,6 +27,7 @@ from market.config import Config, load_config
 from market.operation import ExitCode
 
 log = logging.getLogger("backtest")
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
 BASELINES = {"random_walk": baselines.RandomWalk, "block_bootstrap": baselines.BlockBootstrap}
 if baselines.arch_model is not None:
     BASELINES["garch"] = baselines.Garch
@@ -35,8 +36,9 @@ SPEC_TYPES = {"top_p": float, "top_k": int, "temperature": float, "lookback": in
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=Path("config.yaml") if Path("config.yaml").exists() else None,
-                   help="the forecast CLI's settings (symbol, days, rth, csv, model, sampling...)")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None,
+                   help="the forecast CLI's settings (symbol, days, rth, csv, model, sampling...); default: "
+                        "config.yaml beside this script")
     p.add_argument("--csv", help="bars file (CSV or Parquet); without it, Alpaca (keys from the environment)")
     p.add_argument("--start", help="first session, YYYY-MM-DD (default: the data's first)")
     p.add_argument("--end", help="last session, YYYY-MM-DD (default: the data's last)")
