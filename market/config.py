@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import difflib
 import math
+import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -43,6 +44,14 @@ def _positive(v: Any) -> bool:
     return v > 0
 
 
+def _is_zone(name: str) -> bool:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
 KEYS: tuple[Key, ...] = (
     Key("symbol", str, "QQQ", "ticker to forecast", check=lambda v: v.replace(".", "").isalnum(),
         rule="letters, digits and dots"),
@@ -58,7 +67,8 @@ KEYS: tuple[Key, ...] = (
     Key("rth", bool, True, "regular hours only (false: 04:00-20:00 ET extended hours)"),
     Key("source", str, "alpaca", "where bars come from", choices=("alpaca", "csv")),
     Key("csv", str, None, "bars file (CSV or Parquet) for source csv"),
-    Key("csv_tz", str, "auto", "time zone of naive timestamps in the bars file (auto = UTC)"),
+    Key("csv_tz", str, "auto", "time zone of naive timestamps in the bars file (auto = UTC)",
+        check=lambda v: v == "auto" or _is_zone(v), rule="auto or an IANA zone such as America/New_York"),
     Key("csv_label", str, "auto", "bars file labels bars by their start or end minute",
         choices=("auto", "start", "end")),
     Key("feed", str, "iex", "Alpaca feed", choices=("iex", "sip")),

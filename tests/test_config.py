@@ -56,6 +56,7 @@ def test_command_line_wins_over_file(tmp_path):
     ("percentiles: [0, 50]\n", ["'percentiles'"]),
     ("events: ['2026-12-10 14:00']\n", ["'events'", "offset"]),
     ("device: gpu\n", ["'device'", "cuda:N"]),
+    ("csv_tz: Eastern/Nowhere\n", ["'csv_tz'", "IANA zone"]),
     ("symbol: null\n", ["'symbol'", "empty"]),
 ])
 def test_bad_values_name_the_key_and_the_rule(tmp_path, text, words):
@@ -87,3 +88,9 @@ def test_bfloat16_needs_cuda():
     with pytest.raises(ConfigError, match="'dtype'"):
         build_config({"dtype": "bfloat16", "device": "cpu"}, {})
     assert build_config({"dtype": "bfloat16", "device": "cuda"}, {}).dtype == "bfloat16"
+
+
+def test_readme_config_reference_is_current():
+    from market.config import reference_table
+
+    assert reference_table() in (ROOT / "README.md").read_text(), "regenerate the README's config table"
