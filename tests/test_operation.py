@@ -50,3 +50,14 @@ def test_time_budget_is_disarmed_after_the_block():
     with time_budget(0.2):
         pass
     time.sleep(0.4)  # no alarm may fire now
+
+
+def test_readme_documents_every_exit_code():
+    from pathlib import Path
+
+    from market.operation import ExitCode
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme[readme.index("## Exit codes"):]
+    for code in ExitCode:
+        assert f"\n| {int(code)} |" in table, f"exit code {int(code)} ({code.name}) is not in the README"
