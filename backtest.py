@@ -23,7 +23,7 @@ import yaml
 from market import backtest as bt
 from market import baselines
 from market import calendar as mcal
-from market.config import Config, load_config
+from market.config import Config, ConfigError, load_config
 from market.operation import ExitCode
 
 log = logging.getLogger("backtest")
@@ -98,8 +98,12 @@ def kronos_specs(args: argparse.Namespace, cfg: Config) -> list[dict[str, Any]]:
     if "kronos" in args.forecasters.split(","):
         specs.append({"name": "kronos"})
     for text in args.kronos:
-        spec = dict(item.split("=", 1) for item in text.split(",") if item)
-        specs.append({k: SPEC_TYPES.get(k, str)(v) for k, v in spec.items()})
+        try:
+            spec = dict(item.split("=", 1) for item in text.split(",") if item)
+            specs.append({k: SPEC_TYPES.get(k, str)(v) for k, v in spec.items()})
+        except ValueError:
+            raise ConfigError(f"--kronos {text!r}: expected key=value pairs separated by commas, "
+                              "e.g. name=k_p10,top_p=1.0") from None
     if args.kronos_settings:
         specs += list(yaml.safe_load(args.kronos_settings.read_text()) or [])
     for i, spec in enumerate(specs):
@@ -160,7 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes as the forecast CLI's: 2 bad input or another run in --out, 4 data source, 5 model, 130 Ctrl-C."""
     from kronos import CheckpointError
     from market.bars import DataError, DataSourceError, NoDataError
-    from market.config import ConfigError
 
     try:
         return run(parse_args(argv))

@@ -116,6 +116,9 @@ def forecast(cfg: Config, asof: pd.Timestamp | None, cron: bool) -> Forecast:
                            model_time_index(plan.times, cfg.time_label), n_paths=cfg.n_samples,
                            temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed)
     timings["sample"] = time.perf_counter() - t2
+    if not np.isfinite(paths).all():
+        raise ModelError(f"the model produced {int((~np.isfinite(paths)).sum())} non-finite values; "
+                         "the checkpoint or the dtype may be broken")
 
     now_close = float(bars["close"].iloc[-1])
     metrics = compute_metrics(paths, bars, now_close, percentiles=cfg.percentiles, mid_window=cfg.mid_window,

@@ -320,6 +320,8 @@ def test_command_line_errors_exit_with_the_cli_codes(tmp_path: Path, monkeypatch
     assert cli.main(base + ["--every", "60"]) == 0
     assert cli.main(base + ["--every", "30"]) == 2  # another run's folder: refused, not mixed
     assert "other settings" in capsys.readouterr().err
+    assert cli.main(base + ["--kronos", "name=k,top_p"]) == 2  # a malformed setting is one line, not a traceback
+    assert "key=value pairs" in capsys.readouterr().err
 
 
 class SometimesNaN:

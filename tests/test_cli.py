@@ -415,3 +415,20 @@ def test_calibrator_for_another_horizon_is_not_applied(mini_checkpoint, bars_csv
     broken.write_text('{"format": "something else"}')
     assert cli.main(args_for(mini_checkpoint, bars_csv, tmp_path / "o2", "--asof", "2025-06-04T15:00:00Z",
                              "--calibrator", broken)) == ExitCode.BAD_INPUT
+
+
+def test_non_finite_model_output_is_a_model_error(mini_checkpoint, bars_csv, tmp_path, monkeypatch):
+    from kronos import KronosPathSampler
+
+    real = KronosPathSampler.sample
+
+    def broken(self, *args, **kwargs):
+        paths = real(self, *args, **kwargs)
+        paths[0, 0, 3] = np.nan
+        return paths
+
+    monkeypatch.setattr(KronosPathSampler, "sample", broken)
+    out = tmp_path / "out"
+    code = cli.main(args_for(mini_checkpoint, bars_csv, out, "--asof", "2025-06-04T15:00:00Z", "--n-samples", "4",
+                             "--lookback", "200"))
+    assert code == ExitCode.MODEL and not list(out.glob("pred_summary_*"))
