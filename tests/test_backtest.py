@@ -95,7 +95,7 @@ def test_no_bar_at_or_after_an_origin_reaches_a_forecaster(sim: pd.DataFrame, tm
 def test_outcomes_are_the_bars_after_the_origin(sim: pd.DataFrame, tmp_path: Path) -> None:
     s = settings(start="2025-03-10", end="2025-03-10")
     records = bt.run_walk_forward(sim, s, [baselines.RandomWalk()], tmp_path, progress=False)
-    for (name, key), r in records.items():
+    for (_, key), r in records.items():
         origin = pd.Timestamp(key)
         real = sim["close"].loc[origin:origin + pd.Timedelta(minutes=r["horizon"] - 1)].to_numpy()
         np.testing.assert_allclose(r["realised"], real, rtol=1e-8)
