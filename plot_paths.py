@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         history = _history(summary, args.history_csv)
         out = args.out or summary_path.with_name(
             summary_path.name.replace("pred_summary_", "fan_", 1).removesuffix(".json") + ".png")
-        from market.plotting import fan_chart  # after argument checks: matplotlib is slow to import
+        from forecast.plotting import fan_chart  # after argument checks: matplotlib is slow to import
 
         fan_chart(history, times, closes, summary, out, symbol=summary.get("symbol") or args.symbol)
     except FileNotFoundError as exc:

@@ -63,6 +63,9 @@ else
 fi
 
 pip_install -r requirements.txt
+# Our own packages, editable: the scripts, tests and benchmarks import them from this checkout.
+pip_install "setuptools>=68"
+pip_install --no-deps --no-build-isolation -e .
 if [ "$want_tests" = 1 ]; then
   pip_install -r requirements-test.txt
   # The upstream Kronos code is the test oracle only; its own pins are too strict, hence --no-deps.

@@ -1,6 +1,5 @@
 """Shared test settings: never reach the model hub, and find the real bars through TEST_DATA_DIR."""
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -8,10 +7,6 @@ import pytest
 # Tests run offline: checkpoints come from folders the tests write, never from the hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture

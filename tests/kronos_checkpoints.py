@@ -5,6 +5,11 @@ kronos-model-arch, test-only) with the published configurations and saves them w
 save_pretrained, so the files have exactly the published layout (config.json + model.safetensors).
 install_in_hub_cache(cache_dir, repo_id, src_dir) lays such a directory out like huggingface_hub's cache,
 so that with HF_HUB_CACHE=cache_dir and HF_HUB_OFFLINE=1 a hub repo id resolves to it.
+Shapes: the published "mini", "small", "base", and "tiny" (d_model 32, 2 layers) for fast plumbing tests.
+
+Input helpers (the engine takes arrays; these build them the way a caller would): time_features(timestamps),
+make_bars(n, horizon, seed, columns) -> (DataFrame, x_timestamp, y_timestamp) and
+frame_inputs(df, x_timestamp, y_timestamp) -> (values [P, 6], x_stamp [P, 5], y_stamp [H, 5]).
 """
 from __future__ import annotations
 
@@ -13,15 +18,19 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 # Predictor shapes of the published checkpoints (see the notes' table) and the tokenizer each pairs with.
 PREDICTORS = {
+    "tiny": dict(n_layers=2, d_model=32, n_heads=2, ff_dim=64),
     "mini": dict(n_layers=4, d_model=256, n_heads=4, ff_dim=512),
     "small": dict(n_layers=8, d_model=512, n_heads=8, ff_dim=1024),
     "base": dict(n_layers=12, d_model=832, n_heads=16, ff_dim=2048),
+    "tiny": dict(n_layers=2, d_model=32, n_heads=2, ff_dim=64),  # for plumbing tests: milliseconds per path
 }
-TOKENIZER_GROUP = {"mini": 4, "small": 5, "base": 5}  # 2k tokenizer vs base tokenizer (training-only field)
+TOKENIZER_GROUP = {"mini": 4, "small": 5, "base": 5, "tiny": 4}
+TOKENIZER_SHAPE = {"tiny": dict(d_model=32, n_heads=2, ff_dim=64)}  # the published ones: 256, 4 heads, 512  # 2k tokenizer vs base tokenizer (training-only field)
 HEAD_SCALE = 8.0  # random heads give near-uniform logits; sharpen them so sampling is peaked
 
 
@@ -31,7 +40,8 @@ def predictor_config(shape: str) -> dict:
 
 
 def tokenizer_config(shape: str) -> dict:
-    return dict(d_in=6, d_model=256, n_heads=4, ff_dim=512, n_enc_layers=4, n_dec_layers=4, ffn_dropout_p=0.0,
+    size = TOKENIZER_SHAPE.get(shape, dict(d_model=256, n_heads=4, ff_dim=512))
+    return dict(d_in=6, n_enc_layers=4, n_dec_layers=4, ffn_dropout_p=0.0, **size,
                 attn_dropout_p=0.0, resid_dropout_p=0.0, s1_bits=10, s2_bits=10, beta=0.05, gamma0=1.0,
                 gamma=1.1, zeta=0.05, group_size=TOKENIZER_GROUP[shape])
 
@@ -87,3 +97,37 @@ def install_in_hub_cache(cache_dir: Path, repo_id: str, src_dir: Path, revision_
         except OSError:  # no symlinks (e.g. Windows without developer mode): the hub also copies then
             shutil.copyfile(blob, link)
     (repo / "refs" / "main").write_text(revision_hash)
+
+
+ALL_COLUMNS = ("open", "high", "low", "close", "volume", "amount")
+
+
+def time_features(timestamps) -> np.ndarray:
+    """Wall-clock (minute, hour, weekday Monday=0, day, month) of pandas timestamps, in their own time zone."""
+    import pandas as pd
+
+    idx = pd.DatetimeIndex(timestamps)
+    return np.stack([idx.minute, idx.hour, idx.dayofweek, idx.day, idx.month], axis=-1).astype(np.int64)
+
+
+def make_bars(n: int, horizon: int, seed: int, columns: tuple[str, ...] = ALL_COLUMNS):
+    """Random-walk 5-minute bars: (DataFrame with `columns`, x_timestamp, y_timestamp) as pandas Series."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    close = 100 + np.cumsum(rng.normal(0, 0.5, n))
+    open_ = close + rng.normal(0, 0.2, n)
+    df = pd.DataFrame({"open": open_, "high": np.maximum(open_, close) + rng.uniform(0, 0.3, n),
+                       "low": np.minimum(open_, close) - rng.uniform(0, 0.3, n), "close": close,
+                       "volume": rng.uniform(1e4, 5e4, n)})
+    df["amount"] = df["volume"] * close * rng.uniform(0.99, 1.01, n)
+    stamps = pd.Series(pd.date_range("2024-03-01 09:30", periods=n + horizon, freq="5min"))
+    return df[list(columns)], stamps[:n].reset_index(drop=True), stamps[n:].reset_index(drop=True)
+
+
+def frame_inputs(df, x_timestamp, y_timestamp) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DataFrame (open, high, low, close[, volume[, amount]]) + timestamps -> the sampler's arrays."""
+    from kronos import complete_columns
+
+    columns = [c for c in ALL_COLUMNS if c in df.columns]
+    return complete_columns(df[columns].to_numpy()), time_features(x_timestamp), time_features(y_timestamp)

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from market import artifacts as a
+from forecast import artifacts as a
+from forecast import runlog
 
 STAMP = "20250501T140000Z"
 TIMES = pd.date_range("2025-05-01T14:00:00Z", periods=3, freq="1min")
@@ -179,11 +180,11 @@ def test_format_number_is_plain_decimal() -> None:
 
 def test_run_log_header_then_rows(tmp_path: Path) -> None:
     log = tmp_path / "runs.csv"
-    a.append_run_log(log, {"asof": "2025-05-01T14:00:00Z", "symbol": "QQQ", "p_up": 0.5})
-    a.append_run_log(log, {"symbol": "QQQ", "seed": 7, "p_hit_vwap": None})
+    runlog.append_run_log(log, {"asof": "2025-05-01T14:00:00Z", "symbol": "QQQ", "p_up": 0.5})
+    runlog.append_run_log(log, {"symbol": "QQQ", "seed": 7, "p_hit_vwap": None})
     rows = _read_csv(log)
-    assert rows[0] == list(a.RUN_LOG_COLUMNS)
-    assert len(rows) == 3 and all(len(r) == len(a.RUN_LOG_COLUMNS) for r in rows)
+    assert rows[0] == list(runlog.RUN_LOG_COLUMNS)
+    assert len(rows) == 3 and all(len(r) == len(runlog.RUN_LOG_COLUMNS) for r in rows)
     first = dict(zip(rows[0], rows[1]))
     assert (first["asof"], first["symbol"], first["p_up"], first["seed"]) == (
         "2025-05-01T14:00:00Z", "QQQ", "0.5", "")
@@ -194,38 +195,38 @@ def test_run_log_header_then_rows(tmp_path: Path) -> None:
 def test_run_log_rejects_unknown_keys(tmp_path: Path) -> None:
     log = tmp_path / "runs.csv"
     with pytest.raises(ValueError, match="p_upp"):
-        a.append_run_log(log, {"p_upp": 0.5})
+        runlog.append_run_log(log, {"p_upp": 0.5})
     assert not log.exists() or log.read_bytes() == b""
 
 
 def test_run_log_header_mismatch_raises_and_keeps_file(tmp_path: Path) -> None:
     log = tmp_path / "runs.csv"
     log.write_text("asof,symbol,p_up\n2025,QQQ,0.5\n")
-    with pytest.raises(a.RunLogSchemaError, match="header"):
-        a.append_run_log(log, {"symbol": "QQQ"})
+    with pytest.raises(runlog.RunLogSchemaError, match="header"):
+        runlog.append_run_log(log, {"symbol": "QQQ"})
     assert log.read_text() == "asof,symbol,p_up\n2025,QQQ,0.5\n"
 
 
 def test_run_log_single_write_per_row(tmp_path: Path, monkeypatch) -> None:
     log = tmp_path / "runs.csv"
     calls: list[bytes] = []
-    real = a.os.write
+    real = runlog.os.write
 
     def spy(fd, data):
         calls.append(bytes(data))
         return real(fd, data)
 
-    monkeypatch.setattr(a.os, "write", spy)
-    a.append_run_log(log, {"symbol": "QQQ", "model": "kronos, small"})  # comma gets quoted
+    monkeypatch.setattr(runlog.os, "write", spy)
+    runlog.append_run_log(log, {"symbol": "QQQ", "model": "kronos, small"})  # comma gets quoted
     assert len(calls) == 1 and calls[0].count(b"\n") == 2
-    assert _read_csv(log)[1][a.RUN_LOG_COLUMNS.index("model")] == "kronos, small"
+    assert _read_csv(log)[1][runlog.RUN_LOG_COLUMNS.index("model")] == "kronos, small"
 
 
 def test_run_log_writes_under_exclusive_lock(tmp_path: Path, monkeypatch) -> None:
     log = tmp_path / "runs.csv"
-    log.write_text(",".join(a.RUN_LOG_COLUMNS) + "\n")
+    log.write_text(",".join(runlog.RUN_LOG_COLUMNS) + "\n")
     seen: list[bool] = []
-    real = a.os.write
+    real = runlog.os.write
 
     def probe(fd, data):
         # another appender (own descriptor) must not get the lock while we write
@@ -239,20 +240,20 @@ def test_run_log_writes_under_exclusive_lock(tmp_path: Path, monkeypatch) -> Non
             os.close(other)
         return real(fd, data)
 
-    monkeypatch.setattr(a.os, "write", probe)
-    a.append_run_log(log, {"symbol": "QQQ"})
+    monkeypatch.setattr(runlog.os, "write", probe)
+    runlog.append_run_log(log, {"symbol": "QQQ"})
     assert seen == [True]
 
 
 def test_run_log_concurrent_appends(tmp_path: Path) -> None:
     log = tmp_path / "runs.csv"
-    threads = [threading.Thread(target=lambda i=i: [a.append_run_log(log, {"seed": i * 100 + k})
+    threads = [threading.Thread(target=lambda i=i: [runlog.append_run_log(log, {"seed": i * 100 + k})
                                                      for k in range(20)]) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     rows = _read_csv(log)
-    assert rows[0] == list(a.RUN_LOG_COLUMNS)
-    seeds = sorted(int(r[a.RUN_LOG_COLUMNS.index("seed")]) for r in rows[1:])
+    assert rows[0] == list(runlog.RUN_LOG_COLUMNS)
+    seeds = sorted(int(r[runlog.RUN_LOG_COLUMNS.index("seed")]) for r in rows[1:])
     assert seeds == sorted(i * 100 + k for i in range(4) for k in range(20))

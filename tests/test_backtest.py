@@ -8,21 +8,44 @@ import pandas as pd
 import pytest
 
 import backtest as cli
-from market import backtest as bt
-from market import baselines
-from market.bars import read_bars_file
+import simulated
+from evaluation import baselines
+from app.config import build_config
+from evaluation import forecasters as efc
+from evaluation import replay, report as erep, store, walkforward
+from forecast.pipeline import ForecastPipeline
+from marketdata.files import read_bars_file
 
 NY = "America/New_York"
 
 
 @pytest.fixture(scope="module")
 def sim() -> pd.DataFrame:
-    return baselines.simulate_bars("2025-03-03", 6, seed=21)
+    return simulated.simulate_bars("2025-03-03", 6, seed=21)
 
 
-def settings(**kw) -> bt.Settings:
-    base = dict(every=20, n_paths=32, min_history=60, batch=4, start="2025-03-06")
-    return bt.Settings(**(base | kw))
+def settings(**kw):
+    """A backtest config: the key table's defaults with these changes (n_paths and min_history by their config
+    names n_samples and lookback)."""
+    names = {"n_paths": "n_samples", "min_history": "lookback"}
+    base = dict(every=20, n_samples=32, lookback=60, batch=4, start="2025-03-06", seed=0)
+    return build_config({}, base | {names.get(k, k): v for k, v in kw.items()}, backtest=True)
+
+
+def run_walk_forward(frame, s, forecasters, out, **kw):
+    return walkforward.run_walk_forward(frame, ForecastPipeline(s, calibrator=None), forecasters, out, progress=False)
+
+
+def kronos(name: str, sampler, s, **changes):
+    return efc.KronosForecaster(name, ForecastPipeline(s.replace(**changes), sampler=sampler, calibrator=None))
+
+
+class bt:  # the walk-forward API the tests use, from its modules
+    run_walk_forward = staticmethod(run_walk_forward)
+    make_origins = staticmethod(replay.make_origins)
+    build_report = staticmethod(erep.build_report)
+    describe = staticmethod(store.describe)
+    SKIP, RESULTS, RUN_FILE = store.SKIP, store.RESULTS, store.RUN_FILE
 
 
 class Recorder:
@@ -40,17 +63,29 @@ class Recorder:
 
 
 class FakeSampler:
-    """Stands in for KronosPathSampler.sample_batch and records the model's inputs."""
+    """Stands in for KronosPathSampler.sample_batch and records the model's inputs (time features)."""
+
+    model_revision = tokenizer_revision = None
+    device, max_context = "cpu", 512
 
     def __init__(self) -> None:
         self.calls = []
 
-    def sample_batch(self, dfs, x_timestamps, y_timestamps, n_paths, temperature, top_k, top_p, seed):
-        self.calls.append([(d.index.max(), x[-1], y[0], len(y)) for d, x, y in zip(dfs, x_timestamps, y_timestamps)])
-        rng = np.random.default_rng(seed)
-        future = [pd.date_range(d.index[-1] + pd.Timedelta(minutes=1), periods=len(y), freq="min") for d, y in
-                  zip(dfs, y_timestamps)]
-        return np.stack([baselines.RandomWalk().sample(d, f, n_paths, rng) for d, f in zip(dfs, future)])
+    def sample_batch(self, values, x_stamp, y_stamp, n_paths, temperature, top_k, top_p, seeds):
+        self.calls.append([(tuple(x[-1]), tuple(y[0]), len(y)) for x, y in zip(x_stamp, y_stamp)])
+        out = []
+        for v, y, seed in zip(values, y_stamp, seeds):
+            rng = np.random.default_rng(seed)
+            close = v[-1, 3] * np.exp(np.cumsum(rng.normal(0, 5e-4, (n_paths, len(y))), axis=1))
+            out.append(np.stack([close, close * 1.0005, close * 0.9995, close, np.full_like(close, 1e4),
+                                 close * 1e4], axis=-1))
+        return np.stack(out)
+
+
+def features(t: pd.Timestamp) -> tuple:
+    """The model's time features of a bar start: New York wall-clock minute, hour, weekday, day, month."""
+    ny = t.tz_convert(NY)
+    return (ny.minute, ny.hour, ny.day_of_week, ny.day, ny.month)
 
 
 FORECAST_FIELDS = ("p_up", "p_hit_vwap", "exp_ret", "zscore_mid", "vwap", "now_close", "centre", "scale", "q")
@@ -58,9 +93,9 @@ FORECAST_FIELDS = ("p_up", "p_hit_vwap", "exp_ret", "zscore_mid", "vwap", "now_c
 
 def test_no_bar_at_or_after_an_origin_reaches_a_forecaster(sim: pd.DataFrame, tmp_path: Path) -> None:
     rec, fake = Recorder(), FakeSampler()
-    kronos = bt.KronosForecaster("kronos_fake", fake, lookback=100, time_label="start")
     s = settings()
-    records = bt.run_walk_forward(sim, s, [rec, kronos], tmp_path / "a", progress=False)
+    records = bt.run_walk_forward(sim, s, [rec, kronos("kronos_fake", fake, s, lookback=100)], tmp_path / "a",
+                                  progress=False)
     origins = bt.make_origins(sim, s)
     assert len(rec.seen) == len(origins) > 50
     for (last_bar, first_future, _), origin in zip(rec.seen, origins):
@@ -68,10 +103,8 @@ def test_no_bar_at_or_after_an_origin_reaches_a_forecaster(sim: pd.DataFrame, tm
         assert last_bar == origin - pd.Timedelta(minutes=1)  # and nothing older is withheld
     calls = [c for batch in fake.calls for c in batch]
     assert len(calls) == len(origins)
-    for last_bar, last_stamp, first_stamp, _ in calls:
-        # Model stamps are New York wall clock, bar starts (time_label start).
-        assert last_stamp == last_bar.tz_convert(NY).tz_localize(None)
-        assert first_stamp == last_stamp + pd.Timedelta(minutes=1)
+    # Model stamps are New York wall clock, bar starts (time_label start), of the same bars the recorder saw.
+    assert sorted(calls) == sorted((features(last), features(first), h) for last, first, h in rec.seen)
     # Near the close the window is truncated (near_close: truncate), as in the live run.
     assert {h for *_, h in rec.seen} == {30, 10}
     # Changing every bar from some origin on changes no forecast made before it.
@@ -80,7 +113,7 @@ def test_no_bar_at_or_after_an_origin_reaches_a_forecaster(sim: pd.DataFrame, tm
     later = shocked.index >= cut
     shocked.loc[later, ["open", "high", "low", "close"]] *= 1.05
     shocked.loc[later, "volume"] *= 3
-    again = bt.run_walk_forward(shocked, s, [Recorder(), bt.KronosForecaster("kronos_fake", FakeSampler(), 100)],
+    again = bt.run_walk_forward(shocked, s, [Recorder(), kronos("kronos_fake", FakeSampler(), s, lookback=100)],
                                 tmp_path / "b", progress=False)
     for key, r in records.items():
         if key[0] == bt.SKIP:
@@ -162,7 +195,7 @@ class OverConfident:
 
 
 def test_report_catches_and_calibration_fixes_an_overconfident_forecaster(tmp_path: Path) -> None:
-    frame = baselines.simulate_bars("2025-03-03", 12, seed=22)
+    frame = simulated.simulate_bars("2025-03-03", 12, seed=22)
     s = settings(every=15, n_paths=64, start="2025-03-04", batch=32, refit_every=25)
     records = bt.run_walk_forward(frame, s, [baselines.RandomWalk(), OverConfident()], tmp_path, progress=False)
     report = bt.build_report(records, s, tmp_path, plots=False)
@@ -186,7 +219,7 @@ def test_baseline_backtest_on_real_bars(real_data_dir: Path, tmp_path: Path, cap
     """Several sessions of the real QQQ bars through the command line, baselines only."""
     csv = real_data_dir / "QQQ_60day_1min_polygon__Poloilo16-VWAP.csv"
     argv = ["--config", str(Path(cli.__file__).parent / "config.yaml"), "--csv", str(csv), "--start", "2025-05-06", "--end", "2025-05-09",
-            "--every", "30", "--n-paths", "64", "--out", str(tmp_path), "--no-progress"]
+            "--every", "30", "--n-samples", "64", "--out", str(tmp_path), "--no-progress"]
     assert cli.main(argv) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     names = list(report["forecasters"])
@@ -208,35 +241,20 @@ def test_baseline_backtest_on_real_bars(real_data_dir: Path, tmp_path: Path, cap
 
 
 def tiny_kronos(root: Path) -> tuple[Path, Path]:
-    """A random-weight Kronos pair far smaller than the published ones, saved as config.json + safetensors."""
-    import torch
-    from safetensors.torch import save_file
+    """A random-weight Kronos pair far smaller than the published ones, in the published layout."""
+    from kronos_checkpoints import write_checkpoint_pair
 
-    from kronos.config import PredictorConfig, TokenizerConfig
-    from kronos.model import KronosPredictor, KronosTokenizer
-
-    pc = dict(s1_bits=10, s2_bits=10, n_layers=2, d_model=32, n_heads=2, ff_dim=64, learn_te=True)
-    tc = dict(d_in=6, d_model=32, n_heads=2, ff_dim=64, n_enc_layers=3, n_dec_layers=3, s1_bits=10, s2_bits=10)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        for name, cls, cfg_cls, cfg in (("model", KronosPredictor, PredictorConfig, pc),
-                                        ("tokenizer", KronosTokenizer, TokenizerConfig, tc)):
-            d = root / name
-            d.mkdir(parents=True)
-            (d / "config.json").write_text(json.dumps(cfg))
-            save_file({k: v.contiguous() for k, v in cls(cfg_cls(**cfg)).state_dict().items()},
-                      str(d / "model.safetensors"))
-    return root / "model", root / "tokenizer"
+    return write_checkpoint_pair(root, "tiny", seed=0)
 
 
 def test_kronos_settings_side_by_side_through_the_command_line(tmp_path: Path) -> None:
     model, tok = tiny_kronos(tmp_path / "ck")
-    frame = baselines.simulate_bars("2025-03-03", 4, seed=23)
+    frame = simulated.simulate_bars("2025-03-03", 4, seed=23)
     csv = tmp_path / "bars.csv"
     frame.rename_axis("timestamp").reset_index().to_csv(csv, index=False)
     common = f"model={model},tokenizer={tok},lookback=64,max_context=128"
     argv = ["--config", str(Path(cli.__file__).parent / "config.yaml"), "--csv", str(csv), "--start", "2025-03-06",
-            "--every", "60", "--n-paths", "8", "--batch", "4", "--forecasters", "random_walk",
+            "--every", "60", "--n-samples", "8", "--batch", "4", "--forecasters", "random_walk",
             "--kronos", f"name=k_p09,top_p=0.9,{common}", "--kronos", f"name=k_p10_end,top_p=1.0,time_label=end,{common}",
             "--out", str(tmp_path / "out"), "--no-progress", "--no-plots"]
     assert cli.main(argv) == 0
@@ -245,16 +263,16 @@ def test_kronos_settings_side_by_side_through_the_command_line(tmp_path: Path) -
     run = json.loads((tmp_path / "out" / bt.RUN_FILE).read_text())
     assert run["forecasters"]["k_p10_end"]["time_label"] == "end" and run["forecasters"]["k_p09"]["top_p"] == 0.9
     # lookback 64 < the config's 480: origins still need the config's history, so all forecasters share origins.
-    assert run["settings"]["min_history"] == 480
+    assert run["settings"]["lookback"] == 480
     n = {name: r["n_origins"] for name, r in report["forecasters"].items()}
     assert len(set(n.values())) == 1 and n["k_p09"] > 0
 
 
 def test_fit_a_calibrator_from_the_forecast_run_log(tmp_path: Path) -> None:
-    from market.artifacts import RUN_LOG_COLUMNS, append_run_log
-    from market.calibration import load_calibrator
+    from forecast.calibrator import load_calibrator
+    from forecast.runlog import RUN_LOG_COLUMNS, append_run_log
 
-    frame = baselines.simulate_bars("2025-03-03", 3, seed=24)
+    frame = simulated.simulate_bars("2025-03-03", 3, seed=24)
     csv = tmp_path / "bars.csv"
     frame.rename_axis("timestamp").reset_index().to_csv(csv, index=False)
     rng = np.random.default_rng(25)
@@ -267,20 +285,21 @@ def test_fit_a_calibrator_from_the_forecast_run_log(tmp_path: Path) -> None:
                "p90_end": now * (1 + sd), "p_hit_vwap": 0.99, "vwap_mode": "moving"}
         append_run_log(log_path, {k: v for k, v in row.items() if k in RUN_LOG_COLUMNS})
     argv = ["--config", str(Path(cli.__file__).parent / "config.yaml"), "--csv", str(csv),
-            "--fit-run-log", str(log_path), "--out", str(tmp_path / "cal")]
+            "--fit-run-log", str(log_path), "--out", str(tmp_path / "cal"), "--lookback", "60"]
     assert cli.main(argv) == 0
     c = load_calibrator(tmp_path / "cal" / "calibrator_QQQ_runlog.json")
-    assert c.p_up.n > 200 and c.p_up.method == "platt"
+    # rows near the close (a truncated live horizon) and before 60 bars of history have no 30-minute outcome
+    assert c.p_up.n > 150 and c.p_up.method == "platt"
     assert abs(float(c.apply([0.95])[0]) - 0.5) < 0.15  # a coin flip dressed as certainty is brought back
     # p_hit_vwap is learnt too: a constant 0.99 maps to the observed touch rate.
-    assert c.p_hit_vwap.n > 200 and float(c.apply_p_hit_vwap([0.99])[0]) < 0.95
+    assert c.p_hit_vwap.n > 150 and float(c.apply_p_hit_vwap([0.99])[0]) < 0.95
 
 
 def test_alpaca_history_source(tmp_path: Path, monkeypatch) -> None:
     """backtest.py without a file asks Alpaca (the real client, a fake endpoint) for the range plus history."""
-    from tests.fake_alpaca import FakeAlpaca
+    from fake_alpaca import FakeAlpaca
 
-    frame = baselines.simulate_bars("2025-03-03", 5, seed=26)
+    frame = simulated.simulate_bars("2025-03-03", 5, seed=26)
 
     def respond(query):
         rows = frame[(frame.index >= pd.Timestamp(query["start"])) & (frame.index <= pd.Timestamp(query["end"]))]
@@ -294,7 +313,7 @@ def test_alpaca_history_source(tmp_path: Path, monkeypatch) -> None:
         monkeypatch.setenv("ALPACA_SECRET_KEY", "fake-secret")
         monkeypatch.setenv("ALPACA_DATA_URL", fake.url)
         argv = ["--config", str(Path(cli.__file__).parent / "config.yaml"), "--start", "2025-03-06", "--end",
-                "2025-03-07", "--every", "60", "--n-paths", "16", "--forecasters", "random_walk",
+                "2025-03-07", "--every", "60", "--n-samples", "16", "--forecasters", "random_walk",
                 "--out", str(tmp_path), "--no-progress", "--no-plots"]
         assert cli.main(argv) == 0
     finally:
@@ -307,21 +326,26 @@ def test_alpaca_history_source(tmp_path: Path, monkeypatch) -> None:
     assert report["independent_windows"]["n_sessions"] == 2 and report["forecasters"]["random_walk"]["n_origins"] == 12
 
 
-def test_command_line_errors_exit_with_the_cli_codes(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_command_line_errors_exit_with_the_cli_codes(tmp_path: Path, monkeypatch, caplog) -> None:
+    def last_error() -> str:
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        caplog.clear()
+        return errors[-1] if errors else ""
+
     for name in ("ALPACA_KEY_ID", "ALPACA_SECRET_KEY", "APCA_API_KEY_ID", "APCA_API_SECRET_KEY"):
         monkeypatch.delenv(name, raising=False)
     config = str(Path(cli.__file__).parent / "config.yaml")
     assert cli.main(["--config", config, "--start", "2025-05-05", "--end", "2025-05-06", "--out", str(tmp_path)]) == 2
-    assert "Alpaca keys" in capsys.readouterr().err
+    assert "Alpaca keys" in last_error()
     csv = tmp_path / "bars.csv"
-    baselines.simulate_bars("2025-03-03", 4, seed=27).rename_axis("timestamp").reset_index().to_csv(csv, index=False)
-    base = ["--config", config, "--csv", str(csv), "--forecasters", "random_walk", "--n-paths", "8",
+    simulated.simulate_bars("2025-03-03", 4, seed=27).rename_axis("timestamp").reset_index().to_csv(csv, index=False)
+    base = ["--config", config, "--csv", str(csv), "--forecasters", "random_walk", "--n-samples", "8",
             "--out", str(tmp_path / "o"), "--no-progress", "--no-plots"]
     assert cli.main(base + ["--every", "60"]) == 0
     assert cli.main(base + ["--every", "30"]) == 2  # another run's folder: refused, not mixed
-    assert "other settings" in capsys.readouterr().err
+    assert "other settings" in last_error()
     assert cli.main(base + ["--kronos", "name=k,top_p"]) == 2  # a malformed setting is one line, not a traceback
-    assert "key=value pairs" in capsys.readouterr().err
+    assert "key=value pairs" in last_error()
 
 
 class SometimesNaN:
@@ -348,3 +372,30 @@ def test_unusable_paths_are_counted_not_fatal(sim: pd.DataFrame, tmp_path: Path)
     report = bt.build_report(records, s, tmp_path, plots=False)
     assert report["failed_forecasts"]["flaky"]["n"] == len(failed)
     assert report["forecasters"]["flaky"]["n_origins"] == len(records) - len(failed)
+
+
+def test_a_backtest_row_is_the_cli_replay_of_its_origin(tmp_path: Path) -> None:
+    """The seeding rule: origin T of `backtest --seed S` has exactly the paths of `cli --asof T --seed S`, however
+    the backtest batches its origins."""
+    import cli_kronos_prob_qqq as forecast_cli
+
+    model, tok = tiny_kronos(tmp_path / "ck")
+    frame = simulated.simulate_bars("2025-03-03", 4, seed=28)
+    csv = tmp_path / "bars.csv"
+    frame.rename_axis("timestamp").reset_index().to_csv(csv, index=False)
+    common = ["--config", str(Path(cli.__file__).parent / "config.yaml"), "--csv", str(csv), "--model", str(model),
+              "--tokenizer", str(tok), "--max-context", "256", "--lookback", "120", "--n-samples", "6", "--seed", "3"]
+    for batch in ("1", "5"):
+        argv = common + ["--start", "2025-03-06", "--every", "45", "--batch", batch, "--forecasters", "kronos",
+                         "--out", str(tmp_path / f"bt{batch}"), "--no-progress", "--no-plots"]
+        assert cli.main(argv) == 0
+    rows = [pd.read_csv(tmp_path / f"bt{b}" / "per_origin.csv") for b in ("1", "5")]
+    pd.testing.assert_frame_equal(rows[0], rows[1])  # batching changes nothing
+    row = rows[0].iloc[3]
+    origin = pd.Timestamp(row["origin_utc"], tz="UTC")
+    out = tmp_path / "cli"
+    assert forecast_cli.main(common + ["--source", "csv", "--asof", origin.isoformat(), "--out", str(out), "-q"]) == 0
+    summary = json.loads((out / "pred_summary_QQQ_latest.json").read_text())
+    assert summary["summary"]["p_up_30m"] == pytest.approx(row["p_up"], abs=1e-9)
+    paths = pd.read_csv(out / "paths_QQQ_latest.csv").drop(columns="path").to_numpy()
+    assert row["q50_end"] == pytest.approx(np.quantile(paths[:, -1], 0.5), rel=1e-7)

@@ -6,14 +6,16 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from market import baselines, scoring
+import simulated
+from evaluation import baselines
+from evaluation import scoring
 
 H = 30
 
 
 @pytest.fixture(scope="module")
 def sim() -> pd.DataFrame:
-    return baselines.simulate_bars("2025-03-03", 25, seed=11)
+    return simulated.simulate_bars("2025-03-03", 25, seed=11)
 
 
 def _history(frame: pd.DataFrame, origin: pd.Timestamp, days: int = 5) -> pd.DataFrame:
@@ -35,7 +37,7 @@ def _origins(frame: pd.DataFrame, skip_sessions: int = 3) -> list[pd.Timestamp]:
     return out
 
 
-@pytest.mark.parametrize("forecaster", baselines.default_baselines(), ids=lambda f: f.name)
+@pytest.mark.parametrize("forecaster", simulated.default_baselines(), ids=lambda f: f.name)
 def test_paths_are_consistent_bars(sim: pd.DataFrame, forecaster: baselines.PathForecaster) -> None:
     origin = _origins(sim)[5]
     hist = _history(sim, origin)
@@ -49,7 +51,7 @@ def test_paths_are_consistent_bars(sim: pd.DataFrame, forecaster: baselines.Path
     assert isinstance(forecaster, baselines.PathForecaster)
 
 
-@pytest.mark.parametrize("forecaster", baselines.default_baselines(), ids=lambda f: f.name)
+@pytest.mark.parametrize("forecaster", simulated.default_baselines(), ids=lambda f: f.name)
 def test_same_seed_same_paths_and_future_refused(sim: pd.DataFrame, forecaster: baselines.PathForecaster) -> None:
     origin = _origins(sim)[7]
     hist = _history(sim, origin)
@@ -63,12 +65,12 @@ def test_same_seed_same_paths_and_future_refused(sim: pd.DataFrame, forecaster: 
 def test_random_walk_recovers_the_time_of_day_volatility(sim: pd.DataFrame) -> None:
     origin = _origins(sim)[-12]  # 10:00 ET, 30 minutes into the session
     sig = baselines.RandomWalk().sigmas(_history(sim, origin), _future(origin))
-    true = 4e-4 * baselines.u_shape_profile(np.arange(30, 60))
+    true = 4e-4 * simulated.u_shape_profile(np.arange(30, 60))
     assert np.median(sig / true) == pytest.approx(1.0, abs=0.15)
 
 
 def test_block_bootstrap_reuses_same_time_returns_of_earlier_sessions() -> None:
-    frame = baselines.simulate_bars("2025-03-03", 4, seed=3)
+    frame = simulated.simulate_bars("2025-03-03", 4, seed=3)
     origin = pd.Timestamp("2025-03-06 11:00", tz="America/New_York").tz_convert("UTC")
     hist = _history(frame, origin)
     paths = baselines.BlockBootstrap(block=5, demean=False, jitter=0).sample(hist, _future(origin, 10), 200, np.random.default_rng(1))

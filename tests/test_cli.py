@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 
 import cli_kronos_prob_qqq as cli
-from market.operation import ExitCode, run_lock
-from tests.kronos_checkpoints import write_checkpoint_pair
+from app.exits import ExitCode
+from app.operation import run_lock
+from kronos_checkpoints import write_checkpoint_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 SESSIONS = ("2025-06-02", "2025-06-03", "2025-06-04")  # Mon..Wed, full days, EDT (13:30Z..20:00Z)
@@ -316,7 +317,7 @@ def alpaca_bars_server(serve_bars, refuse_sip=False, status=200):
 
 @pytest.fixture
 def serve_bars():
-    from tests.fake_alpaca import FakeAlpaca
+    from fake_alpaca import FakeAlpaca
 
     servers = []
     yield lambda respond: servers.append(FakeAlpaca(respond)) or servers[-1]
@@ -380,7 +381,7 @@ def test_alpaca_empty_answer_skips(mini_checkpoint, serve_bars, tmp_path, monkey
 
 
 def platt_calibrator(path, horizon=30, a=0.5, b=0.2):
-    from market.calibration import FORMAT
+    from forecast.calibrator import FORMAT
 
     path.write_text(json.dumps({"format": FORMAT, "version": 1, "horizon_min": horizon,
                                 "p_up": {"method": "platt", "params": {"a": a, "b": b}, "n": 100}}))
@@ -420,14 +421,14 @@ def test_calibrator_for_another_horizon_is_not_applied(mini_checkpoint, bars_csv
 def test_non_finite_model_output_is_a_model_error(mini_checkpoint, bars_csv, tmp_path, monkeypatch):
     from kronos import KronosPathSampler
 
-    real = KronosPathSampler.sample
+    real = KronosPathSampler.sample_batch
 
     def broken(self, *args, **kwargs):
         paths = real(self, *args, **kwargs)
-        paths[0, 0, 3] = np.nan
+        paths[0, 0, 0, 3] = np.nan
         return paths
 
-    monkeypatch.setattr(KronosPathSampler, "sample", broken)
+    monkeypatch.setattr(KronosPathSampler, "sample_batch", broken)
     out = tmp_path / "out"
     code = cli.main(args_for(mini_checkpoint, bars_csv, out, "--asof", "2025-06-04T15:00:00Z", "--n-samples", "4",
                              "--lookback", "200"))

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from market.config import (ConfigError, KEYS, add_config_flags, build_config, load_config, overrides_from_args,
+from app.config import (ConfigError, KEYS, add_config_flags, build_config, load_config, overrides_from_args,
                            read_yaml)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +91,6 @@ def test_bfloat16_needs_cuda():
 
 
 def test_readme_config_reference_is_current():
-    from market.config import reference_table
+    from app.config import reference_table
 
     assert reference_table() in (ROOT / "README.md").read_text(), "regenerate the README's config table"

@@ -2,8 +2,8 @@
 import pandas as pd
 import pytest
 
-from market.horizon import events_in_window, model_time_index, plan_horizon
-from market.operation import Skipped
+from forecast.horizon import events_in_window, model_time_index, plan_horizon
+from forecast.errors import Skipped
 
 T = pd.Timestamp
 

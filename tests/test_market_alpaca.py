@@ -7,9 +7,9 @@ import warnings
 import pandas as pd
 import pytest
 
-from market.bars import (AlpacaBarSource, Credentials, DataSourceError, SubscriptionError, credentials_from_env,
-                         fetch_with_fallback)
-from tests.fake_alpaca import FakeAlpaca
+from marketdata.alpaca import AlpacaBarSource, Credentials, credentials_from_env, fetch_with_fallback
+from marketdata.frame import DataSourceError, SubscriptionError
+from fake_alpaca import FakeAlpaca
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # websockets.legacy, imported by alpaca.data

@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from market import calendar as mcal
-from market.bars import DataError, detect_label, read_bars_file
-from market.prepare import prepare_bars, session_bars
+from marketdata import calendar as mcal
+from marketdata.files import detect_label, read_bars_file
+from marketdata.frame import DataError
+from marketdata.prepare import prepare_bars, session_bars
 
 POLOILO = "QQQ_60day_1min_polygon__Poloilo16-VWAP.csv"
 MASON = "QQQ_1min_2019-02-11_15__masonblier-eqker.csv"
@@ -106,7 +107,7 @@ HEADER = "timestamp,open,high,low,close,volume\n"
 def test_unsorted_rows_are_accepted_and_logged(tmp_path, caplog):
     p = write(tmp_path, HEADER + "2025-05-27 13:32:00,3,3,3,3,30\n2025-05-27 13:30:00,1,1,1,1,10\n"
                                  "2025-05-27 13:31:00,2,2,2,2,20\n")
-    with caplog.at_level(logging.DEBUG, logger="market.bars"):
+    with caplog.at_level(logging.DEBUG, logger="marketdata.files"):
         bars = read_bars_file(p)
     assert bars["close"].tolist() == [1.0, 2.0, 3.0]
     assert bars.index[0] == pd.Timestamp("2025-05-27 13:30", tz="UTC")

@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from market import calendar as mcal
+from marketdata import calendar as mcal
 
 
 def et(text: str) -> pd.Timestamp:

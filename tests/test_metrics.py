@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from market import metrics as m
+from forecast import metrics as m
 
 NOW = 100.0
 
@@ -205,9 +205,15 @@ def test_recent_vol_drops_overnight_and_windows() -> None:
 
 # ---------------------------------------------------------------- compute_metrics
 
+def metrics(paths, *args, **kw) -> dict:
+    """compute_metrics on the repaired paths (as the pipeline does), as the JSON dict the summary writes."""
+    repaired, repair = m.repair_paths(paths)
+    return m.compute_metrics(repaired, *args, repair=repair, **kw).to_dict()
+
+
 def test_compute_metrics_by_hand() -> None:
     before = PATHS.copy()
-    out = m.compute_metrics(PATHS, HISTORY, NOW, mid_window=4, vol_window=60, vwap_mode="static")
+    out = metrics(PATHS, HISTORY, NOW, mid_window=4, vol_window=60, vwap_mode="static")
     assert np.array_equal(PATHS, before)
     json.dumps(out, allow_nan=False)  # JSON-ready, no numpy types / NaN
     assert out["horizon_min"] == 3 and out["n_paths"] == 4
@@ -251,7 +257,7 @@ def test_compute_metrics_vol_exceedance() -> None:
     paths = np.array([[[c, c, c, c, 1, 1] for c in (big, 100.0, big)],   # returns +-log 1.02: larger
                       [[c, c, c, c, 1, 1] for c in (100.0, 100.0, 100.0)],  # 0 vol
                       [[c, c, c, c, 1, 1] for c in (up, up, up)]], float)  # a,0,0: a/sqrt(3)
-    out = m.compute_metrics(paths, h, 100.0, mid_window=4)
+    out = metrics(paths, h, 100.0, mid_window=4)
     assert out["recent_vol_1m"] == pytest.approx(a * math.sqrt(4 / 3))
     # path 2: a,0,0 -> mean a/3, sq dev (4+1+1)/9 a^2, /2 -> a/sqrt(3) < a*sqrt(4/3);
     # only path 0 (+-log 1.02) exceeds -> 1/3
@@ -259,14 +265,14 @@ def test_compute_metrics_vol_exceedance() -> None:
     assert out["vwap_mode"] == "moving"  # default
 
 
-def test_compute_metrics_horizon_truncates_and_suffixes() -> None:
-    out = m.compute_metrics(PATHS, HISTORY, NOW, horizon=1, mid_window=4)
+def test_a_short_horizon_names_its_keys_by_it() -> None:
+    out = metrics(PATHS[:, :1], HISTORY, NOW, mid_window=4)
     # minute-1 closes 100.5, 99, 100.2, 100.5 -> 3 of 4 above 100
     assert out["p_up_1m"] == 0.75
-    assert "p_up_3m" not in out
+    assert "p_up_3m" not in out and "p_up" not in out
     assert out["p_vol_exceeds_recent_1m"] is None  # one return: no sample std
-    with pytest.raises(ValueError):
-        m.compute_metrics(PATHS, HISTORY, NOW, horizon=4)
+    typed = m.compute_metrics(m.repair_paths(PATHS[:, :1])[0], HISTORY, NOW, mid_window=4)
+    assert typed.p_up == 0.75 and typed.horizon_min == 1  # the typed result carries no suffix
 
 
 def test_compute_metrics_rejects_nan_paths_and_bad_close() -> None:
@@ -284,7 +290,7 @@ def test_next_session_forecast_has_no_vwap_yet():
     history = pd.DataFrame({"open": [10.0, 10.0], "high": [10.0, 11.0], "low": [10.0, 9.0],
                             "close": [10.0, 10.0], "volume": [100.0, 100.0]}, index=idx)
     paths = np.array([[[10.0, 10.5, 9.5, 10.2, 5.0, 0.0]]])
-    same_day = m.compute_metrics(paths, history, 10.0, mid_window=2, vol_window=1)
+    same_day = metrics(paths, history, 10.0, mid_window=2, vol_window=1)
     assert same_day["vwap"] == pytest.approx(10.0)  # (10*100 + 10*100) / 200
-    fresh = m.compute_metrics(paths, history, 10.0, mid_window=2, vol_window=1, new_session=True)
+    fresh = metrics(paths, history, 10.0, mid_window=2, vol_window=1, new_session=True)
     assert fresh["vwap"] is None and fresh["p_hit_vwap_1m"] is None and fresh["vwap_session"] is None

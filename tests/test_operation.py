@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from market.operation import LockHeld, TimeBudgetExceeded, run_lock, time_budget
+from app.operation import LockHeld, TimeBudgetExceeded, run_lock, time_budget
 
 
 def test_second_holder_is_refused_at_once(tmp_path):
@@ -26,7 +26,7 @@ def test_lock_is_held_across_processes(tmp_path):
     code = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(__import__('pathlib').Path(__file__).resolve().parents[1])!r})
-        from market.operation import run_lock, LockHeld
+        from app.operation import run_lock, LockHeld
         try:
             with run_lock(__import__('pathlib').Path({str(lock)!r})):
                 print('got it')
@@ -55,7 +55,7 @@ def test_time_budget_is_disarmed_after_the_block():
 def test_readme_documents_every_exit_code():
     from pathlib import Path
 
-    from market.operation import ExitCode
+    from app.exits import ExitCode
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     table = readme[readme.index("## Exit codes"):]

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from market import artifacts
-from market.plotting import _title, fan_chart
+from forecast import artifacts
+from forecast.plotting import _title, fan_chart
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "plot_paths.py"

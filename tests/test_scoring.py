@@ -8,7 +8,7 @@ import scoringrules as sr
 from scipy import stats
 from sklearn.metrics import brier_score_loss, log_loss as sk_log_loss
 
-from market import scoring
+from evaluation import scoring
 
 
 def test_brier_decomposition_by_hand() -> None:

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
-from market.calendar import next_bar_starts, session_containing, session_minutes, xnys
-from market.operation import Skipped
+from forecast.errors import Skipped
+from marketdata.calendar import next_bar_starts, session_containing, session_minutes, xnys
 
 NEW_YORK = "America/New_York"
 ONE_MINUTE = pd.Timedelta(minutes=1)
@@ -63,6 +64,13 @@ def model_time_index(bar_starts: pd.DatetimeIndex, label: str) -> pd.DatetimeInd
     """
     stamps = bar_starts.tz_convert(NEW_YORK).tz_localize(None)
     return stamps + ONE_MINUTE if label == "end" else stamps
+
+
+def model_time_features(bar_starts: pd.DatetimeIndex, label: str) -> np.ndarray:
+    """The engine's time features [T, 5] of each bar: New York wall-clock minute, hour, weekday (Monday = 0),
+    day of month and month, from its start or end minute (``model_time_index``)."""
+    idx = model_time_index(pd.DatetimeIndex(bar_starts), label)
+    return np.stack([idx.minute, idx.hour, idx.day_of_week, idx.day, idx.month], axis=-1).astype(np.int64)
 
 
 def events_in_window(now: pd.Timestamp, times: pd.DatetimeIndex, events: list[str], before_min: int,

@@ -8,13 +8,14 @@ Conventions used throughout:
 * Quantiles use ``numpy.percentile`` with its default linear interpolation:
   for sorted values x[0..n-1] the q-th percentile sits at position q/100*(n-1).
 * A metric that cannot be computed (no session volume, too little history)
-  is NaN inside this module and ``None`` in the dict from ``compute_metrics``.
+  is NaN inside this module and ``None`` in the ``Metrics`` from ``compute_metrics``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -253,7 +254,7 @@ def recent_realized_vol(history: pd.DataFrame, vol_window: int = 60) -> float:
     return float(_std_ddof1(rets))
 
 
-# ---------------------------------------------------------------- summary
+# ---------------------------------------------------------------- the result
 
 
 def _session_date(session: pd.DataFrame) -> str | None:
@@ -271,40 +272,74 @@ def _pct_key(q: float) -> str:
     return f"p{q:g}"
 
 
+# Fields whose value depends on the horizon: their JSON keys carry it (p_up_30m).
+HORIZON_BOUND = frozenset({
+    "p_up", "exp_ret", "ret_percentiles", "p_hit_vwap", "p_hit_mid", "drawdown_p50", "drawdown_p90", "drawdown_p95",
+    "runup_p50", "runup_p90", "runup_p95", "p_vol_exceeds_recent"})
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Everything a trader reads off one forecast; None where undefined (no session volume, too little history).
+
+    Field names carry no horizon; ``to_dict`` adds the ``_{H}m`` suffix where the JSON, the console text and the
+    run log are written."""
+    horizon_min: int
+    n_paths: int
+    now_close: float | None
+    p_up: float | None
+    exp_ret: float | None
+    percentiles: dict[str, list[float | None]]  # per-minute close percentiles, "p10" -> [H values]
+    ret_percentiles: dict[str, float | None]    # return at the horizon end, "p10" -> value
+    vwap: float | None
+    vwap_mode: str
+    vwap_session: str | None  # the New York date whose bars make the VWAP
+    p_hit_vwap: float | None
+    mid_band: float | None
+    mid_kind: str
+    mid_window: int
+    p_hit_mid: float | None
+    zscore_mid: float | None
+    drawdown_p50: float | None
+    drawdown_p90: float | None
+    drawdown_p95: float | None
+    runup_p50: float | None
+    runup_p90: float | None
+    runup_p95: float | None
+    p_vol_exceeds_recent: float | None
+    recent_vol_1m: float | None
+    vol_window: int
+    repaired_bars: dict[str, Any]  # what repair_paths changed: count and share of bars
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict in field order, horizon-bound keys suffixed with the horizon (p_up_30m)."""
+        sfx = f"_{self.horizon_min}m"
+        return {(f"{f.name}{sfx}" if f.name in HORIZON_BOUND else f.name): getattr(self, f.name) for f in fields(self)}
+
+
 def compute_metrics(paths: np.ndarray, history: pd.DataFrame, now_close: float,
-                    horizon: int | None = None,
                     percentiles: Sequence[float] = (10, 50, 90),
                     mid_window: int = 20, mid_kind: str = "sma", vol_window: int = 60,
-                    vwap_mode: str = DEFAULT_VWAP_MODE, new_session: bool = False) -> dict[str, Any]:
-    """All metrics as a JSON-ready dict (plain floats/lists; None where undefined).
+                    vwap_mode: str = DEFAULT_VWAP_MODE, new_session: bool = False,
+                    repair: dict[str, Any] | None = None) -> Metrics:
+    """All metrics of repaired ``paths`` [N, H, 6] (see ``repair_paths``; ``repair`` is its statistics).
 
-    ``paths`` are repaired first (``repair_paths``). ``horizon`` (None = all H
-    steps) truncates the paths to the first ``horizon`` minutes; the suffix
-    ``_{H}m`` of the keys is the horizon actually used. ``history`` is the model
-    input (tz-aware UTC index, columns high/low/close/volume); today's session
-    for the VWAP is the bars on the New York date of its last bar. ``new_session``
-    (the forecast covers the next session's opening minutes) leaves the VWAP and
-    its touch probability undefined (None): the session VWAP resets at the open.
+    ``history`` is the model input (tz-aware UTC index, columns high/low/close/volume); today's session for the
+    VWAP is the bars on the New York date of its last bar. ``new_session`` (the forecast covers the next
+    session's opening minutes) leaves the VWAP and its touch probability undefined: the VWAP resets at the open.
     """
     if not (math.isfinite(now_close) and now_close > 0):
         raise ValueError(f"now_close must be a positive finite number, got {now_close!r}")
-    raw = _check_paths(paths)
-    if horizon is not None:
-        if not 1 <= horizon <= raw.shape[1]:
-            raise ValueError(f"horizon {horizon} outside 1..{raw.shape[1]}")
-        raw = raw[:, :horizon]
-    if not np.isfinite(raw).all():
-        raise ValueError(f"paths contain {int((~np.isfinite(raw)).sum())} non-finite values")
+    p = _check_paths(paths)
+    if not np.isfinite(p).all():
+        raise ValueError(f"paths contain {int((~np.isfinite(p)).sum())} non-finite values")
     if vwap_mode not in VWAP_MODES:
         raise ValueError(f"vwap_mode must be one of {VWAP_MODES}, got {vwap_mode!r}")
-    p, repair = repair_paths(raw)
-    h = p.shape[1]
-    sfx = f"_{h}m"
+    repair = repair if repair is not None else {"count": 0, "share": 0.0}
     closes = p[:, :, CLOSE]
     final_ret = closes[:, -1] / now_close - 1.0
     qs = list(percentiles)
 
-    # A forecast of the next session's opening minutes has no VWAP yet: the session VWAP resets at the open.
     session = history.iloc[:0] if new_session else session_bars_of_last_day(history)
     hist_close = history["close"].to_numpy(dtype=float)
     mid = mid_band(hist_close, mid_window, mid_kind)
@@ -317,33 +352,17 @@ def compute_metrics(paths: np.ndarray, history: pd.DataFrame, now_close: float,
              if math.isfinite(recent_vol) and np.isfinite(path_vol).all() else math.nan)
 
     f = _json_float
-    return {
-        "horizon_min": h,
-        "n_paths": int(p.shape[0]),
-        "now_close": f(now_close),
-        f"p_up{sfx}": f((closes[:, -1] > now_close).mean()),
-        f"exp_ret{sfx}": f(final_ret.mean()),
-        "percentiles": {_pct_key(q): [f(v) for v in np.percentile(closes, q, axis=0)] for q in qs},
-        f"ret_percentiles{sfx}": {_pct_key(q): f(np.percentile(final_ret, q)) for q in qs},
-        "vwap": f(session_vwap(session)),
-        "vwap_mode": vwap_mode,
-        # the New York date whose bars make the VWAP: after the close it is the
-        # finished session, not the one the forecast runs into
-        "vwap_session": _session_date(session),
-        f"p_hit_vwap{sfx}": f(p_hit_vwap(p, session, now_close, vwap_mode)),
-        "mid_band": f(mid),
-        "mid_kind": mid_kind,
-        "mid_window": mid_window,
-        f"p_hit_mid{sfx}": f(p_hit_mid(p, now_close, mid)),
-        "zscore_mid": f(zscore_mid(hist_close, now_close, mid_window, mid_kind)),
-        f"drawdown_p50{sfx}": f(dd_q[0]),
-        f"drawdown_p90{sfx}": f(dd_q[1]),
-        f"drawdown_p95{sfx}": f(dd_q[2]),
-        f"runup_p50{sfx}": f(ru_q[0]),
-        f"runup_p90{sfx}": f(ru_q[1]),
-        f"runup_p95{sfx}": f(ru_q[2]),
-        f"p_vol_exceeds_recent{sfx}": f(p_vol),
-        "recent_vol_1m": f(recent_vol),
-        "vol_window": vol_window,
-        "repaired_bars": {"count": repair["count"], "share": f(repair["share"])},
-    }
+    return Metrics(
+        horizon_min=int(p.shape[1]), n_paths=int(p.shape[0]), now_close=f(now_close),
+        p_up=f((closes[:, -1] > now_close).mean()), exp_ret=f(final_ret.mean()),
+        percentiles={_pct_key(q): [f(v) for v in np.percentile(closes, q, axis=0)] for q in qs},
+        ret_percentiles={_pct_key(q): f(np.percentile(final_ret, q)) for q in qs},
+        vwap=f(session_vwap(session)), vwap_mode=vwap_mode, vwap_session=_session_date(session),
+        p_hit_vwap=f(p_hit_vwap(p, session, now_close, vwap_mode)),
+        mid_band=f(mid), mid_kind=mid_kind, mid_window=mid_window, p_hit_mid=f(p_hit_mid(p, now_close, mid)),
+        zscore_mid=f(zscore_mid(hist_close, now_close, mid_window, mid_kind)),
+        drawdown_p50=f(dd_q[0]), drawdown_p90=f(dd_q[1]), drawdown_p95=f(dd_q[2]),
+        runup_p50=f(ru_q[0]), runup_p90=f(ru_q[1]), runup_p95=f(ru_q[2]),
+        p_vol_exceeds_recent=f(p_vol), recent_vol_1m=f(recent_vol), vol_window=vol_window,
+        repaired_bars={"count": int(repair["count"]), "share": f(repair["share"])},
+    )

@@ -1,4 +1,4 @@
-"""What makes a run safe under cron: exit codes, a lock so runs never overlap, and a time budget."""
+"""What makes a run safe under cron: a lock so runs never overlap, a time budget, signals and logging."""
 from __future__ import annotations
 
 import logging
@@ -6,33 +6,12 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from enum import IntEnum
 from pathlib import Path
 from typing import Iterator
 
 from filelock import FileLock, Timeout
 
-
-class ExitCode(IntEnum):
-    """The documented exit codes of the scripts (the README's table)."""
-    OK = 0
-    INTERNAL = 1        # a bug: the traceback is logged
-    BAD_INPUT = 2       # configuration, arguments or input data unusable
-    SKIPPED = 3         # nothing to forecast now: market closed under --cron, too many gaps, quiet window, no data
-    DATA_SOURCE = 4     # the data source failed: Alpaca refused or errored, network down
-    MODEL = 5           # weights missing, not cached offline, or not fitting the network
-    LOCKED = 6          # another run holds the lock
-    TIME_BUDGET = 7     # the run took longer than time_budget seconds
-    INTERRUPTED = 130   # Ctrl-C or SIGTERM
-
-
-class RunError(Exception):
-    """An expected way for a run to end early; the message is the one line the user sees."""
-    exit_code = ExitCode.INTERNAL
-
-
-class Skipped(RunError):
-    exit_code = ExitCode.SKIPPED
+from app.exits import ExitCode, RunError
 
 
 class LockHeld(RunError):
@@ -65,14 +44,24 @@ def time_budget(seconds: float) -> Iterator[None]:
         yield
         return
 
+    message = f"the run exceeded its time budget of {seconds:g} s and stopped"
+    fired: list[bool] = []
+
     def on_alarm(signum: int, frame: object) -> None:
-        raise TimeBudgetExceeded(f"the run exceeded its time budget of {seconds:g} s and stopped; "
-                                 "nothing was written for it")
+        fired.append(True)
+        raise TimeBudgetExceeded(message)
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
+    except TimeBudgetExceeded:
+        raise
+    except Exception as exc:
+        # a library may wrap our exception in its own (torch's load_state_dict does): it is still the budget
+        if fired:
+            raise TimeBudgetExceeded(message) from exc
+        raise
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -100,3 +89,31 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     # Third-party chatter stays out of a cron mailbox unless asked for.
     for name in ("urllib3", "filelock", "matplotlib", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def install_program_handlers(verbose: bool = False, quiet: bool = False) -> None:
+    """What a script does when it runs as a program (never when a test imports its main()): logging on
+    stderr, SIGTERM as Ctrl-C."""
+    setup_logging(verbose=verbose, quiet=quiet)
+    exit_on_sigterm()
+
+
+def report_failure(exc: BaseException, log: logging.Logger, written: bool | None = None,
+                   interrupted: str = "") -> int:
+    """One line for an expected failure, the traceback for our own bug; returns the exit code. ``written`` says
+    whether the run's files were all written (None: the script has no such set of files); ``interrupted`` is
+    what to tell after Ctrl-C or SIGTERM."""
+    from app.exits import exit_code_for
+
+    code = exit_code_for(exc)
+    left = "" if written is None else ("; the run's files had all been written when it stopped" if written
+                                       else "; nothing was written for this run")
+    if code == ExitCode.INTERNAL:
+        log.error("unexpected error (a bug; please report it with this traceback)%s", left, exc_info=exc)
+    elif code == ExitCode.SKIPPED:
+        log.warning("skipped: %s", exc)
+    elif code == ExitCode.INTERRUPTED:
+        log.error("interrupted%s%s", left, f"; {interrupted}" if interrupted else "")
+    else:
+        log.error("%s%s", exc, left)
+    return int(code)

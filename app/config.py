@@ -17,15 +17,10 @@ from typing import Any, Callable
 import pandas as pd
 import yaml
 
-# Context length of the published checkpoints; lookback + horizon must fit inside it.
-KNOWN_CONTEXTS = {
-    "NeoQuasar/Kronos-mini": 2048,
-    "NeoQuasar/Kronos-small": 512,
-    "NeoQuasar/Kronos-base": 512,
-}
+from forecast.errors import SettingsError
 
 
-class ConfigError(ValueError):
+class ConfigError(SettingsError):
     """A configuration value or file is unusable; the message names the key and what is allowed."""
 
 
@@ -38,6 +33,7 @@ class Key:
     choices: tuple[str, ...] | None = None
     check: Callable[[Any], bool] | None = None
     rule: str = ""  # what `check` allows, for the error message
+    affects_results: bool = True  # False: changing it never changes a forecast (so a backtest may resume)
 
 
 def _positive(v: Any) -> bool:
@@ -111,62 +107,57 @@ KEYS: tuple[Key, ...] = (
         check=_positive, rule=">= 1"),
     Key("max_recent_filled", int, 10, "skip when more of the recent bars than this had to be filled",
         check=lambda v: v >= 0, rule=">= 0"),
-    Key("out", str, "outputs", "directory for the JSON, CSV, PNG and the run log"),
-    Key("calibrator", str, None, "p_up calibrator JSON fitted by backtest.py (shown beside the raw values)"),
+    Key("out", str, "outputs", "directory for the JSON, CSV, PNG and the run log", affects_results=False),
+    Key("calibrator", str, None, "p_up calibrator JSON fitted by backtest.py (shown beside the raw values)", affects_results=False),
     Key("time_budget", float, 50.0, "seconds a run may take before it stops (cron runs every 60 s)",
-        check=_positive, rule="> 0"),
-    Key("plot", bool, False, "also write the fan chart PNG"),
+        check=_positive, rule="> 0", affects_results=False),
+    Key("plot", bool, False, "also write the fan chart PNG", affects_results=False),
 )
 KEYS_BY_NAME = {k.name: k for k in KEYS}
 
 
-@dataclass(frozen=True)
-class Config:
-    """Validated settings of one run; field names are the YAML keys."""
-    symbol: str
-    horizon: int
-    n_samples: int
-    temperature: float
-    top_p: float
-    top_k: int
-    lookback: int
-    days: int
-    rth: bool
-    source: str
-    csv: str | None
-    csv_tz: str
-    csv_label: str
-    feed: str
-    sip_fallback: str
-    model: str
-    model_revision: str | None
-    tokenizer: str
-    tokenizer_revision: str | None
-    max_context: int | None
-    device: str
-    dtype: str
-    seed: int | None
-    percentiles: list
-    time_label: str
-    near_close: str
-    min_horizon: int
-    events: list
-    event_before: int
-    event_after: int
-    event_action: str
-    mid_kind: str
-    mid_window: int
-    vwap_mode: str
-    vol_window: int
-    recent_window: int
-    max_recent_filled: int
-    out: str
-    calibrator: str | None
-    time_budget: float
-    plot: bool
+BACKTEST_KEYS: tuple[Key, ...] = (
+    Key("every", int, 10, "minutes between backtest origins", check=lambda v: 1 <= v <= 390, rule="1..390"),
+    Key("start", str, None, "first session of the backtest, YYYY-MM-DD (default: the data's first)"),
+    Key("end", str, None, "last session of the backtest, YYYY-MM-DD (default: the data's last)"),
+    Key("forecasters", list, ["random_walk", "block_bootstrap", "garch"],
+        "forecasters to compare: random_walk, block_bootstrap, garch, kronos (the config's model and sampling)"),
+    Key("batch", int, 16, "origins per engine call (results do not depend on it)", check=_positive, rule=">= 1",
+        affects_results=False),
+    Key("refit_every", int, 50, "refit the walk-forward calibrators every n outcomes", check=_positive,
+        rule=">= 1", affects_results=False),
+    Key("isotonic_min", int, 500, "outcomes before isotonic replaces Platt", check=_positive, rule=">= 1",
+        affects_results=False),
+    Key("rule_p_up", float, 0.60, "toy rule: enter when p_up is at least this", check=lambda v: 0 <= v <= 1,
+        rule="in [0, 1]", affects_results=False),
+    Key("rule_z", float, -1.0, "toy rule: enter only when zscore_mid <= this", affects_results=False),
+    Key("stop_bp", float, 25.0, "toy rule: stop loss in basis points", check=_positive, rule="> 0",
+        affects_results=False),
+    Key("fee_bp", float, 0.5, "toy rule: fee per side in basis points", check=lambda v: v >= 0, rule=">= 0",
+        affects_results=False),
+    Key("slippage_bp", float, 1.0, "toy rule: slippage per side in basis points", check=lambda v: v >= 0,
+        rule=">= 0", affects_results=False),
+)
+BACKTEST_KEYS_BY_NAME = {k.name: k for k in BACKTEST_KEYS}
 
-    def replace(self, **changes: Any) -> "Config":
-        return dataclasses.replace(self, **changes)
+
+def _config_class(name: str, keys: tuple[Key, ...], doc: str) -> type:
+    cls = dataclasses.make_dataclass(name, [(k.name, Any) for k in keys], frozen=True,
+                                     namespace={"__doc__": doc, "replace": lambda self, **c: dataclasses.replace(self, **c)})
+    cls.__module__ = __name__
+    return cls
+
+
+# The one definition of every setting: the classes are derived from the tables, field names are the YAML keys.
+Config = _config_class("Config", KEYS, "Validated settings of one forecast run; field names are the YAML keys.")
+BacktestConfig = _config_class("BacktestConfig", KEYS + BACKTEST_KEYS,
+                               "The forecast's settings plus the backtest's own keys.")
+
+
+def fingerprint(cfg: Any) -> dict[str, Any]:
+    """The settings that decide a run's results, from the key tables (a backtest resumes only with equal ones)."""
+    keys = KEYS + (BACKTEST_KEYS if isinstance(cfg, BacktestConfig) else ())
+    return {k.name: getattr(cfg, k.name) for k in keys if k.affects_results}
 
 
 def _coerce(key: Key, value: Any) -> Any:
@@ -253,10 +244,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def build_config(file_values: dict[str, Any], overrides: dict[str, Any]) -> Config:
-    """Defaults, then the file, then command-line overrides (None means 'not given'); validated."""
+def build_config(file_values: dict[str, Any], overrides: dict[str, Any], backtest: bool = False) -> Any:
+    """Defaults, then the file, then command-line overrides (None means 'not given'); validated.
+    With ``backtest`` the backtest's keys join the forecast's, and a BacktestConfig comes back."""
+    keys = KEYS + BACKTEST_KEYS if backtest else KEYS
     values: dict[str, Any] = {}
-    for key in KEYS:
+    for key in keys:
         raw = key.default
         if key.name in file_values:
             raw = file_values[key.name]
@@ -265,9 +258,32 @@ def build_config(file_values: dict[str, Any], overrides: dict[str, Any]) -> Conf
         value = _coerce(key, raw)
         _check(key, value)
         values[key.name] = value
-    cfg = Config(**values)
+    cfg = (BacktestConfig if backtest else Config)(**values)
     _check_combination(cfg)
     return cfg
+
+
+def parse_setting_spec(text: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """'name=k_p10,top_p=1.0' -> {'name': 'k_p10', 'top_p': 1.0}: every key must be in ``allowed`` (or 'name')
+    and every value passes its key's own rule, so a typo is a ConfigError naming it."""
+    out: dict[str, Any] = {}
+    for item in (s.strip() for s in text.split(",") if s.strip()):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(f"setting {text!r}: expected key=value pairs separated by commas, e.g. "
+                              "name=k_p10,top_p=1.0")
+        if name == "name":
+            out[name] = value.strip()
+            continue
+        if name not in allowed:
+            close = difflib.get_close_matches(name, allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"setting {text!r}: unknown key '{name}'{hint}; allowed: name, {', '.join(allowed)}")
+        key = KEYS_BY_NAME[name]
+        out[name] = _coerce(key, value.strip())
+        _check(key, out[name])
+    return out
 
 
 def _check_combination(cfg: Config) -> None:
@@ -276,7 +292,9 @@ def _check_combination(cfg: Config) -> None:
     if cfg.dtype != "float32" and cfg.device in ("cpu", "mps"):
         raise ConfigError(f"config key 'dtype' must be float32 on device {cfg.device}; "
                           "bfloat16 and float16 need CUDA")
-    context = cfg.max_context or KNOWN_CONTEXTS.get(cfg.model)
+    from kronos.config import CONTEXT_BY_REPO  # lookback + horizon must fit the published checkpoint's context
+
+    context = cfg.max_context or CONTEXT_BY_REPO.get(cfg.model)
     if context is not None and cfg.lookback + cfg.horizon > context:
         raise ConfigError(f"config keys 'lookback' + 'horizon' = {cfg.lookback} + {cfg.horizon} exceed the "
                           f"model's context of {context} bars; lower lookback to at most "
@@ -298,10 +316,13 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One optional flag per config key; values stay strings here and are validated by build_config."""
+def add_config_flags(parser: argparse.ArgumentParser, backtest: bool = False, skip: tuple[str, ...] = ()) -> None:
+    """One optional flag per config key (except ``skip``: the script defines those flags itself); values stay
+    strings here and are validated by build_config."""
     group = parser.add_argument_group("configuration overrides (each wins over config.yaml)")
-    for key in KEYS:
+    for key in KEYS + BACKTEST_KEYS if backtest else KEYS:
+        if key.name in skip:
+            continue
         if key.kind is bool:
             group.add_argument(flag(key.name), dest=key.name, action=argparse.BooleanOptionalAction,
                                default=None, help=key.help)
@@ -312,19 +333,20 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    return {key.name: getattr(args, key.name) for key in KEYS if getattr(args, key.name, None) is not None}
+    return {key.name: getattr(args, key.name) for key in KEYS + BACKTEST_KEYS
+            if getattr(args, key.name, None) is not None}
 
 
-def load_config(path: Path | None, overrides: dict[str, Any]) -> Config:
+def load_config(path: Path | None, overrides: dict[str, Any], backtest: bool = False) -> Any:
     """config.yaml (or the given file; none at all means defaults) with the overrides applied."""
     file_values = read_yaml(path) if path is not None else {}
-    return build_config(file_values, overrides)
+    return build_config(file_values, overrides, backtest)
 
 
-def reference_table() -> str:
-    """The config reference as a Markdown table, for the README."""
+def reference_table(keys: tuple[Key, ...] = KEYS) -> str:
+    """A config reference as a Markdown table, for the README."""
     rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
-    for key in KEYS:
+    for key in keys:
         allowed = ", ".join(key.choices) if key.choices else (key.rule or _kind_name(key.kind))
         default = "null" if key.default is None else str(key.default).lower() if key.kind is bool \
             else str(key.default)

@@ -23,7 +23,6 @@ JSON format: see ``Calibrator.to_dict``; no pickle anywhere.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,10 +30,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
 
-from market.artifacts import atomic_write_text
+from forecast.artifacts import atomic_write_text
 
 FORMAT = "qqq-kronos-calibrator"
 VERSION = 1
@@ -77,6 +74,10 @@ class ProbabilityCalibrator:
         n = int(p.size)
         if n < min_n or np.unique(y).size < 2:
             return cls("identity", {}, n, window)
+        # sklearn loads only when a calibrator is fitted, never on the live forecast's path
+        from sklearn.isotonic import IsotonicRegression
+        from sklearn.linear_model import LogisticRegression
+
         if n >= isotonic_min:
             iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, y)
             return cls("isotonic", {"x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()}, n, window)
@@ -106,6 +107,17 @@ class ProbabilityCalibrator:
         return cls(d["method"], dict(d.get("params", {})), int(d.get("n", 0)), (w.get("start"), w.get("end")))
 
 
+
+def band_score(outcome: np.ndarray, now_close: np.ndarray | float, centre: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The normalised band score z = (log(outcome / now_close) - centre) / scale of realised closes (NaN where
+    the outcome is unknown). now_close broadcasts against outcome's leading axes."""
+    now = np.asarray(now_close, dtype=float)
+    y = np.asarray(outcome, dtype=float)
+    now = now.reshape(now.shape + (1,) * (y.ndim - now.ndim))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.log(y / now) - centre) / scale
+
+
 def ensemble_centre_scale(close_paths: np.ndarray, now_close: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
     """Median and 10-90 scale of log(close / now_close) over members: close_paths [..., M, H] -> two [..., H]."""
     now = np.asarray(now_close, dtype=float)[..., None, None]
@@ -114,11 +126,11 @@ def ensemble_centre_scale(close_paths: np.ndarray, now_close: np.ndarray | float
     return q50, np.maximum((q90 - q10) / IQR_TO_SIGMA, SCALE_FLOOR)
 
 
+
 def band_scores(close_paths: np.ndarray, now_close: np.ndarray, outcome: np.ndarray) -> np.ndarray:
     """Normalised scores z of realised closes: close_paths [O, M, H], now_close [O], outcome [O, H] -> [O, H]."""
     m, s = ensemble_centre_scale(close_paths, now_close)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (np.log(np.asarray(outcome, dtype=float) / np.asarray(now_close, dtype=float)[:, None]) - m) / s
+    return band_score(outcome, now_close, m, s)
 
 
 def _grid_quantiles(x: np.ndarray) -> list[float] | None:
@@ -271,185 +283,3 @@ def load_calibrator(path: str | Path) -> Calibrator:
     """The calibrator saved by backtest.py (or fitted from a run log); ValueError for another file format."""
     return Calibrator.load(path)
 
-
-# ----------------------------------------------------------------------------------------------- walk-forward
-
-def _fit_schedule(origins: pd.DatetimeIndex, resolve: pd.DatetimeIndex, usable: np.ndarray,
-                  refit_every: int, min_n: int) -> list[tuple[int, np.ndarray]]:
-    """(first origin position, outcome indices) of each refit; only outcomes with resolve <= origin count."""
-    res_ns, origin_ns = resolve.as_unit("ns").asi8, origins.as_unit("ns").asi8
-    order = np.argsort(res_ns, kind="stable")
-    order = order[usable[order]]
-    known = np.searchsorted(res_ns[order], origin_ns, side="right")  # outcomes known at each origin
-    plan: list[tuple[int, np.ndarray]] = []
-    last = -1
-    for i, k in enumerate(known):
-        if k >= min_n and (last < 0 or k - last >= refit_every):
-            plan.append((i, order[:k]))
-            last = k
-    return plan
-
-
-def walk_forward_probability(origins: pd.DatetimeIndex, p: np.ndarray, y: np.ndarray, horizon_min: int,
-                             refit_every: int = 50, isotonic_min: int = ISOTONIC_MIN_N,
-                             min_n: int = MIN_FIT_N) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Calibrated p for each origin from outcomes resolved before it (NaN until ``min_n`` are known).
-
-    ``origins`` must be sorted. Returns (calibrated p, one record per refit)."""
-    origins = pd.DatetimeIndex(origins)
-    p = np.asarray(p, dtype=float)
-    y = np.asarray(y, dtype=float)
-    resolve = origins + pd.Timedelta(minutes=horizon_min)
-    usable = np.isfinite(p) & np.isfinite(y)
-    out = np.full(p.shape, np.nan)
-    plan = _fit_schedule(origins, resolve, usable, refit_every, min_n)
-    fits = []
-    for j, (start, idx) in enumerate(plan):
-        stop = plan[j + 1][0] if j + 1 < len(plan) else len(origins)
-        cal = ProbabilityCalibrator.fit(p[idx], y[idx], origins[idx], isotonic_min, min_n)
-        out[start:stop] = cal.apply(p[start:stop])
-        fits.append({"from_origin": _iso(origins[start]), "method": cal.method, "n": cal.n})
-    return out, fits
-
-
-def walk_forward_bands(origins: pd.DatetimeIndex, close_paths: np.ndarray, now_close: np.ndarray,
-                       outcome: np.ndarray, horizon_min: int, levels: np.ndarray, refit_every: int = 50,
-                       min_n: int = MIN_FIT_N) -> np.ndarray:
-    """Walk-forward calibrated quantiles [O, L, H] (NaN until ``min_n`` windows have resolved).
-
-    close_paths [O, M, H], now_close [O], outcome [O, H] (NaN where unknown)."""
-    centre, scale = ensemble_centre_scale(close_paths, now_close)
-    return walk_forward_bands_from_summary(origins, centre, scale, now_close, outcome, horizon_min, levels,
-                                           refit_every, min_n)
-
-
-def walk_forward_bands_from_summary(origins: pd.DatetimeIndex, centre: np.ndarray, scale: np.ndarray,
-                                    now_close: np.ndarray, outcome: np.ndarray, horizon_min: int,
-                                    levels: np.ndarray, refit_every: int = 50,
-                                    min_n: int = MIN_FIT_N) -> np.ndarray:
-    """As ``walk_forward_bands`` from each ensemble's log-return median and scale per step ([O, H] each),
-    which is all the band calibration needs (a backtest stores these instead of every path)."""
-    origins = pd.DatetimeIndex(origins)
-    levels = np.asarray(levels, dtype=float)
-    now = np.asarray(now_close, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        scores = (np.log(np.asarray(outcome, dtype=float) / now[:, None]) - centre) / scale
-    usable = np.isfinite(scores).all(axis=1)
-    plan = _fit_schedule(origins, origins + pd.Timedelta(minutes=horizon_min), usable, refit_every, min_n)
-    out = np.full((len(origins), levels.size, centre.shape[-1]), np.nan)
-    for j, (start, idx) in enumerate(plan):
-        stop = plan[j + 1][0] if j + 1 < len(plan) else len(origins)
-        cal = BandCalibrator.fit(scores[idx])
-        z = np.stack([cal.score_quantile(h, levels) for h in range(1, centre.shape[-1] + 1)], axis=-1)  # [L, H]
-        out[start:stop] = now[start:stop, None, None] * np.exp(
-            centre[start:stop, None, :] + scale[start:stop, None, :] * z[None])
-    return out
-
-
-# ------------------------------------------------------------------------------------------------ run log
-
-RUN_LOG_COLUMNS = ("asof", "symbol", "now_close", "horizon_min", "p_up", "p10_end", "p50_end", "p90_end")
-
-
-def realised_close(bars: pd.DataFrame, origin: pd.Timestamp, horizon_min: int) -> float:
-    """Close known at the end of the window [origin, origin + horizon): the last bar starting in it.
-
-    NaN when no bar of the window exists yet (unresolved) or the window is not over in ``bars``."""
-    idx = bars.index
-    end = origin + pd.Timedelta(minutes=horizon_min)
-    if len(idx) == 0 or idx[-1] < end - pd.Timedelta(minutes=1):
-        return math.nan
-    lo, hi = idx.searchsorted(origin, side="left"), idx.searchsorted(end, side="left")
-    return float(bars["close"].iloc[hi - 1]) if hi > lo else math.nan
-
-
-def _summary_last_bar(log_dir: Path, name: Any) -> pd.Timestamp | None:
-    """The ``last_bar`` of a run's summary JSON next to the run log, when it is still there."""
-    if not isinstance(name, str) or not name:
-        return None
-    path = log_dir / name
-    try:
-        value = json.loads(path.read_text()).get("last_bar")
-    except (OSError, ValueError):
-        return None
-    return pd.Timestamp(value).tz_convert("UTC") if value else None
-
-
-def run_log_outcomes(log: pd.DataFrame, bars: pd.DataFrame, log_dir: Path | None = None) -> pd.DataFrame:
-    """Adds each run's origin (the start of its first forecast minute) and realised_close.
-
-    The origin is last_bar + 1 min, from a ``last_bar`` column or the run's summary file (``summary_file``,
-    relative to ``log_dir``); without either it is asof floored to the minute, which is wrong only when the
-    run used delayed data (its last bar then ended well before asof)."""
-    log = log.copy()
-    origin = pd.to_datetime(log["asof"], utc=True).dt.floor("min")
-    if "last_bar" in log.columns:
-        last = pd.to_datetime(log["last_bar"], utc=True)
-        origin = origin.where(last.isna(), last + pd.Timedelta(minutes=1))
-    elif "summary_file" in log.columns and log_dir is not None:
-        last = [_summary_last_bar(log_dir, f) for f in log["summary_file"]]
-        origin = pd.Series([o if lb is None else lb + pd.Timedelta(minutes=1) for o, lb in zip(origin, last)],
-                           index=log.index)
-    log["origin"] = pd.to_datetime(origin, utc=True)
-    log["realised_close"] = [realised_close(bars, o, int(h)) for o, h in zip(log["origin"], log["horizon_min"])]
-    return log
-
-
-def fit_from_run_log(log_csv: str | Path, bars: pd.DataFrame, symbol: str | None = None,
-                     horizon_min: int | None = None, isotonic_min: int = ISOTONIC_MIN_N) -> Calibrator:
-    """Fit the calibrator from the forecast CLI's run log once outcomes are in ``bars`` (UTC, bar-start index).
-
-    p_up is calibrated against close(end) > now_close, p_hit_vwap (when logged) against the realised touch of
-    the session VWAP by the live rule. The bands learn from the end quantiles p10/p50/p90 (the run log has no
-    paths), so only the horizon-end step is fitted; other steps borrow it."""
-    log = pd.read_csv(log_csv)
-    missing = [c for c in RUN_LOG_COLUMNS if c not in log.columns]
-    if missing:
-        raise ValueError(f"run log lacks columns {missing}")
-    if symbol is not None:
-        log = log[log["symbol"] == symbol]
-    horizon = int(horizon_min or log["horizon_min"].mode().iloc[0])
-    log = run_log_outcomes(log[log["horizon_min"] == horizon], bars, Path(log_csv).parent)
-    log = log[np.isfinite(log["realised_close"])].sort_values("origin")
-    now = log["now_close"].to_numpy(float)
-    y = (log["realised_close"].to_numpy(float) > now).astype(float)
-    times = pd.DatetimeIndex(log["origin"])
-    p_cal = ProbabilityCalibrator.fit(log["p_up"].to_numpy(float), y, times, isotonic_min)
-    m = np.log(log["p50_end"].to_numpy(float) / now)
-    s = np.maximum(np.log(log["p90_end"].to_numpy(float) / log["p10_end"].to_numpy(float)) / IQR_TO_SIGMA,
-                   SCALE_FLOOR)
-    z = (np.log(log["realised_close"].to_numpy(float) / now) - m) / s
-    bands = BandCalibrator.fit(z[:, None], steps=[horizon], times=times)
-    vwap_cal = ProbabilityCalibrator()
-    if "p_hit_vwap" in log.columns:
-        modes = log["vwap_mode"] if "vwap_mode" in log.columns else pd.Series("moving", index=log.index)
-        hit = [realised_vwap_touch(bars, o, horizon, c, md if isinstance(md, str) and md else "moving")
-               for o, c, md in zip(log["origin"], log["now_close"], modes)]
-        vwap_cal = ProbabilityCalibrator.fit(pd.to_numeric(log["p_hit_vwap"], errors="coerce").to_numpy(float),
-                                             np.array(hit, dtype=float), times, isotonic_min)
-    meta = {"source": "run_log", "run_log": str(log_csv), "symbol": symbol,
-            "created_utc": datetime.now(timezone.utc).isoformat()}
-    return Calibrator(horizon, p_cal, vwap_cal, bands, meta)
-
-
-def realised_vwap_touch(bars: pd.DataFrame, origin: pd.Timestamp, horizon_min: int, now_close: float,
-                        mode: str = "moving", rth: bool = True) -> float:
-    """1.0 when the realised bars of [origin, origin + horizon) touched the session VWAP by the live rule
-    (market.metrics.p_hit_vwap on the one realised path), 0.0 when not, NaN when unknown."""
-    from market import calendar as mcal
-    from market.metrics import p_hit_vwap
-
-    session = mcal.session_containing(origin, rth)
-    if session is None:
-        return math.nan
-    start = mcal.session_window(session, rth)[0]
-    today = bars[(bars.index >= start) & (bars.index < origin)]
-    times = pd.date_range(origin, periods=horizon_min, freq="min")
-    window = bars.reindex(times)
-    if window["close"].isna().all() or bars.index[-1] < times[-1]:
-        return math.nan
-    close = window["close"].ffill().fillna(now_close)
-    missing = window["close"].isna()
-    cols = [np.where(missing, close, window[c]) for c in ("open", "high", "low", "close")]
-    path = np.stack(cols + [window["volume"].fillna(0.0).to_numpy(), np.zeros(horizon_min)], axis=-1)
-    return p_hit_vwap(path[None], today, now_close, mode)

@@ -1,4 +1,4 @@
-"""Run artifacts: atomic file writes, per-run summary/paths files, the run log.
+"""Run artifacts: atomic file writes and the per-run summary/paths files.
 
 Every file a consumer may read is written atomically (temp file in the same
 directory, fsync, os.replace), so a reader sees either the old or the new
@@ -10,14 +10,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
-import fcntl
 import io
 import json
 import math
 import os
 import re
+import signal
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +30,6 @@ _SYMBOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _STAMP_RE = re.compile(r"^\d{8}T\d{6}Z$")
 # Field index of each series in a [N, H, 6] paths array.
 PATH_FIELDS = {"open": 0, "high": 1, "low": 2, "close": 3, "volume": 4, "amount": 5}
-
-# Run log columns, in file order. Changing this list changes the header, and an
-# existing log with the old header is then refused (RunLogSchemaError): rotate it.
-RUN_LOG_COLUMNS: tuple[str, ...] = (
-    "asof", "last_bar", "symbol", "now_close", "horizon_min", "n_samples",
-    "p_up", "p_up_cal", "exp_ret", "p10_end", "p50_end", "p90_end",
-    "p_hit_vwap", "vwap", "vwap_mode", "p_hit_mid", "mid_band", "zscore_mid",
-    "drawdown_p90", "runup_p90", "p_vol_exceeds_recent",
-    "model", "device", "seed", "runtime_s", "summary_file",
-)
-
-
-class RunLogSchemaError(ValueError):
-    """The run log on disk has another header than RUN_LOG_COLUMNS."""
-
 
 # ---------------------------------------------------------------- atomic writes
 
@@ -181,81 +166,91 @@ def write_run_artifacts(out_dir: str | os.PathLike[str], symbol: str, stamp: str
     unknown = [f for f in extra if f not in PATH_FIELDS or f == "close"]
     if unknown:
         raise ValueError(f"unknown extra fields {unknown}; choose from {sorted(PATH_FIELDS)}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    files = run_files(symbol, stamp, summary, arr, header, extra)
+    return commit_files(out_dir, files)
 
-    written: dict[str, Path] = {}
+
+def run_files(symbol: str, stamp: str, summary: Mapping[str, Any], arr: np.ndarray, header: list[str],
+              extra: Sequence[str]) -> dict[str, tuple[str, bytes]]:
+    """Key -> (file name, content) of one run's files, in the order they must appear on disk."""
+    files: dict[str, tuple[str, bytes]] = {}
     for field in (*extra, "close"):
-        key = f"paths_{field}"
-        written[key] = atomic_write_text(out / paths_name(symbol, stamp, field),
-                                         paths_csv_text(arr[:, :, PATH_FIELDS[field]], header))
-    block = {"stamp": stamp, **{k: p.name for k, p in written.items()}}
-    full = {**summary, "artifacts": block}
-    written["summary"] = atomic_write_json(out / summary_name(symbol, stamp), full)
+        files[f"paths_{field}"] = (paths_name(symbol, stamp, field),
+                                   paths_csv_text(arr[:, :, PATH_FIELDS[field]], header).encode())
+    block = {"stamp": stamp, **{k: name for k, (name, _) in files.items()}}
+    body = (json.dumps({**summary, "artifacts": block}, indent=2, allow_nan=False) + "\n").encode()
+    files["summary"] = (summary_name(symbol, stamp), body)
     # latest copies last: whatever a latest file names already exists
-    written["paths_close_latest"] = atomic_write_bytes(
-        out / paths_name(symbol, "latest"), written["paths_close"].read_bytes())
-    written["summary_latest"] = atomic_write_bytes(
-        out / summary_name(symbol, "latest"), written["summary"].read_bytes())
+    files["paths_close_latest"] = (paths_name(symbol, "latest"), files["paths_close"][1])
+    files["summary_latest"] = (summary_name(symbol, "latest"), body)
+    return files
+
+
+def check_targets(out_dir: Path, names: Sequence[str]) -> None:
+    """Raise OSError naming the first target that a rename could not replace (a folder in its place)."""
+    for name in names:
+        target = out_dir / name
+        if target.exists() and not target.is_file():
+            raise IsADirectoryError(f"{target} exists and is not a file; the run's files cannot replace it")
+
+
+@contextlib.contextmanager
+def held_signals() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and the time budget's alarm wait until the block is done (they are delivered after it),
+    so a set of renames is never split."""
+    blocked = {signal.SIGINT, signal.SIGTERM, signal.SIGALRM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def stage_files(out_dir: Path, files: Mapping[str, tuple[str, bytes]]) -> list[tuple[str, str, Path]]:
+    """Write every file to a fsync'd temporary in ``out_dir``: (key, temporary, target) in the mapping's order.
+    On any failure the temporaries are removed and the folder is as it was."""
+    check_targets(out_dir, [name for name, _ in files.values()])
+    staged: list[tuple[str, str, Path]] = []
+    try:
+        for key, (name, data) in files.items():
+            fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
+            staged.append((key, tmp, out_dir / name))
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, FILE_MODE)
+    except BaseException:
+        for _, tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+    return staged
+
+
+def rename_staged(staged: Sequence[tuple[str, str, Path]]) -> dict[str, Path]:
+    """Rename the staged temporaries into place in order; if one rename fails the rest are removed."""
+    written = {}
+    try:
+        for key, tmp, target in staged:
+            os.replace(tmp, target)
+            written[key] = target
+    except BaseException:
+        for key, tmp, _ in staged:
+            if key not in written:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        raise
+    if staged:
+        _fsync_dir(staged[0][2].parent)
     return written
 
 
-# ---------------------------------------------------------------- run log
-
-
-def _csv_line(values: Sequence[str]) -> str:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(values)
-    return buf.getvalue()
-
-
-def _cell(v: Any) -> str:
-    if isinstance(v, (dt.datetime, pd.Timestamp)):
-        return pd.Timestamp(v).isoformat()
-    if v is None or isinstance(v, (int, float, np.integer, np.floating, np.bool_, bool)):
-        return format_number(v)
-    return str(v)
-
-
-def append_run_log(log_path: str | os.PathLike[str], row: Mapping[str, Any]) -> None:
-    """Append one run as a CSV row with the RUN_LOG_COLUMNS header.
-
-    Unknown keys raise ValueError (a typo must not silently lose a value);
-    missing keys are written empty. The header is written when the file is new
-    or empty. An existing file with another header raises RunLogSchemaError
-    (rotate it by hand). The row goes out in one os.write on an O_APPEND
-    descriptor under an exclusive flock, so concurrent appenders neither
-    interleave nor both write a header, and a crash cannot leave half a row.
-    """
-    unknown = sorted(set(row) - set(RUN_LOG_COLUMNS))
-    if unknown:
-        raise ValueError(f"unknown run log keys {unknown}; allowed: {list(RUN_LOG_COLUMNS)}")
-    header = _csv_line(RUN_LOG_COLUMNS)
-    line = _csv_line([_cell(row.get(c)) for c in RUN_LOG_COLUMNS])
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        size = os.fstat(fd).st_size
-        if size == 0:
-            data = (header + line).encode("utf-8")
-        else:
-            _check_log_file(log_path, header, size)
-            data = line.encode("utf-8")
-        if os.write(fd, data) != len(data):
-            raise OSError(f"short write to {log_path}; the last row may be partial")
-        os.fsync(fd)
-    finally:
-        os.close(fd)  # also drops the lock
-
-
-def _check_log_file(log_path: str | os.PathLike[str], header: str, size: int) -> None:
-    with open(log_path, "rb") as fh:
-        first = fh.readline().decode("utf-8", errors="replace")
-        fh.seek(size - 1)
-        last = fh.read(1)
-    if first != header:
-        raise RunLogSchemaError(
-            f"{log_path}: header {first.strip()!r} differs from the expected "
-            f"{header.strip()!r}; move the old log aside and rerun")
-    if last != b"\n":
-        raise RunLogSchemaError(f"{log_path}: does not end with a newline; fix it by hand")
+def commit_files(out_dir: str | os.PathLike[str], files: Mapping[str, tuple[str, bytes]]) -> dict[str, Path]:
+    """All or nothing: every file is first staged as a temporary; only when all of them exist are they renamed
+    into place, in the mapping's order, with signals held."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    staged = stage_files(out, files)
+    with held_signals():
+        return rename_staged(staged)

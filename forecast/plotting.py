@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from market.artifacts import atomic_write_bytes
+from forecast.artifacts import atomic_write_bytes
 
 NY_TZ = "America/New_York"
 HISTORY_MINUTES = 120
@@ -86,6 +86,15 @@ def fan_chart(history: pd.DataFrame | pd.Series | None,
               paths_close: np.ndarray, summary: Mapping[str, Any],
               out_png: str | os.PathLike[str], n_show: int = 50, seed: int = 0,
               symbol: str | None = None) -> Path:
+    """The fan chart (see ``fan_chart_png``) written atomically to ``out_png``."""
+    return atomic_write_bytes(out_png, fan_chart_png(history, future_times, paths_close, summary, n_show, seed,
+                                                     symbol))
+
+
+def fan_chart_png(history: pd.DataFrame | pd.Series | None,
+                  future_times: Sequence[Any] | pd.DatetimeIndex,
+                  paths_close: np.ndarray, summary: Mapping[str, Any],
+                  n_show: int = 50, seed: int = 0, symbol: str | None = None) -> bytes:
     """Draw recent closes, ``n_show`` sampled paths (seeded choice), the p10-p90
     band, the median, and the VWAP / mid-band levels; write the PNG atomically.
 
@@ -136,4 +145,4 @@ def fan_chart(history: pd.DataFrame | pd.Series | None,
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    return atomic_write_bytes(out_png, buf.getvalue())
+    return buf.getvalue()

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-import numpy as np
 import pandas as pd
 
-from market import calendar as mcal
-from market.bars import COLUMNS, ONE_MINUTE, DataError, canonical, empty_frame
+from marketdata import calendar as mcal
+from marketdata.frame import COLUMNS, ONE_MINUTE, DataError, canonical, empty_frame, fill_minutes
 
 DEFAULT_RECENT_WINDOW = 30
 DEFAULT_MAX_RECENT_FILLED = 10
@@ -110,16 +109,10 @@ def _check_canonical(frame: pd.DataFrame) -> None:
         raise DataError("bars frame index must be sorted and unique")
 
 
-def _fill_session(real: pd.DataFrame, grid_end: pd.Timestamp) -> tuple[pd.DataFrame, pd.DatetimeIndex]:
-    """Reindex one session's real bars onto every minute from its first bar to grid_end (exclusive)."""
+def _fill_session(real: pd.DataFrame, grid_end: pd.DatetimeIndex) -> tuple[pd.DataFrame, pd.DatetimeIndex]:
+    """One session's real bars on every minute from its first bar to grid_end (exclusive), and the filled ones."""
     grid = mcal.minutes_between(real.index[0], max(grid_end, real.index[-1] + ONE_MINUTE))
-    out = real.reindex(grid)
-    missing = out["close"].isna().to_numpy()
-    close = out["close"].ffill()
-    for col in ("open", "high", "low", "close"):
-        out[col] = np.where(missing, close, out[col])
-    out["volume"] = out["volume"].fillna(0.0)
-    return out[list(COLUMNS)], grid[missing]
+    return fill_minutes(real, grid), grid[~grid.isin(real.index)]
 
 
 def _skip_reason(info: PrepareInfo, sessions: list[pd.Timestamp], t: pd.Timestamp, rth: bool) -> Optional[str]:

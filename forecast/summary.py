@@ -1,29 +1,30 @@
-"""The run's summary: the JSON document, its run-log row, and the short console text."""
+"""The run's summary: the JSON document and the short console text."""
 from __future__ import annotations
 
 from typing import Any
 
 import pandas as pd
 
-from market.artifacts import iso_utc
+from forecast.artifacts import iso_utc
+from forecast.metrics import Metrics
 
 NEW_YORK = "America/New_York"
 HISTORY_FOR_PLOT = 120  # closes kept in the summary so plot_paths.py can draw recent history
 
 
-def build_summary(*, cfg: Any, now: pd.Timestamp, bars: pd.DataFrame, times: pd.DatetimeIndex,
-                  metrics: dict[str, Any], calibrated: dict[str, Any] | None, notes: list[str],
-                  events: list[str], engine: dict[str, Any], provenance: dict[str, Any],
-                  timings: dict[str, float], market_open: bool) -> dict[str, Any]:
+def build_summary(*, cfg: Any, ctx: Any, metrics: Metrics, calibrated: dict[str, Any] | None, notes: list[str],
+                  engine: dict[str, Any], provenance: dict[str, Any], timings: dict[str, float],
+                  market_open: bool) -> dict[str, Any]:
     """The pred_summary JSON: the original plan's fields first, then everything needed to audit the run."""
+    bars, times, now = ctx.bars, ctx.times, ctx.now
     h = len(times)
-    now_close = float(bars["close"].iloc[-1])
     recent = bars.iloc[-HISTORY_FOR_PLOT:]
-    summary_block = {key: metrics[key] for key in (f"p_up_{h}m", f"exp_ret_{h}m", "percentiles")}
-    summary_block.update({k: v for k, v in metrics.items() if k not in summary_block})
+    flat = metrics.to_dict()
+    summary_block = {key: flat[key] for key in (f"p_up_{h}m", f"exp_ret_{h}m", "percentiles")}
+    summary_block.update({k: v for k, v in flat.items() if k not in summary_block})
     return {
         "symbol": cfg.symbol,
-        "now_close": now_close,
+        "now_close": ctx.now_close,
         "n_samples": cfg.n_samples,
         "temp": cfg.temperature,
         "top_p": cfg.top_p,
@@ -35,7 +36,7 @@ def build_summary(*, cfg: Any, now: pd.Timestamp, bars: pd.DataFrame, times: pd.
         "last_bar": bars.index[-1].isoformat().replace("+00:00", "Z"),
         "market_open": market_open,
         "notes": notes,
-        "events_in_window": events,
+        "events_in_window": list(ctx.events),
         "future_times": iso_utc(times),
         "summary": summary_block,
         "calibrated": calibrated,
@@ -47,25 +48,6 @@ def build_summary(*, cfg: Any, now: pd.Timestamp, bars: pd.DataFrame, times: pd.
         "settings": {"lookback": cfg.lookback, "days": cfg.days, "rth": cfg.rth, "time_label": cfg.time_label,
                      "percentiles": cfg.percentiles, "vwap_mode": cfg.vwap_mode, "mid_kind": cfg.mid_kind,
                      "mid_window": cfg.mid_window, "vol_window": cfg.vol_window},
-    }
-
-
-def log_row(summary: dict[str, Any], summary_file: str) -> dict[str, Any]:
-    """One run-log row: what a calibration step joins with the realised outcome later."""
-    h = summary["horizon_min"]
-    m = summary["summary"]
-    pct = m["percentiles"]
-    ends = {f"{k}_end": v[-1] for k, v in pct.items() if k in ("p10", "p50", "p90")}
-    return {
-        "asof": summary["asof"], "last_bar": summary["last_bar"], "symbol": summary["symbol"], "now_close": summary["now_close"],
-        "horizon_min": h, "n_samples": summary["n_samples"],
-        "p_up": m[f"p_up_{h}m"], "p_up_cal": (summary["calibrated"] or {}).get(f"p_up_{h}m"), "exp_ret": m[f"exp_ret_{h}m"], **ends,
-        "p_hit_vwap": m.get(f"p_hit_vwap_{h}m"), "vwap": m.get("vwap"), "vwap_mode": m.get("vwap_mode"),
-        "p_hit_mid": m.get(f"p_hit_mid_{h}m"), "mid_band": m.get("mid_band"), "zscore_mid": m.get("zscore_mid"),
-        "drawdown_p90": m.get(f"drawdown_p90_{h}m"), "runup_p90": m.get(f"runup_p90_{h}m"),
-        "p_vol_exceeds_recent": m.get(f"p_vol_exceeds_recent_{h}m"),
-        "model": summary["model"]["model"], "device": summary["model"]["device"], "seed": summary["seed"],
-        "runtime_s": summary["timings_s"].get("total"), "summary_file": summary_file,
     }
 
 

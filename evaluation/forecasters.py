@@ -1,0 +1,74 @@
+"""The forecasters a backtest compares: Kronos through the forecast pipeline, and the baselines, side by side.
+
+Every forecaster turns replayed cases into paths [N, H, 6]. Kronos paths follow the pipeline's seeding rule (seed
+and first minute), so a backtest row equals the CLI's replay of the same instant; a baseline draws from one numpy
+stream per (forecaster, origin), so its results never depend on batching, order or resumption either.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from evaluation import baselines
+from evaluation.replay import Case
+from forecast.pipeline import ForecastPipeline
+
+BASELINES: dict[str, type] = {"random_walk": baselines.RandomWalk, "block_bootstrap": baselines.BlockBootstrap}
+if baselines.arch_model is not None:
+    BASELINES["garch"] = baselines.Garch
+KRONOS_KEYS = ("model", "tokenizer", "model_revision", "tokenizer_revision", "max_context", "top_p", "top_k",
+               "temperature", "lookback", "time_label")  # what a --kronos setting may change
+
+
+class KronosForecaster:
+    """Kronos with one set of sampling settings: the pipeline of that setting's config (sharing the engine)."""
+
+    def __init__(self, name: str, pipeline: ForecastPipeline) -> None:
+        self.name, self.pipeline = name, pipeline
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.pipeline.cfg
+        return {"kind": "kronos", **{k: getattr(cfg, k) for k in KRONOS_KEYS}}
+
+    def sample_cases(self, cases: Sequence[Case], n_paths: int, seed: int) -> list[np.ndarray]:
+        return self.pipeline.sample([c.context for c in cases], n_paths=n_paths, seed=seed, check=False)
+
+
+def rng_for(seed: int, name: str, origin: pd.Timestamp) -> np.random.Generator:
+    # One stream per (forecaster, origin): results do not depend on batching, order or resumption.
+    return np.random.default_rng([seed, zlib.crc32(name.encode()), int(origin.value // 60_000_000_000)])
+
+
+def sample_cases(forecaster: Any, cases: Sequence[Case], cfg: Any) -> list[np.ndarray]:
+    """Paths [N, h, 6] for each case."""
+    if isinstance(forecaster, KronosForecaster):
+        return forecaster.sample_cases(cases, cfg.n_samples, cfg.seed)
+    return [forecaster.sample(c.history, c.times, cfg.n_samples, rng_for(cfg.seed, forecaster.name, c.origin))
+            for c in cases]
+
+
+def build_forecasters(cfg: Any, names: Sequence[str], kronos_settings: Sequence[dict[str, Any]],
+                      load_sampler: Any = None) -> list[Any]:
+    """Baselines by name, then one KronosForecaster per setting (a dict of config keys and 'name'); settings of
+    one checkpoint share its engine. An unknown baseline name is a ValueError naming it."""
+    from app.config import ConfigError
+
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise ConfigError(f"unknown forecaster(s) {', '.join(unknown)}; choose from "
+                          f"{', '.join(BASELINES)} or kronos")
+    out: list[Any] = [BASELINES[n]() for n in names]
+    engines: dict[tuple, Any] = {}
+    for i, spec in enumerate(kronos_settings):
+        spec = dict(spec)
+        name = spec.pop("name", None) or f"kronos_{i + 1}"
+        kcfg = cfg.replace(**spec)
+        key = tuple(getattr(kcfg, k) for k in ("model", "tokenizer", "model_revision", "tokenizer_revision",
+                                                "max_context", "device", "dtype"))
+        pipeline = ForecastPipeline(kcfg, sampler=engines.get(key), calibrator=None)
+        engines[key] = pipeline.sampler  # loads the engine once per checkpoint
+        out.append(KronosForecaster(name, pipeline))
+    return out

@@ -1,0 +1,95 @@
+"""The resumable results store of a walk-forward run and the run file that pins its settings.
+
+``results.jsonl``: one JSON object per (forecaster, origin), appended a batch at a time with a single write on an
+O_APPEND descriptor and fsync'd. On load, duplicates are dropped (first wins) and a torn final line (a crash
+mid-write) is cut off, so an interrupted run resumes where it stopped and never counts a result twice.
+``run.json`` pins the settings, the data and each forecaster's settings: resuming with others is refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from forecast.artifacts import atomic_write_json
+from forecast.errors import SettingsError
+
+SKIP = "_skipped"  # pseudo-forecaster name of the records that say why an origin was skipped
+RESULTS = "results.jsonl"
+RUN_FILE = "run.json"
+
+
+class RunMismatch(SettingsError):
+    """The output folder holds results of a run with other settings, data or forecaster settings."""
+
+
+class ResultStore:
+    """Append-only JSON-lines file of finished records, keyed by (forecaster, origin)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def load(self) -> dict[tuple[str, str], dict[str, Any]]:
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        if not self.path.exists():
+            return out
+        with open(self.path, "rb") as fh:
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break  # a torn last line: that batch never finished
+                rec = json.loads(raw)
+                out.setdefault((rec["forecaster"], rec["origin"]), rec)
+        return out
+
+    def _cut_torn_tail(self) -> None:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb+") as fh:
+            data = fh.read()
+            if not data.endswith(b"\n"):
+                fh.truncate(data.rfind(b"\n") + 1)
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        data = "".join(json.dumps(r, allow_nan=False, separators=(",", ":")) + "\n" for r in records).encode()
+        if not data:
+            return
+        self._cut_torn_tail()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+
+def describe(forecaster: Any) -> dict[str, Any]:
+    """What identifies a forecaster's settings (stored in run.json to refuse mixing settings under one name)."""
+    if hasattr(forecaster, "describe"):
+        return dict(forecaster.describe())
+    simple = {k: v for k, v in vars(forecaster).items()
+              if isinstance(v, (int, float, str, bool)) and k != "name" and not k.startswith("last_")}  # run state
+    return {"kind": type(forecaster).__name__, **simple}
+
+
+def check_run_file(out_dir: Path, settings: dict[str, Any], data: dict[str, Any],
+                   forecasters: Sequence[Any]) -> None:
+    """Create or verify run.json; a resume must use the same settings, data and forecaster settings."""
+    path = out_dir / RUN_FILE
+    current = json.loads(json.dumps({"settings": settings, "data": data,
+                                     "forecasters": {f.name: describe(f) for f in forecasters}}))
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old["settings"] != current["settings"] or old["data"] != current["data"]:
+            changed = sorted(k for k in set(old["settings"]) | set(current["settings"])
+                             if old["settings"].get(k) != current["settings"].get(k))
+            what = f"settings {', '.join(changed)}" if changed else "data"
+            raise RunMismatch(f"{out_dir} holds a run with other {what}; use another --out or --fresh")
+        for name, desc in current["forecasters"].items():
+            if name in old["forecasters"] and old["forecasters"][name] != desc:
+                raise RunMismatch(f"forecaster {name!r} ran with other settings in {out_dir}: rename it or --fresh")
+        current["forecasters"] = {**old["forecasters"], **current["forecasters"]}
+    atomic_write_json(path, current)

@@ -1,0 +1,263 @@
+"""The forecast pipeline: bars closed by now -> context -> N Kronos paths -> metrics -> calibrated values -> summary.
+
+One object, built once from the config, serves every entry point: the forecast CLI, the backtest's Kronos
+forecaster, the live service and fine-tuning's A/B. It writes nothing. The model loads on first use (or with
+``load()``), so a run that skips on its data never pays for it.
+
+Seeding rule: the paths of a forecast depend only on the seed, the forecast's first minute, the context and the
+settings; never on which other origins share an engine call. ``origin_seed`` turns (seed, first minute) into the
+engine seed of that origin, so ``cli --asof T --seed S`` reproduces origin T of ``backtest --seed S``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from forecast.calibrator import Calibrator, load_calibrator
+from forecast.errors import ModelError, SettingsError, Skipped
+from forecast.horizon import HorizonPlan, events_in_window, model_time_features, plan_horizon
+from forecast.metrics import Metrics, compute_metrics, repair_paths
+from forecast.summary import build_summary
+from marketdata.prepare import PrepareInfo, prepare_bars
+
+if TYPE_CHECKING:  # the application's config; the pipeline reads its fields only
+    from app.config import Config
+
+log = logging.getLogger(__name__)
+PRICE_FIELDS = slice(0, 4)  # open, high, low, close of a path bar
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the live run at ``now`` sees: prepared bars (closed, gaps filled) and the minutes to forecast."""
+    now: pd.Timestamp          # the run's instant (the clock, --asof, or a backtest origin)
+    bars: pd.DataFrame         # canonical, gap-filled, closed by the data's cut
+    info: PrepareInfo
+    plan: HorizonPlan
+    events: tuple[str, ...]    # event quiet windows the forecast span meets (flagged)
+
+    @property
+    def times(self) -> pd.DatetimeIndex:
+        return self.plan.times
+
+    @property
+    def now_close(self) -> float:
+        return float(self.bars["close"].iloc[-1])
+
+    @property
+    def first_minute(self) -> pd.Timestamp:
+        return self.plan.times[0]
+
+
+@dataclass
+class Forecast:
+    context: Context
+    paths: np.ndarray                 # [N, H, 6], repaired
+    metrics: Metrics
+    calibrated: dict[str, Any] | None
+    summary: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def origin_seed(seed: int | None, first_minute: pd.Timestamp) -> int | None:
+    """The engine seed of one origin: a 63-bit mix of the run seed and the forecast's first minute (None stays
+    None: fresh entropy). Distinct origins get independent streams, so Monte Carlo noise never repeats across
+    a backtest."""
+    if seed is None:
+        return None
+    minute = int(pd.Timestamp(first_minute).value // 60_000_000_000)
+    words = np.random.SeedSequence([int(seed) & (2**63 - 1), minute]).generate_state(2, dtype=np.uint32)
+    return int(words[0]) << 31 ^ int(words[1])
+
+
+def engine_inputs(bars: pd.DataFrame, times: pd.DatetimeIndex, time_label: str) -> tuple[np.ndarray, ...]:
+    """A context frame and its forecast minutes as the engine's arrays: values [P, 6], stamps [P, 5], [H, 5]."""
+    from kronos import complete_columns
+
+    values = complete_columns(bars[["open", "high", "low", "close", "volume"]].to_numpy(np.float64))
+    return values, model_time_features(bars.index, time_label), model_time_features(times, time_label)
+
+
+class ForecastPipeline:
+    """Turns bars closed by now into a forecast, with a warm engine."""
+
+    def __init__(self, cfg: Config, sampler: Any = None, calibrator: Calibrator | None = None) -> None:
+        self.cfg = cfg
+        self._sampler = sampler
+        self.calibrator = calibrator if calibrator is not None else self._load_calibrator(cfg.calibrator)
+
+    # ------------------------------------------------------------------------------------------- the engine
+
+    @property
+    def sampler(self) -> Any:
+        if self._sampler is None:
+            self.load()
+        return self._sampler
+
+    def load(self) -> float:
+        """Load the Kronos engine now (seconds taken); a failure is a ModelError naming the problem."""
+        t0 = time.perf_counter()
+        if self._sampler is None:
+            self._sampler = load_sampler(self.cfg)
+        return time.perf_counter() - t0
+
+    def engine_info(self) -> dict[str, Any]:
+        s, cfg = self.sampler, self.cfg
+        return {"model": cfg.model, "model_revision": s.model_revision or cfg.model_revision,
+                "tokenizer": cfg.tokenizer, "tokenizer_revision": s.tokenizer_revision or cfg.tokenizer_revision,
+                "device": str(s.device), "dtype": cfg.dtype, "max_context": s.max_context}
+
+    @staticmethod
+    def _load_calibrator(path: str | None) -> Calibrator | None:
+        if not path:
+            return None
+        try:
+            return load_calibrator(path)
+        except FileNotFoundError:
+            raise SettingsError(f"config key 'calibrator': file not found: {path}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SettingsError(f"config key 'calibrator': {path} is not a calibrator file ({exc})") from None
+
+    # ------------------------------------------------------------------------------------------- the steps
+
+    def prepare(self, frame: pd.DataFrame, now: pd.Timestamp, data_asof: pd.Timestamp | None = None) -> Context:
+        """The live data preparation at ``now``: closed bars of the last sessions, gaps filled, the horizon
+        plan and the event check; Skipped with the reason when there is nothing to forecast.
+        ``data_asof`` is where the data ends when earlier than now (SIP delayed 15 minutes)."""
+        cfg = self.cfg
+        bars, info = prepare_bars(frame, data_asof if data_asof is not None else now, days=cfg.days, rth=cfg.rth,
+                                  max_recent_filled=cfg.max_recent_filled, recent_window=cfg.recent_window)
+        if info.skip_reason:
+            raise Skipped(info.skip_reason)
+        if len(bars) < cfg.lookback:
+            raise Skipped(f"only {len(bars)} bars in the last {cfg.days} session(s), the lookback needs "
+                          f"{cfg.lookback}: raise days or lower lookback")
+        plan = plan_horizon(bars.index[-1], cfg.horizon, cfg.rth, cfg.near_close, cfg.min_horizon)
+        events = events_in_window(now, plan.times, cfg.events, cfg.event_before, cfg.event_after)
+        if events and cfg.event_action == "skip":
+            raise Skipped(f"inside the quiet window of event(s) {', '.join(events)} (event_action: skip)")
+        return Context(now=now, bars=bars, info=info, plan=plan, events=tuple(events))
+
+    def sample(self, contexts: Sequence[Context], n_paths: int | None = None,
+               seed: int | None = ..., check: bool = True) -> list[np.ndarray]:  # type: ignore[assignment]
+        """Raw Kronos paths [N, H, 6] for each context: one engine call per (lookback, horizon) shape, each
+        origin seeded by ``origin_seed``. With ``check``, non-finite or non-positive prices are a ModelError
+        (a backtest checks per origin instead, so one bad forecast does not stop the run)."""
+        cfg = self.cfg
+        n = cfg.n_samples if n_paths is None else n_paths
+        seed = cfg.seed if seed is ... else seed
+        out: list[np.ndarray | None] = [None] * len(contexts)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, ctx in enumerate(contexts):
+            groups.setdefault((min(cfg.lookback, len(ctx.bars)), len(ctx.times)), []).append(i)
+        for idx in groups.values():
+            arrays = [engine_inputs(contexts[i].bars.iloc[-cfg.lookback:], contexts[i].times, cfg.time_label)
+                      for i in idx]
+            paths = self.sampler.sample_batch(
+                np.stack([a[0] for a in arrays]), np.stack([a[1] for a in arrays]), np.stack([a[2] for a in arrays]),
+                n_paths=n, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                seeds=[origin_seed(seed, contexts[i].first_minute) for i in idx])
+            for j, i in enumerate(idx):
+                out[i] = check_paths(paths[j]) if check else paths[j]
+        return out  # type: ignore[return-value]
+
+    def metrics(self, ctx: Context, repaired: np.ndarray, repair: dict[str, Any],
+                percentiles: Sequence[float] | None = None) -> Metrics:
+        cfg = self.cfg
+        return compute_metrics(repaired, ctx.bars, ctx.now_close,
+                               percentiles=cfg.percentiles if percentiles is None else percentiles,
+                               mid_window=cfg.mid_window, mid_kind=cfg.mid_kind, vol_window=cfg.vol_window,
+                               vwap_mode=cfg.vwap_mode, new_session=ctx.plan.next_session, repair=repair)
+
+    def calibrate(self, metrics: Metrics, close_paths: np.ndarray, notes: list[str]) -> dict[str, Any] | None:
+        """Calibrated values beside the raw ones, when a calibrator fitted for this horizon is configured."""
+        cal, h = self.calibrator, metrics.horizon_min
+        if cal is None:
+            return None
+        if cal.horizon_min != h:
+            notes.append(f"calibrator fitted for {cal.horizon_min}-minute forecasts; not applied to this "
+                         f"{h}-minute one")
+            return None
+        levels = tuple(q / 100 for q in self.cfg.percentiles)
+        both = cal.side_by_side(metrics.p_up, metrics.now_close, close_paths, p_hit_vwap=metrics.p_hit_vwap,
+                                levels=levels)
+        calibrated = {f"p_up_{h}m": both["p_up_cal"], "method": both["p_up_method"], "calibrator": str(self.cfg.calibrator),
+                      "percentiles": {key: band for key, band in zip(metrics.percentiles, both["bands_cal"])}}
+        if "p_hit_vwap_cal" in both:
+            calibrated[f"p_hit_vwap_{h}m"] = both["p_hit_vwap_cal"]
+        return calibrated
+
+    def forecast(self, frame: pd.DataFrame, now: pd.Timestamp, *, data_asof: pd.Timestamp | None = None,
+                 provenance: dict[str, Any] | None = None, market_open: bool = True,
+                 status_note: str | None = None, timings: dict[str, float] | None = None) -> Forecast:
+        """The whole forecast at ``now`` from raw canonical bars (those not closed by then are ignored)."""
+        timings = dict(timings or {})
+        t0 = time.perf_counter()
+        ctx = self.prepare(frame, now, data_asof)
+        timings["prepare"] = time.perf_counter() - t0
+        timings["model_load"] = self.load()
+        t1 = time.perf_counter()
+        raw = self.sample([ctx])[0]
+        timings["sample"] = time.perf_counter() - t1
+        return self.finish(ctx, raw, provenance=provenance, market_open=market_open, status_note=status_note,
+                           timings=timings, started=t0)
+
+    def finish(self, ctx: Context, raw_paths: np.ndarray, *, provenance: dict[str, Any] | None = None,
+               market_open: bool = True, status_note: str | None = None, timings: dict[str, float] | None = None,
+               started: float | None = None) -> Forecast:
+        """Repair the paths once, then metrics, calibrated values and the summary document."""
+        repaired, repair = repair_paths(raw_paths)
+        metrics = self.metrics(ctx, repaired, repair)
+        notes = list(ctx.plan.notes)
+        if status_note and not market_open and not ctx.plan.next_session:
+            notes.insert(0, f"{status_note}: forecast from the last close")
+        provenance = {**(provenance or {}), **ctx.info.to_dict()}
+        if provenance.get("note"):
+            notes.append(provenance["note"])
+        calibrated = self.calibrate(metrics, repaired[:, :, 3], notes)
+        timings = dict(timings or {})
+        if started is not None:
+            timings["total"] = timings.get("data", 0.0) + time.perf_counter() - started
+        summary = build_summary(cfg=self.cfg, ctx=ctx, metrics=metrics, calibrated=calibrated, notes=notes,
+                                engine=self.engine_info(), provenance=provenance, timings=timings,
+                                market_open=market_open)
+        return Forecast(ctx, repaired, metrics, calibrated, summary, timings)
+
+
+def check_paths(paths: np.ndarray) -> np.ndarray:
+    """Paths a market allows, or a ModelError: every value finite, every price positive."""
+    bad = ~np.isfinite(paths)
+    if bad.any():
+        raise ModelError(f"the model produced {int(bad.sum())} non-finite values; the checkpoint or the dtype "
+                         "may be broken")
+    low = float(paths[..., PRICE_FIELDS].min())
+    if low <= 0:
+        raise ModelError(f"the model produced a price of {low:.6g} (prices must be positive); the context or "
+                         "the checkpoint is unusable")
+    return paths
+
+
+def load_sampler(cfg: Config) -> Any:
+    """The Kronos engine for the config; any failure to find or fit the weights is a ModelError."""
+    import torch
+
+    from kronos import CheckpointError, KronosPathSampler
+
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SettingsError(f"config key 'device' is {cfg.device}, but this PyTorch ({torch.__version__}) "
+                                     "sees no CUDA GPU: use device auto or cpu, or run setup_venv.sh on the GPU "
+                                     "machine")
+    if cfg.device == "mps" and not torch.backends.mps.is_available():
+        raise SettingsError("config key 'device' is mps, but this machine has no Apple GPU: use auto or cpu")
+    try:
+        return KronosPathSampler.from_pretrained(
+            model=cfg.model, tokenizer=cfg.tokenizer, device=None if cfg.device == "auto" else cfg.device,
+            max_context=cfg.max_context, model_revision=cfg.model_revision,
+            tokenizer_revision=cfg.tokenizer_revision, dtype=cfg.dtype)
+    except CheckpointError as exc:
+        raise ModelError(str(exc)) from None

@@ -1,0 +1,67 @@
+"""Publishing a forecast: its files appear together or not at all, the run log last.
+
+Every check that can fail (the output folder, the names the files take, the run log's header) runs in
+``preflight`` before the forecast, so a run that fails writes nothing; ``publish`` then stages every file (the
+chart included) as a temporary and renames them in a fixed order, timestamped files first, the ``_latest``
+copies next, and appends the run-log row last. A consumer never pairs a new summary with old paths.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from forecast.artifacts import (artifact_stamp, check_targets, held_signals, iso_utc, paths_name, rename_staged,
+                                run_files, stage_files, summary_name)
+from forecast.errors import SettingsError
+from forecast.runlog import append_run_log, check_run_log, log_row, run_log_path
+
+if TYPE_CHECKING:
+    from forecast.pipeline import Forecast
+
+log = logging.getLogger(__name__)
+EXTRA_FIELDS = ("high", "low", "volume")
+
+
+def preflight(out_dir: str | os.PathLike[str], symbol: str) -> Path:
+    """The output folder exists (created if need be) and takes new files, the latest names are free for files,
+    and the run log accepts rows; a SettingsError names the problem otherwise."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+        check_targets(out, [paths_name(symbol, "latest"), summary_name(symbol, "latest"), f"runs_{symbol}.csv"])
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise SettingsError(f"config key 'out': {out} cannot take the run's files ({reason})") from None
+    check_run_log(run_log_path(out, symbol))
+    return out
+
+
+def publish(out_dir: str | os.PathLike[str], symbol: str, fc: Forecast, plot: bool = False) -> dict[str, Path]:
+    """Write the forecast's files all or nothing; return them by key."""
+    out = Path(out_dir)
+    stamp = artifact_stamp(pd.Timestamp(fc.summary["asof"]).to_pydatetime())
+    files = run_files(symbol, stamp, fc.summary, fc.paths, iso_utc(fc.context.times), EXTRA_FIELDS)
+    if plot:
+        from forecast.plotting import fan_chart_png
+
+        png = fan_chart_png(fc.context.bars, fc.context.times, fc.paths[:, :, 3], fc.summary)
+        files["chart"] = (f"fan_{symbol}_{stamp}.png", png)
+    staged = stage_files(out, _ordered(files))
+    with held_signals():  # the renames and the run-log row happen together
+        written = rename_staged(staged)
+        append_run_log(run_log_path(out, symbol), log_row(fc.summary, written["summary"].name))
+    return written
+
+
+def _ordered(files: dict) -> dict:
+    # the chart is renamed with the timestamped files, before the latest copies
+    order = [k for k in files if not k.endswith("_latest")] + [k for k in files if k.endswith("_latest")]
+    return {k: files[k] for k in order}

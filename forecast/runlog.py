@@ -1,0 +1,132 @@
+"""The run log: one CSV row per forecast, the input of run-log calibration. Its schema lives here only.
+
+The file is append-only. Each row goes out in one os.write on an O_APPEND descriptor under an exclusive flock, so
+concurrent appenders neither interleave nor both write a header, and a crash cannot leave half a row. A log that a
+spreadsheet saved again (CRLF line ends, quoted fields, no final newline) is still read and appended to.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import fcntl
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from forecast.artifacts import FILE_MODE, format_number
+
+# Run log columns, in file order. Changing this list changes the header, and an existing log with another
+# header is then refused (RunLogSchemaError) before the run writes anything: move it aside.
+RUN_LOG_COLUMNS: tuple[str, ...] = (
+    "asof", "last_bar", "symbol", "now_close", "horizon_min", "n_samples",
+    "p_up", "p_up_cal", "exp_ret", "p10_end", "p50_end", "p90_end",
+    "p_hit_vwap", "vwap", "vwap_mode", "p_hit_mid", "mid_band", "zscore_mid",
+    "drawdown_p90", "runup_p90", "p_vol_exceeds_recent",
+    "model", "device", "seed", "runtime_s", "summary_file",
+    "market_open", "feed", "delayed", "filled_bars",
+)
+
+
+class RunLogSchemaError(ValueError):
+    """The run log on disk cannot be appended to (another header, unreadable)."""
+
+
+def run_log_path(out_dir: str | os.PathLike[str], symbol: str) -> Path:
+    return Path(out_dir) / f"runs_{symbol}.csv"
+
+
+def log_row(summary: dict[str, Any], summary_file: str) -> dict[str, Any]:
+    """One run-log row from the summary JSON: what a calibration step joins with the realised outcome later."""
+    h = summary["horizon_min"]
+    m = summary["summary"]
+    data = summary.get("data") or {}
+    ends = {f"{k}_end": v[-1] for k, v in m["percentiles"].items() if k in ("p10", "p50", "p90")}
+    return {
+        "asof": summary["asof"], "last_bar": summary["last_bar"], "symbol": summary["symbol"],
+        "now_close": summary["now_close"], "horizon_min": h, "n_samples": summary["n_samples"],
+        "p_up": m[f"p_up_{h}m"], "p_up_cal": (summary["calibrated"] or {}).get(f"p_up_{h}m"),
+        "exp_ret": m[f"exp_ret_{h}m"], **ends,
+        "p_hit_vwap": m.get(f"p_hit_vwap_{h}m"), "vwap": m.get("vwap"), "vwap_mode": m.get("vwap_mode"),
+        "p_hit_mid": m.get(f"p_hit_mid_{h}m"), "mid_band": m.get("mid_band"), "zscore_mid": m.get("zscore_mid"),
+        "drawdown_p90": m.get(f"drawdown_p90_{h}m"), "runup_p90": m.get(f"runup_p90_{h}m"),
+        "p_vol_exceeds_recent": m.get(f"p_vol_exceeds_recent_{h}m"),
+        "model": summary["model"]["model"], "device": summary["model"]["device"], "seed": summary["seed"],
+        "runtime_s": summary["timings_s"].get("total"), "summary_file": summary_file,
+        "market_open": summary.get("market_open"), "feed": data.get("feed"), "delayed": data.get("delayed"),
+        "filled_bars": data.get("filled_count"),
+    }
+
+
+def _csv_line(values: Sequence[str]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(values)
+    return buf.getvalue()
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, (dt.datetime, pd.Timestamp)):
+        return pd.Timestamp(v).isoformat()
+    if v is None or isinstance(v, (int, float, np.integer, np.floating, np.bool_, bool)):
+        return format_number(v)
+    return str(v)
+
+
+def check_run_log(log_path: str | os.PathLike[str]) -> None:
+    """Raise RunLogSchemaError when an existing log cannot take our rows; a missing or empty file is fine.
+    Runs before a forecast writes anything."""
+    path = Path(log_path)
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise RunLogSchemaError(f"run log {path} cannot be read: {exc.strerror}") from None
+    if not first:
+        return
+    fields = next(csv.reader([first.rstrip("\r\n")]), [])
+    if tuple(f.strip() for f in fields) != RUN_LOG_COLUMNS:
+        raise RunLogSchemaError(f"run log {path} has another header ({len(fields)} columns, expected "
+                                f"{len(RUN_LOG_COLUMNS)}: {','.join(RUN_LOG_COLUMNS[:3])},...); move it aside and rerun")
+
+
+def append_run_log(log_path: str | os.PathLike[str], row: Mapping[str, Any]) -> None:
+    """Append one run as a CSV row with the RUN_LOG_COLUMNS header (written when the file is new or empty).
+
+    Unknown keys raise ValueError (a typo must not silently lose a value); missing keys are written empty."""
+    unknown = sorted(set(row) - set(RUN_LOG_COLUMNS))
+    if unknown:
+        raise ValueError(f"unknown run log keys {unknown}; allowed: {list(RUN_LOG_COLUMNS)}")
+    line = _csv_line([_cell(row.get(c)) for c in RUN_LOG_COLUMNS])
+    fd = os.open(log_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size == 0:
+            data = _csv_line(RUN_LOG_COLUMNS) + line
+        else:
+            check_run_log(log_path)
+            last = os.pread(fd, 1, size - 1)
+            data = line if last == b"\n" else "\n" + line  # a spreadsheet may drop the final newline
+        encoded = data.encode("utf-8")
+        if os.write(fd, encoded) != len(encoded):
+            raise OSError(f"short write to {log_path}; the last row may be partial")
+        os.fsync(fd)
+    finally:
+        os.close(fd)  # also drops the lock
+
+
+def read_run_log(log_path: str | os.PathLike[str]) -> pd.DataFrame:
+    """The log as a frame (CRLF and quoted fields welcome). Replays of the same instant count once: the last
+    row of each (symbol, asof, horizon_min) wins, so replaying an --asof twice never weighs it twice."""
+    log = pd.read_csv(log_path)
+    log.columns = [str(c).strip() for c in log.columns]
+    missing = [c for c in ("asof", "symbol", "now_close", "horizon_min", "p_up") if c not in log.columns]
+    if missing:
+        raise RunLogSchemaError(f"run log {log_path} lacks column(s) {', '.join(missing)}")
+    return log.drop_duplicates(subset=["symbol", "asof", "horizon_min"], keep="last").reset_index(drop=True)

@@ -1,1 +1,0 @@
-"""Market data, calendar and trader-metric helpers for the Kronos QQQ CLI."""

@@ -1,0 +1,90 @@
+"""Outputs pinned on the real QQQ bars: the files in tests/golden were written by the code before the forecast
+pipeline was extracted (commit 5c4c8bc). The forecast CLI (with a deterministic stand-in for the engine, so the
+pin covers every rule after sampling: data preparation, horizon, metrics, calibration, summary, files) and the
+baselines' backtest must still produce them exactly."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import backtest
+import cli_kronos_prob_qqq as cli
+import forecast.pipeline as pipeline
+
+GOLDEN = Path(__file__).parent / "golden"
+ROOT = Path(__file__).resolve().parents[1]
+BARS = "QQQ_60day_1min_polygon__Poloilo16-VWAP.csv"
+CASES = {"midday": "2025-06-02T15:00:00Z", "near_close": "2025-06-03T19:48:30Z",
+         "after_close": "2025-06-04T21:00:00Z", "open": "2025-06-05T13:31:00Z"}
+
+
+def stand_in_paths(last_close: float, mean_volume: float, n: int, h: int) -> np.ndarray:
+    """Paths that depend only on the context's last close and mean volume (what the golden run's stand-in saw)."""
+    rng = np.random.default_rng(1234)
+    close = last_close * np.exp(np.cumsum(rng.normal(0.0, 4e-4, (n, h)), axis=1))
+    open_ = np.concatenate([np.full((n, 1), last_close), close[:, :-1]], axis=1)
+    wick = np.abs(rng.normal(0.0, 2e-4, (n, h, 2))) * last_close
+    volume = mean_volume * np.exp(rng.normal(0, 0.3, (n, h)))
+    return np.stack([open_, np.maximum(open_, close) + wick[..., 0], np.minimum(open_, close) - wick[..., 1], close,
+                     volume, volume * close], axis=-1)
+
+
+class StandIn:
+    model_revision = tokenizer_revision = None
+    device, max_context = "cpu", 512
+
+    def sample_batch(self, values, x_stamp, y_stamp, n_paths, seeds=None, **_):
+        return np.stack([stand_in_paths(float(v[-1, 3]), float(v[:, 4].mean()), n_paths, len(y))
+                         for v, y in zip(values, y_stamp)])
+
+
+def comparable(summary: dict) -> dict:
+    summary = dict(summary)
+    summary.pop("timings_s")
+    summary["data"] = {k: v for k, v in summary["data"].items() if k != "file"}
+    if summary.get("calibrated"):
+        summary["calibrated"] = {k: v for k, v in summary["calibrated"].items() if k != "calibrator"}
+    return summary
+
+
+@pytest.fixture(scope="module")
+def shared_data() -> Path:
+    if not os.environ.get("TEST_DATA_DIR"):
+        pytest.skip("TEST_DATA_DIR is not set: the pinned outputs are of the real bars")
+    return Path(os.environ["TEST_DATA_DIR"])
+
+
+@pytest.fixture(scope="module")
+def baselines_backtest(shared_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("backtest")
+    argv = ["--config", str(ROOT / "config.yaml"), "--csv", str(shared_data / BARS), "--start", "2025-05-27",
+            "--end", "2025-06-03", "--every", "15", "--n-samples", "50", "--seed", "0",
+            "--forecasters", "random_walk,block_bootstrap", "--no-plots", "--no-progress", "--out", str(out)]
+    assert backtest.main(argv) == 0
+    return out
+
+
+def test_baselines_backtest_is_unchanged(baselines_backtest: Path) -> None:
+    assert (baselines_backtest / "per_origin.csv").read_text() == (GOLDEN / "backtest_per_origin.csv").read_text()
+    scores = json.loads((baselines_backtest / "report.json").read_text())["forecasters"]
+    assert scores == json.loads((GOLDEN / "backtest_scores.json").read_text())
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_forecast_files_are_unchanged(case, real_data_dir, baselines_backtest, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(pipeline, "load_sampler", lambda cfg: StandIn())
+    stamp = CASES[case].replace("-", "").replace(":", "")
+    for calibrated in ((False, True) if case == "midday" else (False,)):
+        out = tmp_path / str(calibrated)
+        argv = ["--config", str(ROOT / "config.yaml"), "--source", "csv", "--csv", str(real_data_dir / BARS),
+                "--asof", CASES[case], "--seed", "5", "--n-samples", "40", "--out", str(out), "-q"]
+        if calibrated:
+            argv += ["--calibrator", str(baselines_backtest / "calibrator_random_walk.json")]
+        assert cli.main(argv) == 0
+        summary = json.loads((out / f"pred_summary_QQQ_{stamp}.json").read_text())
+        golden = json.loads((GOLDEN / f"{case}{'_cal' if calibrated else ''}_summary.json").read_text())
+        assert comparable(summary) == comparable(golden)
+        if not calibrated:
+            assert (out / f"paths_QQQ_{stamp}.csv").read_text() == (GOLDEN / f"{case}_paths.csv").read_text()
