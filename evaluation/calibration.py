@@ -1,24 +1,12 @@
-"""Fitting the calibrators of p_up (and p_hit_vwap) and of the per-step price bands, fitted walk-forward, saved as JSON.
-
-Probability calibration
-    Platt scaling (logistic regression of the outcome on logit(p)) while fewer than ``ISOTONIC_MIN_N`` (500)
-    outcomes are known; isotonic regression from then on (it needs many outcomes not to overfit its steps).
-    Below ``MIN_FIT_N`` (30) outcomes, or with a single class, the calibrator is the identity.
-
-Band calibration (split-conformal on normalised scores, per step)
-    For each step h the ensemble of closes is summarised by its log-return median m_h and scale
-    s_h = (q90 - q10) / 2.5631 (the 10-90 range of a normal is 2.5631 sigma). The score of an outcome y is
-    z = (log(y / now_close) - m_h) / s_h. The calibrated tau-quantile is now_close * exp(m_h + s_h * Q_h(tau)),
-    where Q_h is the empirical quantile function of past scores at step h. This widens bands that were too
-    narrow (which a pure re-levelling of the ensemble cannot: a 25 %-coverage ensemble has no members far enough
-    out). It also stores the PIT quantiles per step, so ``adjust_levels`` says which raw ensemble levels achieved
-    the requested ones historically (saturating at 0 / 1 when the ensemble is too narrow).
+"""Fitting the calibrators that forecast.calibrator defines and applies.
 
 Walk-forward
     An outcome of an origin t with horizon H resolves at t + H; a forecast at origin u may use it only when
     t + H <= u. The walk-forward functions refit every ``refit_every`` newly resolved outcomes.
 
-JSON format: see ``Calibrator.to_dict``; no pickle anywhere.
+Run log
+    Each logged run is replayed through the forecast pipeline and scored by evaluation.outcome, the backtest's
+    own outcome rule.
 """
 from __future__ import annotations
 
