@@ -107,7 +107,7 @@ def time_features(timestamps) -> np.ndarray:
     import pandas as pd
 
     idx = pd.DatetimeIndex(timestamps)
-    return np.stack([idx.minute, idx.hour, idx.dayofweek, idx.day, idx.month], axis=-1).astype(np.int64)
+    return np.stack([idx.minute, idx.hour, idx.day_of_week, idx.day, idx.month], axis=-1).astype(np.int64)
 
 
 def make_bars(n: int, horizon: int, seed: int, columns: tuple[str, ...] = ALL_COLUMNS):
