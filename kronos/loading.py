@@ -1,4 +1,5 @@
-"""Find checkpoints (local directory or hub repo id through the huggingface_hub cache) and load them strictly."""
+"""Find a checkpoint pair (local directories or hub repo ids through the huggingface_hub cache), validate it as a
+pair and load it without random initialisation. Every failure is a one-line CheckpointError naming the file."""
 from __future__ import annotations
 
 import json
@@ -10,23 +11,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import PredictorConfig, TokenizerConfig, config_from_dict
-from .model import KronosPredictor, KronosTokenizer, fuse_projections
+from .config import CheckpointError, check_pair, predictor_config, tokenizer_config
+from .layers import fuse_projections, mkldnn_available, pack_linears
+from .model import Kronos, KronosTokenizer
 
 FILES = ("config.json", "model.safetensors")
+PACK_HINT = 100  # rows per matmul that oneDNN's weight layout is tuned for (decode steps of 100 paths)
 # Deterministic buffers that upstream saves alongside the weights; we recompute them, so they may be absent.
 DERIVED_SUFFIXES = ("rotary.inv_freq", "tokenizer.bsq.basis", "tokenizer.bsq.group_basis")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be found, downloaded, read or fitted to the network."""
-
-
 @dataclass
 class Checkpoint:
-    config: dict[str, Any]
+    config: Any  # parsed config.json (validated later, per kind)
+    config_path: Path
     weights_path: Path
     revision: str | None  # commit hash of the hub snapshot, None for a plain directory
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def _env_true(name: str) -> bool:
@@ -39,7 +43,7 @@ def _looks_like_path(source: str) -> bool:
 
 
 def locate(source: str | os.PathLike, revision: str | None = None) -> Checkpoint:
-    """Resolve a local directory or a hub repo id (optionally pinned) to its config and weights file."""
+    """Resolve a local directory or a hub repo id (optionally pinned) to its parsed config and weights file."""
     path = Path(source).expanduser()
     if path.is_dir():
         files = [path / f for f in FILES]
@@ -54,9 +58,11 @@ def locate(source: str | os.PathLike, revision: str | None = None) -> Checkpoint
         snapshot = weights_path.parent.name  # the snapshot folder is named after the commit hash
     try:
         config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {config_path}: {exc}") from exc
-    return Checkpoint(config, weights_path, snapshot)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(one_line(f"cannot read {config_path}: {exc}")) from exc
+    except ValueError as exc:
+        raise CheckpointError(one_line(f"{config_path}: not valid JSON: {exc}")) from exc
+    return Checkpoint(config, config_path, weights_path, snapshot)
 
 
 def _hub_file(repo_id: str, filename: str, revision: str | None) -> str:
@@ -73,19 +79,20 @@ def _hub_file(repo_id: str, filename: str, revision: str | None) -> str:
                 ("HF_HUB_OFFLINE is set, so only that cache is used: download the checkpoint there first."
                  if offline else "If the hub is unreachable, set HF_HUB_OFFLINE=1 to use a cached copy, "
                  "or pass a local directory holding config.json and model.safetensors."))
-        raise CheckpointError(f"cannot get {filename} of {repo_id}{pin}: {type(exc).__name__}: {exc}. {hint}") from exc
+        raise CheckpointError(one_line(f"cannot get {filename} of {repo_id}{pin}: {type(exc).__name__}: {exc}. "
+                                       f"{hint}")) from exc
 
 
-def load_weights(module: nn.Module, weights_path: Path) -> None:
-    """Strict load from safetensors (never pickle); the error names any missing, unexpected or mis-shaped tensor."""
+def read_weights(net: nn.Module, weights_path: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors for net's state dict: names and shapes strict, floating point, all finite."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
         tensors = load_file(str(weights_path), device="cpu")
-    except (OSError, SafetensorError) as exc:
-        raise CheckpointError(f"cannot read {weights_path}: {exc}") from exc
-    expected = module.state_dict()
+    except (OSError, SafetensorError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(one_line(f"cannot read {weights_path}: {exc}")) from exc
+    expected = net.state_dict()  # meta tensors: names and shapes only
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(k for k in set(tensors) - set(expected) if not k.endswith(DERIVED_SUFFIXES))
     wrong = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs network {tuple(v.shape)}"
@@ -93,34 +100,40 @@ def load_weights(module: nn.Module, weights_path: Path) -> None:
     problems = ([f"missing tensor {k}" for k in missing] + [f"unexpected tensor {k}" for k in unexpected] +
                 [f"mis-shaped tensor {w}" for w in wrong])
     if problems:
-        raise CheckpointError(f"{weights_path} does not fit {type(module).__name__}: " + "; ".join(problems))
-    module.load_state_dict({k: tensors[k] for k in expected}, strict=True)
+        raise CheckpointError(f"{weights_path} does not fit {type(net).__name__}: " + "; ".join(problems))
+    for name in expected:
+        t = tensors[name]
+        if not t.is_floating_point():
+            raise CheckpointError(f"{weights_path}: tensor {name} has dtype {t.dtype}, expected floating point")
+        if not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{weights_path}: tensor {name} has non-finite values (NaN or infinity)")
+    return {k: tensors[k] for k in expected}
 
 
-def build(kind: str, ckpt: Checkpoint) -> nn.Module:
-    """Construct the network from config.json and load its weights; eval mode, gradients off."""
-    cls, cfg_cls = {"predictor": (KronosPredictor, PredictorConfig), "tokenizer": (KronosTokenizer, TokenizerConfig)}[kind]
-    try:
-        cfg = config_from_dict(cfg_cls, ckpt.config)
-    except KeyError as exc:
-        raise CheckpointError(f"config.json next to {ckpt.weights_path} is not a Kronos {kind} config: "
-                              f"missing {exc.args[0]}") from exc
-    try:
+def build(cls: type[nn.Module], cfg: Any, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """Construct on the meta device (no random initialisation), adopt the checkpoint's tensors, fuse projections."""
+    with torch.device("meta"):
         net = cls(cfg)
-    except ValueError as exc:
-        raise CheckpointError(str(exc)) from exc
-    load_weights(net, ckpt.weights_path)
-    return fuse_projections(net).eval().requires_grad_(False)
+    weights = read_weights(net, ckpt.weights_path)
+    state = {k: t.to(device=device, dtype=dtype) for k, t in weights.items()}
+    net.load_state_dict(state, strict=True, assign=True)
+    fuse_projections(net).eval().requires_grad_(False)
+    if device.type == "cpu" and dtype == torch.float32 and mkldnn_available():
+        pack_linears(net, PACK_HINT)
+    return net
 
 
-def load_predictor(source: str | os.PathLike, revision: str | None = None) -> tuple[KronosPredictor, str | None]:
-    ckpt = locate(source, revision)
-    return build("predictor", ckpt), ckpt.revision  # type: ignore[return-value]
-
-
-def load_tokenizer(source: str | os.PathLike, revision: str | None = None) -> tuple[KronosTokenizer, str | None]:
-    ckpt = locate(source, revision)
-    return build("tokenizer", ckpt), ckpt.revision  # type: ignore[return-value]
+def load_pair(model: str | os.PathLike, tokenizer: str | os.PathLike, model_revision: str | None = None,
+              tokenizer_revision: str | None = None, device: torch.device = torch.device("cpu"),
+              dtype: torch.dtype = torch.float32) -> tuple[Kronos, KronosTokenizer, str | None, str | None]:
+    """Validate both configs and their pairing before reading any weights; the tokenizer stays float32."""
+    m, t = locate(model, model_revision), locate(tokenizer, tokenizer_revision)
+    pcfg = predictor_config(m.config, str(m.config_path))
+    tcfg = tokenizer_config(t.config, str(t.config_path))
+    check_pair(pcfg, tcfg, str(m.config_path), str(t.config_path))
+    predictor = build(Kronos, pcfg, m, device, dtype)
+    tok = build(KronosTokenizer, tcfg, t, device, torch.float32)  # small, and its sign bits stay exact
+    return predictor, tok, m.revision, t.revision  # type: ignore[return-value]
 
 
 def to_dtype(dtype: str | torch.dtype) -> torch.dtype:

@@ -1,10 +1,12 @@
 """The KV-cached paths (shared prefix + per-path positions) equal a full recompute with our own modules."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from kronos.config import PredictorConfig, TokenizerConfig
-from kronos.model import KronosPredictor, KronosTokenizer, fuse_projections, new_path_cache
+from kronos.layers import fuse_projections, mkldnn_available, pack_linears
+from kronos.model import Kronos, KronosTokenizer
 
 O, N, P, H = 2, 3, 11, 5  # origins, paths per origin, prefix length, new tokens
 
@@ -18,76 +20,92 @@ def stamps(gen: torch.Generator, *shape: int) -> torch.Tensor:
     return (torch.rand(*shape, 5, generator=gen) * hi).long()
 
 
-def nets(fused: bool) -> tuple[KronosPredictor, KronosTokenizer]:
+def nets(packed: bool = False) -> tuple[Kronos, KronosTokenizer]:
     torch.manual_seed(0)
-    pred = KronosPredictor(PredictorConfig(10, 10, n_layers=2, d_model=64, n_heads=4, ff_dim=96)).eval()
+    pred = Kronos(PredictorConfig(10, 10, n_layers=2, d_model=64, n_heads=4, ff_dim=96)).eval()
     tok = KronosTokenizer(TokenizerConfig(6, 64, 4, 96, 3, 3, 10, 10)).eval()
-    if fused:
-        fuse_projections(pred), fuse_projections(tok)
+    fuse_projections(pred), fuse_projections(tok)
+    if packed:
+        pack_linears(pred, 100), pack_linears(tok, 100)
     return pred, tok
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @torch.inference_mode()
-def check_predictor(fused: bool) -> None:
-    pred, _ = nets(fused)
+def test_predictor_cache_equals_full_recompute(packed):
+    if packed and not mkldnn_available():
+        pytest.skip("no oneDNN packed linear in this torch build")
+    pred, _ = nets(packed)
     gen = torch.Generator().manual_seed(1)
     s1p, s2p, stp = tokens(gen, O, P), tokens(gen, O, P), stamps(gen, O, P)
     s1n, s2n, stn = tokens(gen, O * N, H), tokens(gen, O * N, H), stamps(gen, O * N, H)
     # full recompute: each path's whole sequence, uncached
-    full_h, _ = pred(torch.cat([s1p.repeat_interleave(N, 0), s1n], 1), torch.cat([s2p.repeat_interleave(N, 0), s2n], 1),
-                     torch.cat([stp.repeat_interleave(N, 0), stn], 1))
-    h_prefix, prefix = pred(s1p, s2p, stp)
-    torch.testing.assert_close(h_prefix.repeat_interleave(N, 0), full_h[:, :P], rtol=1e-5, atol=1e-5)
-    rope = pred.rope(P + H, s1n.device)
-    # one token at a time, as the sampler decodes
-    cache = new_path_cache(prefix, N, H)
-    steps = [pred.forward_cached(s1n[:, i : i + 1], s2n[:, i : i + 1], stn[:, i : i + 1], prefix, cache, i, rope)
-             for i in range(H)]
-    torch.testing.assert_close(torch.cat(steps, 1), full_h[:, P:], rtol=1e-4, atol=1e-4)
-    # all new tokens in one call (causal among themselves)
-    block = pred.forward_cached(s1n, s2n, stn, prefix, new_path_cache(prefix, N, H), 0, rope)
-    torch.testing.assert_close(block, full_h[:, P:], rtol=1e-4, atol=1e-4)
-
-    # dependency layer: shared prefix K/V + per-path K/V equals attending over the path's whole window
-    dep = pred.dep_layer
-    pk, pv = (t.transpose(1, 2).contiguous() for t in dep.keys_values(h_prefix))
-    k_new, v_new = dep.keys_values(full_h[:, P : P + H - 1])
-    k_new = k_new.reshape(O, N, H - 1, *k_new.shape[2:]).permute(0, 3, 1, 2, 4)
-    v_new = v_new.reshape(O, N, H - 1, *v_new.shape[2:]).permute(0, 3, 1, 2, 4)
-    s1_query = tokens(gen, O * N)
-    cached = pred.s2_logits(s1_query, full_h[:, P + H - 2], (pk, pv), k_new, v_new)
-    window = full_h[:, : P + H - 1]  # each path on its own, as one "origin" with no per-path part
-    wk, wv = (t.transpose(1, 2).contiguous() for t in dep.keys_values(window))
-    expected = torch.stack([pred.s2_logits(s1_query[b : b + 1], window[b : b + 1, -1], (wk[b : b + 1], wv[b : b + 1]),
-                                           None, None)[0] for b in range(O * N)])
-    torch.testing.assert_close(cached, expected, rtol=1e-4, atol=1e-4)
+    full_h = pred(torch.cat([s1p.repeat_interleave(N, 0), s1n], 1), torch.cat([s2p.repeat_interleave(N, 0), s2n], 1),
+                  torch.cat([stp.repeat_interleave(N, 0), stn], 1))
+    h_last = pred.prefill(s1p, s2p, stp)
+    torch.testing.assert_close(h_last.repeat_interleave(N, 0), full_h[:, P - 1], rtol=1e-5, atol=1e-5)
+    pred.setup_paths(N, H)
+    h = h_last.repeat_interleave(N, 0)
+    for i in range(H):
+        s1q = tokens(gen, O * N)
+        # s2 logits through the dependency layer's cache equal attending over the path's whole window
+        window = full_h[:, : P + i]
+        expected = pred.head.proj_s2(pred.dep_layer.norm(h + torch.stack([
+            reference_dep_attention(pred, s1q[b], window[b]) for b in range(O * N)])))
+        torch.testing.assert_close(pred.s2_logits(s1q, h), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(pred.s1_logits(h), pred.head.proj_s1(full_h[:, P + i - 1]), rtol=1e-4, atol=1e-4)
+        h = pred.step(s1n[:, i], s2n[:, i], stn[:, i])  # one token at a time, as the sampler decodes
+        torch.testing.assert_close(h, full_h[:, P + i], rtol=1e-4, atol=1e-4)
+    pred.clear_caches()
 
 
-def test_predictor_cache_equals_full_recompute():
-    check_predictor(fused=True)
-
-
-def test_predictor_cache_unfused_projections():
-    check_predictor(fused=False)
+def reference_dep_attention(pred: Kronos, s1: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """The dependency layer's attention written out for one path: an un-rotated query, no mask, whole window."""
+    a = pred.dep_layer.cross_attn
+    q = a.q_proj(pred.embedding.emb_s1(s1)).view(a.n_heads, 1, a.head_dim)
+    k = a.k_proj(window).view(-1, a.n_heads, a.head_dim).transpose(0, 1)
+    v = a.v_proj(window).view(-1, a.n_heads, a.head_dim).transpose(0, 1)
+    y = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # [h, 1, e]
+    return a.out_proj(y.reshape(-1))
 
 
 @torch.inference_mode()
 def test_tokenizer_decoder_cache_equals_full_decode():
-    _, tok = nets(True)
+    _, tok = nets()
     gen = torch.Generator().manual_seed(2)
     s1p, s2p = tokens(gen, O, P), tokens(gen, O, P)
     s1n, s2n = tokens(gen, O * N, H), tokens(gen, O * N, H)
     full = tok.decode(torch.cat([s1p.repeat_interleave(N, 0), s1n], 1), torch.cat([s2p.repeat_interleave(N, 0), s2n], 1))
-    cached = tok.decode_new(s1n, s2n, tok.decode_prefix(s1p, s2p))
-    torch.testing.assert_close(cached, full[:, P:], rtol=1e-4, atol=1e-5)
+    tok.decode_prefix(s1p, s2p)
+    torch.testing.assert_close(tok.decode_paths(s1n, s2n), full[:, P:], rtol=1e-4, atol=1e-5)
 
 
 @torch.inference_mode()
 def test_tokenizer_roundtrip_bits():
-    _, tok = nets(True)
+    _, tok = nets()
     s1, s2 = tokens(torch.Generator().manual_seed(3), 2, 7), tokens(torch.Generator().manual_seed(4), 2, 7)
     code = tok.code(s1, s2)
     weights = 2 ** torch.arange(10)
     assert torch.equal(((code[..., :10] > 0).long() * weights).sum(-1), s1)
     assert torch.equal(((code[..., 10:] > 0).long() * weights).sum(-1), s2)
     torch.testing.assert_close(code.abs(), torch.full_like(code, 20 ** -0.5))
+
+
+def test_unfused_network_is_an_error_not_a_slow_path():
+    torch.manual_seed(0)
+    pred = Kronos(PredictorConfig(10, 10, n_layers=1, d_model=32, n_heads=2, ff_dim=64)).eval()
+    with pytest.raises(RuntimeError, match="not fused"):
+        pred(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3, 5))
+
+
+def test_fusion_keeps_state_dict_and_memory():
+    torch.manual_seed(0)
+    pred = Kronos(PredictorConfig(10, 10, n_layers=1, d_model=32, n_heads=2, ff_dim=64))
+    before = {k: v.clone() for k, v in pred.state_dict().items()}
+    fuse_projections(pred)
+    after = pred.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    attn = pred.transformer[0].self_attn
+    # q/k/v weights are views of the fused matrix: fusing did not copy the weights twice
+    assert attn.q_proj.weight.untyped_storage().data_ptr() == attn.qkv_weight.untyped_storage().data_ptr()

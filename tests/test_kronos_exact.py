@@ -1,59 +1,104 @@
-"""Greedy decoding (top_k=1) of our engine reproduces the reference predictor on the same random weights."""
+"""Greedy decoding (top_k=1) of our engine reproduces the reference on the same random weights, token for token.
+
+Contexts are real QQQ 1-minute bars at random offsets and several lookbacks. The reference is fed exactly our
+float64 normalisation (through its auto_regressive_inference), so both engines see identical float32 inputs; the
+sampled tokens of every step must then be equal, and the decoded values equal up to float32 rounding.
+"""
 from __future__ import annotations
 
+from functools import lru_cache
+from pathlib import Path
+
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
-from kronos import KronosPathSampler
-from kronos_checkpoints import write_checkpoint_pair
+from kronos import KronosPathSampler, complete_columns
+from kronos.inputs import normalise
+from kronos.sampler import uniforms
+from kronos_checkpoints import time_features, write_checkpoint_pair
+
+QQQ = "QQQ_60day_1min_polygon__Poloilo16-VWAP.csv"
+CONTEXT = {"mini": 2048, "small": 512, "base": 512}
+# shape -> (lookback, horizon, contexts): reference cost grows with lookback x horizon x model size
+CASES = {
+    "mini": [(48, 6, 6), (300, 6, 6), (1000, 4, 4)],
+    "small": [(64, 5, 6), (256, 4, 6), (480, 3, 4)],
+    "base": [(40, 3, 6), (160, 3, 4)],
+}
 
 
-def make_bars(n: int, horizon: int, seed: int, columns: tuple[str, ...]) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
-    """Random-walk 5-minute bars; returns df, x_timestamp, y_timestamp (Series, as upstream expects)."""
+@lru_cache(maxsize=1)
+def qqq_bars(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(values [T, 6] with amount = volume x mean price, stamps [T, 5] of the New York wall clock)."""
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    ts = pd.DatetimeIndex(pd.to_datetime(df["Datetime"])).tz_localize("UTC").tz_convert("America/New_York")
+    return complete_columns(df[["Open", "High", "Low", "Close", "Volume"]].to_numpy()), time_features(ts)
+
+
+def contexts(values: np.ndarray, stamps: np.ndarray, lookback: int, horizon: int, count: int, seed: int):
     rng = np.random.default_rng(seed)
-    close = 100 + np.cumsum(rng.normal(0, 0.5, n))
-    open_ = close + rng.normal(0, 0.2, n)
-    df = pd.DataFrame({"open": open_, "high": np.maximum(open_, close) + rng.uniform(0, 0.3, n),
-                       "low": np.minimum(open_, close) - rng.uniform(0, 0.3, n), "close": close,
-                       "volume": rng.uniform(1e4, 5e4, n)})
-    df["amount"] = df["volume"] * close * rng.uniform(0.99, 1.01, n)
-    stamps = pd.Series(pd.date_range("2024-03-01 09:30", periods=n + horizon, freq="5min"))
-    return df[list(columns)], stamps[:n].reset_index(drop=True), stamps[n:].reset_index(drop=True)
+    starts = rng.choice(len(values) - lookback - horizon, size=count, replace=False)
+    x = np.stack([values[s : s + lookback] for s in starts])
+    xs = np.stack([stamps[s : s + lookback] for s in starts])
+    ys = np.stack([stamps[s + lookback : s + lookback + horizon] for s in starts])
+    return x, xs, ys
 
 
-ALL = ("open", "high", "low", "close", "volume", "amount")
-CASES = [  # shape, lookback, horizon, columns (exercising the reference's missing-column rules)
-    ("mini", 48, 8, ALL),
-    ("mini", 200, 8, ALL[:5]),
-    ("small", 64, 8, ALL),
-    ("small", 128, 6, ALL[:4]),
-    ("base", 32, 5, ALL),
-    ("base", 64, 5, ALL[:5]),
-]
+def reference_greedy(model_dir: Path, tok_dir: Path, x32: np.ndarray, xs: np.ndarray, ys: np.ndarray,
+                     horizon: int, max_context: int, monkeypatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reference's auto_regressive_inference on our normalised input -> (values [C, H, 6], s1, s2 [C, H])."""
+    import model.kronos as ref
+    from model import Kronos, KronosTokenizer
+
+    drawn: list[torch.Tensor] = []
+    original = ref.sample_from_logits
+
+    def recording(*args, **kwargs):  # called for s1, then s2, at every step
+        out = original(*args, **kwargs)
+        drawn.append(out.clone())
+        return out
+
+    monkeypatch.setattr(ref, "sample_from_logits", recording)
+    net, tok = Kronos.from_pretrained(model_dir).eval(), KronosTokenizer.from_pretrained(tok_dir).eval()
+    with torch.random.fork_rng(devices=[]):
+        preds = ref.auto_regressive_inference(tok, net, torch.from_numpy(x32), torch.from_numpy(xs).float(),
+                                              torch.from_numpy(ys).float(), max_context, horizon, clip=5, T=1.0,
+                                              top_k=1, top_p=1.0, sample_count=1)
+    monkeypatch.undo()
+    s1 = torch.cat(drawn[0::2], dim=1).numpy()
+    s2 = torch.cat(drawn[1::2], dim=1).numpy()
+    return preds[:, -horizon:], s1, s2
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("kronos_exact")
-    return {shape: write_checkpoint_pair(root, shape, seed=1) for shape in ("mini", "small", "base")}
+    return {shape: write_checkpoint_pair(root, shape, seed=1) for shape in CASES}
 
 
-@pytest.mark.parametrize("shape,lookback,horizon,columns", CASES)
-def test_greedy_matches_reference(checkpoints, shape, lookback, horizon, columns):
-    from model import Kronos, KronosPredictor, KronosTokenizer
-
+@pytest.mark.parametrize("shape", list(CASES))
+def test_greedy_paths_equal_reference_on_real_bars(checkpoints, shape, real_data_dir, monkeypatch):
+    values, stamps = qqq_bars(str(real_data_dir / QQQ))
     model_dir, tok_dir = checkpoints[shape]
-    df, x_ts, y_ts = make_bars(lookback, horizon, seed=lookback, columns=columns)
-    ref = KronosPredictor(Kronos.from_pretrained(model_dir).eval(), KronosTokenizer.from_pretrained(tok_dir).eval(),
-                          device="cpu", max_context=2048 if shape == "mini" else 512)
-    with torch.random.fork_rng(devices=[]):
-        expected = ref.predict(df, x_ts, y_ts, pred_len=horizon, T=1.0, top_k=1, top_p=1.0, sample_count=1,
-                               verbose=False).to_numpy()
-
     sampler = KronosPathSampler.from_pretrained(model_dir, tok_dir, device="cpu")
-    paths = sampler.sample(df, x_ts, y_ts, n_paths=3, top_k=1, seed=0)
-    assert paths.shape == (3, horizon, 6)
-    for path in paths:  # greedy: every path is the reference's single path
-        np.testing.assert_allclose(path, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+    for i, (lookback, horizon, count) in enumerate(CASES[shape]):
+        x, xs, ys = contexts(values, stamps, lookback, horizon, count, seed=100 * list(CASES).index(shape) + i)
+        x_norm, mean, scale = normalise(x)
+        x32 = x_norm.astype(np.float32)
+        ref_values, ref_s1, ref_s2 = reference_greedy(model_dir, tok_dir, x32, xs, ys, horizon, CONTEXT[shape],
+                                                      monkeypatch)
+        ours = sampler.run_normalised(torch.from_numpy(x32), torch.from_numpy(xs), torch.from_numpy(ys),
+                                      uniforms([0] * count, 2, horizon), 1.0, 1, 1.0)
+        where = f"{shape}, lookback {lookback}"
+        for path in range(2):  # greedy: every path is the reference's single path
+            np.testing.assert_array_equal(ours.s1[:, path].numpy(), ref_s1, err_msg=f"s1 tokens, {where}")
+            np.testing.assert_array_equal(ours.s2[:, path].numpy(), ref_s2, err_msg=f"s2 tokens, {where}")
+            np.testing.assert_allclose(ours.values[:, path].numpy(), ref_values, rtol=1e-4, atol=2e-5, err_msg=where)
+        # the public entry point gives the same paths, in price units (denormalised in float64)
+        paths = sampler.sample_batch(x, xs, ys, n_paths=2, top_k=1, seeds=list(range(count)))
+        expected = ref_values.astype(np.float64) * scale + mean
+        for path in range(2):  # within float32 rounding of the normalised values, scaled back
+            assert (np.abs(paths[:, path] - expected) <= 1e-4 * scale + 1e-12 * np.abs(mean)).all(), where
