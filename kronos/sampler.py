@@ -21,6 +21,7 @@ from .loading import load_pair, to_dtype
 from .model import Kronos, KronosTokenizer
 
 NUCLEUS_K0 = 64  # first partial selection for top-p; grows x4 only for rows whose kept mass is not reached
+TOKENIZER_ROWS = 768  # new tokens per tokenizer-decoder call (see decode_paths)
 # Cumulative masses this close to top_p are decided by float32 rounding, which depends on the summation order of
 # the softmax; such rows go through the full sort so that the kept set is exactly the full-sort rule's.
 NUCLEUS_GUARD = 1e-4
@@ -123,8 +124,14 @@ def decode_paths(model: Kronos, tokenizer: KronosTokenizer, h0: Tensor, y_stamp:
         s1_all[:, i], s2_all[:, i] = s1, s2
         if i + 1 < horizon:
             h = model.step(s1, s2, stamp[:, i])
-    values = tokenizer.decode_paths(s1_all, s2_all)  # the tokenizer's decoder is causal too: cached likewise
-    return Generated(values.view(o, n, horizon, -1), s1_all.view(o, n, horizon), s2_all.view(o, n, horizon))
+    s1_all, s2_all = s1_all.view(o, n, horizon), s2_all.view(o, n, horizon)
+    # The tokenizer's decoder is causal too: each path's new tokens attend to the cached context. A few paths at
+    # a time keep its attention scores ([paths x H, P + H] per head) small enough to stay in cache.
+    step = max(1, TOKENIZER_ROWS // (o * horizon))
+    values = torch.cat([tokenizer.decode_paths(s1_all[:, j : j + step].reshape(-1, horizon),
+                                               s2_all[:, j : j + step].reshape(-1, horizon)).view(o, -1, horizon, 6)
+                        for j in range(0, n, step)], dim=1)
+    return Generated(values, s1_all, s2_all)
 
 
 def uniforms(seeds: Sequence[int | None], n_paths: int, horizon: int) -> Tensor:

@@ -74,3 +74,12 @@ def test_origin_alone_equals_origin_in_batch(sampler):
         np.testing.assert_allclose(alone, paths[o], rtol=1e-5)
     reordered = sampler.sample_batch(values[::-1], xs[::-1], ys[::-1], n_paths=PATHS, seeds=seeds[::-1])
     np.testing.assert_allclose(reordered[::-1], paths, rtol=1e-5)
+
+
+def test_tokenizer_decode_in_path_chunks_changes_nothing(sampler, monkeypatch):
+    import kronos.sampler
+
+    values, xs, ys = origins(2)
+    whole = sampler.sample_batch(values, xs, ys, n_paths=PATHS, seeds=[1, 2])
+    monkeypatch.setattr(kronos.sampler, "TOKENIZER_ROWS", 2 * HORIZON)  # one path of each origin per call
+    np.testing.assert_allclose(sampler.sample_batch(values, xs, ys, n_paths=PATHS, seeds=[1, 2]), whole, rtol=1e-5)
