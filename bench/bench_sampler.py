@@ -1,11 +1,14 @@
 """Benchmark: our KronosPathSampler against the reference predictor on Kronos-small-shaped random weights.
 
-    .venv/bin/python bench/bench_sampler.py                      # CPU, N = 1, 10, 100, 1000; reference N = 1, 4
+    .venv/bin/python bench/bench_sampler.py                      # CPU, N = 1, 10, 100, 1000; reference N = 1
     .venv/bin/python bench/bench_sampler.py --device cuda --ns 1,100,1000,10000
 
 Each (implementation, N) runs in a fresh subprocess so its peak RSS is its own. Ours is timed after one
 small warm-up call (best of --repeats for N <= 100); the reference once per N, and its per-path time (its cost
 is linear in N: it recomputes the whole window for every path at every step) is extrapolated to larger N.
+For N = --floor-n (100) the worker also measures the machine's fp32 matmul rate (2048^3, torch.mm and oneDNN's
+linear, before and after the timed calls) and the analytic FLOPs of the run (bench/kronos_flops.py),
+so the floor FLOPs / rate and our time as a multiple of it come from the same run.
 Random weights come from tests/kronos_checkpoints.py (needs the test-only reference package), unless
 --model/--tokenizer point at real checkpoint directories.
 """
@@ -27,15 +30,43 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 
 def bars(lookback: int, horizon: int):
+    """(DataFrame, x_timestamp, y_timestamp) for the reference and (values, x_stamp, y_stamp) for ours."""
     import numpy as np
     import pandas as pd
+
+    from kronos_checkpoints import frame_inputs
 
     rng = np.random.default_rng(0)
     close = 100 + np.cumsum(rng.normal(0, 0.5, lookback))
     df = pd.DataFrame({"open": close + rng.normal(0, 0.2, lookback), "high": close + 0.4, "low": close - 0.4,
                        "close": close, "volume": rng.uniform(1e4, 5e4, lookback)})
     stamps = pd.Series(pd.date_range("2024-03-01 09:30", periods=lookback + horizon, freq="5min"))
-    return df, stamps[:lookback].reset_index(drop=True), stamps[lookback:].reset_index(drop=True)
+    frame = df, stamps[:lookback].reset_index(drop=True), stamps[lookback:].reset_index(drop=True)
+    return frame, frame_inputs(*frame)
+
+
+def matmul_rates(size: int = 2048, repeats: int = 3) -> dict[str, float]:
+    """GFLOP/s of a size^3 float32 matmul: torch.mm (MKL here) and oneDNN's linear (what we use on CPU)."""
+    import torch
+
+    from kronos.layers import onednn_available, onednn_linear
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    runs = {"torch.mm": lambda: a @ b}
+    if onednn_available():
+        runs["oneDNN"] = lambda: onednn_linear(a, b, None)
+    rates = {}
+    for name, fn in runs.items():
+        fn()
+        best = min(timed_once(fn) for _ in range(repeats))
+        rates[name] = 2 * size**3 / best / 1e9
+    return rates
+
+
+def timed_once(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -44,7 +75,7 @@ def worker(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    df, x_ts, y_ts = bars(args.lookback, args.horizon)
+    (df, x_ts, y_ts), (values, x_stamp, y_stamp) = bars(args.lookback, args.horizon)
     cuda = args.device.startswith("cuda")
 
     def timed(fn):
@@ -56,15 +87,27 @@ def worker(args: argparse.Namespace) -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
+    extra: dict = {}
     if args.worker == "ours":
         from kronos import KronosPathSampler
 
+        start = time.perf_counter()
         sampler = KronosPathSampler.from_pretrained(args.model, args.tokenizer, device=args.device, dtype=args.dtype)
-        run = lambda n: sampler.sample(df, x_ts, y_ts, n_paths=n, top_p=0.9, seed=0)  # noqa: E731
+        extra["load_s"] = time.perf_counter() - start
+        run = lambda n: sampler.sample(values, x_stamp, y_stamp, n_paths=n, top_p=0.9, seed=0)  # noqa: E731
         first = timed(lambda: run(min(args.n, 2)))  # warm-up: allocator, kernels, thread pool
         if cuda:
             torch.cuda.reset_peak_memory_stats()
+        floor_run = args.n == args.floor_n and not cuda
+        if floor_run:
+            extra["rates_before"] = matmul_rates()
         times = [timed(lambda: run(args.n)) for _ in range(args.repeats if args.n <= 100 else 1)]
+        if floor_run:
+            extra["rates_after"] = matmul_rates()
+            from kronos_flops import sampler_flops
+
+            extra["flops"] = sampler_flops(sampler.model.cfg, sampler.tokenizer.cfg, args.lookback, args.horizon,
+                                           args.n)
     else:
         from model import Kronos, KronosPredictor, KronosTokenizer
 
@@ -75,14 +118,14 @@ def worker(args: argparse.Namespace) -> None:
                                            sample_count=args.n, verbose=False))]
     print(json.dumps({"best": min(times), "first": first, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
-                      "threads": torch.get_num_threads(), "torch": torch.__version__}))
+                      "threads": torch.get_num_threads(), "torch": torch.__version__} | extra))
 
 
 def measure(args: argparse.Namespace, impl: str, n: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", impl, "--n", str(n), "--model", str(args.model),
            "--tokenizer", str(args.tokenizer), "--device", args.device, "--dtype", args.dtype,
            "--lookback", str(args.lookback), "--horizon", str(args.horizon), "--repeats", str(args.repeats),
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--floor-n", str(args.floor_n)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
     if out.returncode:
         raise SystemExit(f"{impl} N={n} failed:\n{out.stderr[-3000:]}")
@@ -104,7 +147,8 @@ def main() -> None:
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: auto)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--ns", default="1,10,100,1000", help="path counts for our sampler")
-    p.add_argument("--ref-ns", default="1,4", help="path counts for the reference (slow); empty to skip")
+    p.add_argument("--ref-ns", default="1", help="path counts for the reference (slow); empty to skip")
+    p.add_argument("--floor-n", type=int, default=100, help="N whose run also measures FLOPs and matmul rates")
     p.add_argument("--lookback", type=int, default=480)
     p.add_argument("--horizon", type=int, default=30)
     p.add_argument("--repeats", type=int, default=3)
@@ -149,6 +193,27 @@ def main() -> None:
               f"so N=100 would take about {100 * ref_per_path:.0f} s and N=1000 about {1000 * ref_per_path:.0f} s.")
     firsts = ", ".join(f"N={n}: {r['first']:.2f} s" for n, r in ours.items())
     print(f"Ours: best of the timed calls after one warm-up call of N<=2 (warm-up call times: {firsts}).")
+    loads = ", ".join(f"{r['load_s']:.2f}" for r in ours.values())
+    print(f"Load time (from_pretrained: read, validate, build on the meta device, fuse), per worker: {loads} s")
+    if args.floor_n in ours and "flops" in ours[args.floor_n]:
+        print_floor(args.floor_n, ours[args.floor_n])
+
+
+def print_floor(n: int, r: dict) -> None:
+    flops = r["flops"]
+    total = sum(flops.values())
+    print(f"\nFLOPs of N={n} (analytic, bench/kronos_flops.py):\n\n| part | GFLOP |\n|---|---|")
+    for part, f in flops.items():
+        print(f"| {part} | {f / 1e9:.1f} |")
+    print(f"| total | {total / 1e9:.1f} |")
+    print("\nfp32 matmul rate, 2048^3, same process (before / after the timed calls), and the floor FLOPs / rate:\n")
+    print("| matmul | GFLOP/s before | GFLOP/s after | floor s (best rate) | our time s | multiple of floor |")
+    print("|---|---|---|---|---|---|")
+    for name in r["rates_before"]:
+        rate = max(r["rates_before"][name], r["rates_after"][name])
+        floor = total / (rate * 1e9)
+        print(f"| {name} | {r['rates_before'][name]:.0f} | {r['rates_after'][name]:.0f} | {floor:.3f} | "
+              f"{r['best']:.3f} | {r['best'] / floor:.2f}x |")
 
 
 if __name__ == "__main__":

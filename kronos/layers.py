@@ -26,29 +26,27 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x.float(), self.weight.shape, eps=self.eps).type_as(x) * self.weight
 
 
-def mkldnn_linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x @ weight.T + bias through oneDNN (the kernel torch's CPU inference passes use), with a plain weight."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-def pack_weight(weight: Tensor, batch_hint: int) -> Tensor:
-    """oneDNN's blocked copy of a [out, in] float32 weight, laid out for about batch_hint rows per call."""
-    return torch.ops.mkldnn._reorder_linear_weight(weight, batch_hint)
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None, onednn: bool) -> Tensor:
+    return onednn_linear(x, weight, bias) if onednn else F.linear(x, weight, bias)
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters) that runs through a pre-packed oneDNN weight once pack_linears has made one.
+    """nn.Linear (same parameters) that runs through oneDNN once use_onednn() has switched it.
 
-    Why: MKL's sgemm, torch's default on CPU, does not use AVX-512 on every CPU (AMD); oneDNN does, and runs
-    the same float32 matmuls up to about twice as fast there.
+    Why: MKL's sgemm, torch's default for float32 on CPU, does not use AVX-512 on every CPU (AMD EPYC here);
+    oneDNN does, and runs the same float32 matmuls about twice as fast there.
     """
 
-    packed: Tensor | None = None
+    onednn = False
     fused_away = False  # its rows live in a fused matrix of the parent module; not used on its own
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.packed is not None:
-            return mkldnn_linear(x, self.packed, self.bias)
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, self.onednn)
 
 
 def fuse_rows(parent: nn.Module, linears: list[Linear], weight_name: str, bias_name: str | None) -> None:
@@ -84,22 +82,15 @@ class FeedForward(nn.Module):
         self.w3 = Linear(d_model, ff_dim, bias=False)
         self.w2 = Linear(ff_dim, d_model, bias=False)
         self.register_buffer("w13", None, persistent=False)  # set by fuse()
-        self.w13_packed: Tensor | None = None
+        self.onednn = False
 
     def fuse(self) -> None:
         fuse_rows(self, [self.w1, self.w3], "w13", None)
 
-    def pack(self, batch_hint: int) -> None:
-        self.w13_packed = pack_weight(self.w13, batch_hint)
-
     def forward(self, x: Tensor) -> Tensor:
-        if self.w13_packed is not None:
-            y = mkldnn_linear(x, self.w13_packed, None)
-        elif self.w13 is not None:
-            y = F.linear(x, self.w13)
-        else:
+        if self.w13 is None:
             raise unfused(self)
-        gate, up = y.chunk(2, dim=-1)
+        gate, up = linear(x, self.w13, None, self.onednn).chunk(2, dim=-1)
         return self.w2(F.silu(gate).mul_(up))
 
 
@@ -186,24 +177,18 @@ class Attention(nn.Module):
         self.out_proj = Linear(d_model, d_model)
         self.register_buffer("qkv_weight", None, persistent=False)  # set by fuse()
         self.register_buffer("qkv_bias", None, persistent=False)
-        self.qkv_packed: Tensor | None = None
+        self.onednn = False
         self.cache: KVCache | None = None
 
     def fuse(self) -> None:
         """One matmul for q, k and v, or for k and v only."""
         fuse_rows(self, [self.q_proj, self.k_proj, self.v_proj][self.fused_first :], "qkv_weight", "qkv_bias")
 
-    def pack(self, batch_hint: int) -> None:
-        self.qkv_packed = pack_weight(self.qkv_weight, batch_hint)
-
     def project(self, x: Tensor) -> Tensor:
         """The fused projections of x, split into heads: [..., 3 (q, k, v) or 2 (k, v), h, e]."""
-        if self.qkv_packed is not None:
-            y = mkldnn_linear(x, self.qkv_packed, self.qkv_bias)
-        elif self.qkv_weight is not None:
-            y = F.linear(x, self.qkv_weight, self.qkv_bias)
-        else:
+        if self.qkv_weight is None:
             raise unfused(self)
+        y = linear(x, self.qkv_weight, self.qkv_bias, self.onednn)
         return y.view(*x.shape[:-1], 3 - self.fused_first, self.n_heads, self.head_dim)
 
     def merge(self, y: Tensor) -> Tensor:
@@ -285,30 +270,20 @@ def fuse_projections(net: nn.Module) -> nn.Module:
     return net
 
 
-def pack_linears(net: nn.Module, batch_hint: int) -> int:
-    """Give every matmul of net (CPU, float32, fused) a pre-packed oneDNN weight; returns how many.
-
-    Called once at load, and only where mkldnn_available() says the packed path gives F.linear's results.
-    """
-    count = 0
+def use_onednn(net: nn.Module) -> None:
+    """Run every matmul of net's linear layers through oneDNN (CPU float32, decided once at load)."""
     for m in net.modules():
-        if isinstance(m, (Attention, FeedForward)):
-            m.pack(batch_hint)
-            count += 1
-        elif isinstance(m, Linear) and not m.fused_away:
-            m.packed = pack_weight(m.weight.detach(), batch_hint)
-            count += 1
-    return count
+        if isinstance(m, (Attention, FeedForward, Linear)):
+            m.onednn = True
 
 
-def mkldnn_available() -> bool:
-    """Whether this torch build has oneDNN's packed float32 linear and it agrees with F.linear."""
+def onednn_available() -> bool:
+    """Whether this torch build has oneDNN's float32 linear and it agrees with F.linear."""
     try:
         if not torch.backends.mkldnn.is_available():
             return False
         gen = torch.Generator().manual_seed(0)
         x, w, b = (torch.randn(*s, generator=gen) for s in ((5, 3, 64), (48, 64), (48,)))
-        y = mkldnn_linear(x, pack_weight(w, 100), b)
-        return bool(torch.allclose(y, F.linear(x, w, b), rtol=1e-4, atol=1e-4))
+        return bool(torch.allclose(onednn_linear(x, w, b), F.linear(x, w, b), rtol=1e-4, atol=1e-4))
     except (RuntimeError, AttributeError):
         return False

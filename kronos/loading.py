@@ -12,11 +12,10 @@ import torch
 from torch import nn
 
 from .config import CheckpointError, check_pair, predictor_config, tokenizer_config
-from .layers import fuse_projections, mkldnn_available, pack_linears
+from .layers import fuse_projections, onednn_available, use_onednn
 from .model import Kronos, KronosTokenizer
 
 FILES = ("config.json", "model.safetensors")
-PACK_HINT = 100  # rows per matmul that oneDNN's weight layout is tuned for (decode steps of 100 paths)
 # Deterministic buffers that upstream saves alongside the weights; we recompute them, so they may be absent.
 DERIVED_SUFFIXES = ("rotary.inv_freq", "tokenizer.bsq.basis", "tokenizer.bsq.group_basis")
 
@@ -111,15 +110,16 @@ def read_weights(net: nn.Module, weights_path: Path) -> dict[str, torch.Tensor]:
 
 
 def build(cls: type[nn.Module], cfg: Any, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """Construct on the meta device (no random initialisation), adopt the checkpoint's tensors, fuse projections."""
+    """Construct on the meta device (no random initialisation), adopt the checkpoint's tensors, fuse projections;
+    on CPU in float32 the linear layers then run through oneDNN (see layers.Linear)."""
     with torch.device("meta"):
         net = cls(cfg)
     weights = read_weights(net, ckpt.weights_path)
     state = {k: t.to(device=device, dtype=dtype) for k, t in weights.items()}
     net.load_state_dict(state, strict=True, assign=True)
     fuse_projections(net).eval().requires_grad_(False)
-    if device.type == "cpu" and dtype == torch.float32 and mkldnn_available():
-        pack_linears(net, PACK_HINT)
+    if device.type == "cpu" and dtype == torch.float32 and onednn_available():
+        use_onednn(net)
     return net
 
 

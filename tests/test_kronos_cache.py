@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kronos.config import PredictorConfig, TokenizerConfig
-from kronos.layers import fuse_projections, mkldnn_available, pack_linears
+from kronos.layers import fuse_projections, onednn_available, use_onednn
 from kronos.model import Kronos, KronosTokenizer
 
 O, N, P, H = 2, 3, 11, 5  # origins, paths per origin, prefix length, new tokens
@@ -20,22 +20,22 @@ def stamps(gen: torch.Generator, *shape: int) -> torch.Tensor:
     return (torch.rand(*shape, 5, generator=gen) * hi).long()
 
 
-def nets(packed: bool = False) -> tuple[Kronos, KronosTokenizer]:
+def nets(onednn: bool = False) -> tuple[Kronos, KronosTokenizer]:
     torch.manual_seed(0)
     pred = Kronos(PredictorConfig(10, 10, n_layers=2, d_model=64, n_heads=4, ff_dim=96)).eval()
     tok = KronosTokenizer(TokenizerConfig(6, 64, 4, 96, 3, 3, 10, 10)).eval()
     fuse_projections(pred), fuse_projections(tok)
-    if packed:
-        pack_linears(pred, 100), pack_linears(tok, 100)
+    if onednn:
+        use_onednn(pred), use_onednn(tok)
     return pred, tok
 
 
-@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("onednn", [False, True])
 @torch.inference_mode()
-def test_predictor_cache_equals_full_recompute(packed):
-    if packed and not mkldnn_available():
-        pytest.skip("no oneDNN packed linear in this torch build")
-    pred, _ = nets(packed)
+def test_predictor_cache_equals_full_recompute(onednn):
+    if onednn and not onednn_available():
+        pytest.skip("no oneDNN float32 linear in this torch build")
+    pred, _ = nets(onednn)
     gen = torch.Generator().manual_seed(1)
     s1p, s2p, stp = tokens(gen, O, P), tokens(gen, O, P), stamps(gen, O, P)
     s1n, s2n, stn = tokens(gen, O * N, H), tokens(gen, O * N, H), stamps(gen, O * N, H)
