@@ -18,7 +18,8 @@ def causal_attention(tokens: int, d: int) -> float:
     return 2.0 * 2 * d * tokens * (tokens + 1) / 2
 
 
-def sampler_flops(p: PredictorConfig, t: TokenizerConfig, lookback: int, horizon: int, n_paths: int) -> dict[str, float]:
+def sampler_flops(p: PredictorConfig, t: TokenizerConfig, lookback: int, horizon: int,
+                  n_paths: int) -> dict[str, float]:
     """FLOPs of one origin with n_paths paths: prefill, predictor decode steps, dual head, tokenizer decode."""
     d, ff, bits = p.d_model, p.ff_dim, t.s1_bits + t.s2_bits
     dt, ft = t.d_model, t.ff_dim

@@ -45,8 +45,20 @@ class Linear(nn.Linear):
     onednn = False
     fused_away = False  # its rows live in a fused matrix of the parent module; not used on its own
 
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:  # built on the meta device to be loaded: nothing to initialise
+            super().reset_parameters()
+
     def forward(self, x: Tensor) -> Tensor:
         return linear(x, self.weight, self.bias, self.onednn)
+
+
+class Embedding(nn.Embedding):
+    """nn.Embedding that skips initialisation on the meta device (torch's init there imports torch._dynamo: ~1 s)."""
+
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            super().reset_parameters()
 
 
 def fuse_rows(parent: nn.Module, linears: list[Linear], weight_name: str, bias_name: str | None) -> None:

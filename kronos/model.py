@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from .config import DEP_HEADS, PredictorConfig, TokenizerConfig
-from .layers import Attention, KVCache, Linear, RMSNorm, Stack, TransformerBlock, caches, clear_caches, rope_tables, to_path_layout
+from .layers import (Attention, Embedding, KVCache, Linear, RMSNorm, Stack, TransformerBlock, caches, clear_caches,
+                     rope_tables, to_path_layout)
 
 
 class KronosTokenizer(nn.Module):
@@ -77,8 +78,8 @@ class HierarchicalEmbedding(nn.Module):
     def __init__(self, cfg: PredictorConfig):
         super().__init__()
         self.scale = math.sqrt(cfg.d_model)
-        self.emb_s1 = nn.Embedding(2**cfg.s1_bits, cfg.d_model)
-        self.emb_s2 = nn.Embedding(2**cfg.s2_bits, cfg.d_model)
+        self.emb_s1 = Embedding(2**cfg.s1_bits, cfg.d_model)
+        self.emb_s2 = Embedding(2**cfg.s2_bits, cfg.d_model)
         self.fusion_proj = Linear(2 * cfg.d_model, cfg.d_model)
 
     def forward(self, s1: Tensor, s2: Tensor) -> Tensor:
@@ -90,11 +91,11 @@ class TemporalEmbedding(nn.Module):
 
     def __init__(self, d_model: int):
         super().__init__()
-        self.minute_embed = nn.Embedding(60, d_model)
-        self.hour_embed = nn.Embedding(24, d_model)
-        self.weekday_embed = nn.Embedding(7, d_model)
-        self.day_embed = nn.Embedding(32, d_model)
-        self.month_embed = nn.Embedding(13, d_model)
+        self.minute_embed = Embedding(60, d_model)
+        self.hour_embed = Embedding(24, d_model)
+        self.weekday_embed = Embedding(7, d_model)
+        self.day_embed = Embedding(32, d_model)
+        self.month_embed = Embedding(13, d_model)
 
     def forward(self, stamp: Tensor) -> Tensor:
         minute, hour, weekday, day, month = stamp.long().unbind(-1)

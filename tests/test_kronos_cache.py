@@ -75,7 +75,8 @@ def test_tokenizer_decoder_cache_equals_full_decode():
     gen = torch.Generator().manual_seed(2)
     s1p, s2p = tokens(gen, O, P), tokens(gen, O, P)
     s1n, s2n = tokens(gen, O * N, H), tokens(gen, O * N, H)
-    full = tok.decode(torch.cat([s1p.repeat_interleave(N, 0), s1n], 1), torch.cat([s2p.repeat_interleave(N, 0), s2n], 1))
+    full = tok.decode(torch.cat([s1p.repeat_interleave(N, 0), s1n], 1),
+                      torch.cat([s2p.repeat_interleave(N, 0), s2n], 1))
     tok.decode_prefix(s1p, s2p)
     torch.testing.assert_close(tok.decode_paths(s1n, s2n), full[:, P:], rtol=1e-4, atol=1e-5)
 
