@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fit-run-log", type=Path, help="only fit a calibrator from the forecast CLI's run log")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
-    add_config_flags(p, backtest=True, skip=("out",))
+    add_config_flags(p, script="backtest", skip=("out",))
     return p.parse_args(argv)
 
 
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     overrides.pop("out", None)  # --out here is the backtest's folder, not the forecast's
     if overrides.get("csv"):
         overrides["source"] = "csv"
-    cfg = load_config(args.config, overrides, backtest=True)
+    cfg = load_config(args.config, overrides, script="backtest")
     cfg = cfg.replace(seed=0 if cfg.seed is None else cfg.seed, calibrator=None)  # a backtest is reproducible
     args.out.mkdir(parents=True, exist_ok=True)
     if args.fit_run_log:

@@ -141,6 +141,26 @@ BACKTEST_KEYS: tuple[Key, ...] = (
 BACKTEST_KEYS_BY_NAME = {k.name: k for k in BACKTEST_KEYS}
 
 
+# serve.py's own keys (the live service); it reads the forecast's keys too.
+SERVE_KEYS: tuple[Key, ...] = (
+)
+
+
+# finetune.py's own keys; it reads the forecast's keys too.
+FINETUNE_KEYS: tuple[Key, ...] = (
+)
+
+
+# Which tables each script reads. One config.yaml may hold every script's keys; a script ignores the others'.
+SCRIPT_KEYS: dict[str, tuple[Key, ...]] = {
+    "forecast": KEYS,
+    "backtest": KEYS + BACKTEST_KEYS,
+    "serve": KEYS + SERVE_KEYS,
+    "finetune": KEYS + FINETUNE_KEYS,
+}
+ALL_KEYS_BY_NAME = {k.name: k for keys in SCRIPT_KEYS.values() for k in keys}
+
+
 def _config_class(name: str, keys: tuple[Key, ...], doc: str) -> type:
     cls = dataclasses.make_dataclass(name, [(k.name, Any) for k in keys], frozen=True,
                                      namespace={"__doc__": doc, "replace": lambda self, **c: dataclasses.replace(self, **c)})
@@ -150,14 +170,19 @@ def _config_class(name: str, keys: tuple[Key, ...], doc: str) -> type:
 
 # The one definition of every setting: the classes are derived from the tables, field names are the YAML keys.
 Config = _config_class("Config", KEYS, "Validated settings of one forecast run; field names are the YAML keys.")
-BacktestConfig = _config_class("BacktestConfig", KEYS + BACKTEST_KEYS,
+BacktestConfig = _config_class("BacktestConfig", SCRIPT_KEYS["backtest"],
                                "The forecast's settings plus the backtest's own keys.")
+ServeConfig = _config_class("ServeConfig", SCRIPT_KEYS["serve"], "The forecast's settings plus the service's own keys.")
+FinetuneConfig = _config_class("FinetuneConfig", SCRIPT_KEYS["finetune"],
+                               "The forecast's settings plus fine-tuning's own keys.")
+CONFIG_CLASSES: dict[str, type] = {"forecast": Config, "backtest": BacktestConfig, "serve": ServeConfig,
+                                   "finetune": FinetuneConfig}
 
 
 def fingerprint(cfg: Any) -> dict[str, Any]:
     """The settings that decide a run's results, from the key tables (a backtest resumes only with equal ones)."""
-    keys = KEYS + (BACKTEST_KEYS if isinstance(cfg, BacktestConfig) else ())
-    return {k.name: getattr(cfg, k.name) for k in keys if k.affects_results}
+    script = next(name for name, cls in CONFIG_CLASSES.items() if isinstance(cfg, cls))
+    return {k.name: getattr(cfg, k.name) for k in SCRIPT_KEYS[script] if k.affects_results}
 
 
 def _coerce(key: Key, value: Any) -> Any:
@@ -237,17 +262,17 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must be a mapping of key: value, not {type(data).__name__}")
     for name in data:
-        if name not in KEYS_BY_NAME:
-            close = difflib.get_close_matches(str(name), KEYS_BY_NAME, n=1)
+        if name not in ALL_KEYS_BY_NAME:
+            close = difflib.get_close_matches(str(name), ALL_KEYS_BY_NAME, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown config key '{name}' in {path}{hint}")
     return data
 
 
-def build_config(file_values: dict[str, Any], overrides: dict[str, Any], backtest: bool = False) -> Any:
+def build_config(file_values: dict[str, Any], overrides: dict[str, Any], script: str = "forecast") -> Any:
     """Defaults, then the file, then command-line overrides (None means 'not given'); validated.
-    With ``backtest`` the backtest's keys join the forecast's, and a BacktestConfig comes back."""
-    keys = KEYS + BACKTEST_KEYS if backtest else KEYS
+    ``script`` picks the tables (SCRIPT_KEYS) and the class that comes back: Config, BacktestConfig, ..."""
+    keys = SCRIPT_KEYS[script]
     values: dict[str, Any] = {}
     for key in keys:
         raw = key.default
@@ -258,7 +283,7 @@ def build_config(file_values: dict[str, Any], overrides: dict[str, Any], backtes
         value = _coerce(key, raw)
         _check(key, value)
         values[key.name] = value
-    cfg = (BacktestConfig if backtest else Config)(**values)
+    cfg = CONFIG_CLASSES[script](**values)
     _check_combination(cfg)
     return cfg
 
@@ -316,11 +341,11 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, backtest: bool = False, skip: tuple[str, ...] = ()) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, script: str = "forecast", skip: tuple[str, ...] = ()) -> None:
     """One optional flag per config key (except ``skip``: the script defines those flags itself); values stay
     strings here and are validated by build_config."""
     group = parser.add_argument_group("configuration overrides (each wins over config.yaml)")
-    for key in KEYS + BACKTEST_KEYS if backtest else KEYS:
+    for key in SCRIPT_KEYS[script]:
         if key.name in skip:
             continue
         if key.kind is bool:
@@ -333,14 +358,13 @@ def add_config_flags(parser: argparse.ArgumentParser, backtest: bool = False, sk
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    return {key.name: getattr(args, key.name) for key in KEYS + BACKTEST_KEYS
-            if getattr(args, key.name, None) is not None}
+    return {name: getattr(args, name) for name in ALL_KEYS_BY_NAME if getattr(args, name, None) is not None}
 
 
-def load_config(path: Path | None, overrides: dict[str, Any], backtest: bool = False) -> Any:
+def load_config(path: Path | None, overrides: dict[str, Any], script: str = "forecast") -> Any:
     """config.yaml (or the given file; none at all means defaults) with the overrides applied."""
     file_values = read_yaml(path) if path is not None else {}
-    return build_config(file_values, overrides, backtest)
+    return build_config(file_values, overrides, script)
 
 
 def reference_table(keys: tuple[Key, ...] = KEYS) -> str:

@@ -29,7 +29,7 @@ def settings(**kw):
     names n_samples and lookback)."""
     names = {"n_paths": "n_samples", "min_history": "lookback"}
     base = dict(every=20, n_samples=32, lookback=60, batch=4, start="2025-03-06", seed=0)
-    return build_config({}, base | {names.get(k, k): v for k, v in kw.items()}, backtest=True)
+    return build_config({}, base | {names.get(k, k): v for k, v in kw.items()}, script="backtest")
 
 
 def run_walk_forward(frame, s, forecasters, out, **kw):
