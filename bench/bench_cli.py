@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the test helpers write the checkpoint
 
 
 def main() -> None:
@@ -33,8 +33,8 @@ def main() -> None:
 
     import torch
 
-    from tests.kronos_checkpoints import write_checkpoint_pair
-    from tests.test_cli import synthetic_bars
+    from kronos_checkpoints import write_checkpoint_pair
+    from test_cli import synthetic_bars
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
