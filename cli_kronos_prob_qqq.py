@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None, program: bool = False) -> int:
             with time_budget(cfg.time_budget):
                 fc = run(cfg, asof, args.cron, written)
     except BaseException as exc:  # noqa: BLE001 - every failure ends in one line and a documented code
-        return report_failure(exc, log, written=bool(written))
+        # a write that failed part-way says itself what it left
+        return report_failure(exc, log, written=None if getattr(exc, "left", None) else bool(written))
     from forecast.summary import console_text
 
     print(json.dumps(fc.summary, indent=2) if args.json else console_text(fc.summary))

@@ -54,11 +54,31 @@ def publish(out_dir: str | os.PathLike[str], symbol: str, fc: Forecast, plot: bo
 
         png = fan_chart_png(fc.context.bars, fc.context.times, fc.paths[:, :, 3], fc.summary)
         files["chart"] = (f"fan_{symbol}_{stamp}.png", png)
-    staged = stage_files(out, _ordered(files))
-    with held_signals():  # the renames and the run-log row happen together
-        written = rename_staged(staged)
-        append_run_log(run_log_path(out, symbol), log_row(fc.summary, written["summary"].name))
+    try:
+        staged = stage_files(out, _ordered(files))
+        with held_signals():  # the renames and the run-log row happen together
+            written = rename_staged(staged)
+            try:
+                append_run_log(run_log_path(out, symbol), log_row(fc.summary, written["summary"].name))
+            except OSError as exc:
+                exc.renamed = list(written.values())  # type: ignore[attr-defined]
+                raise
+    except OSError as exc:
+        raise PublishError(out, exc) from None
     return written
+
+
+class PublishError(SettingsError):
+    """The output folder refused the run's files while they were written (exit 2). ``left`` names what the run
+    did leave (the renames are in a fixed order, so a failure part-way leaves a prefix of them); empty when
+    nothing was."""
+
+    def __init__(self, out: Path, exc: OSError) -> None:
+        self.left: list[str] = [p.name for p in getattr(exc, "renamed", [])]
+        reason = exc.strerror or str(exc)
+        where = f"{exc.filename}: " if exc.filename else ""
+        left = f"; it had already written {', '.join(self.left)}" if self.left else ""
+        super().__init__(f"config key 'out': {out} cannot take the run's files ({where}{reason}){left}")
 
 
 def _ordered(files: dict) -> dict:
