@@ -44,8 +44,11 @@ def preflight(out_dir: str | os.PathLike[str], symbol: str) -> Path:
     return out
 
 
-def publish(out_dir: str | os.PathLike[str], symbol: str, fc: Forecast, plot: bool = False) -> dict[str, Path]:
-    """Write the forecast's files all or nothing; return them by key."""
+def publish(out_dir: str | os.PathLike[str], symbol: str, fc: Forecast, plot: bool = False,
+            done: list | None = None) -> dict[str, Path]:
+    """Write the forecast's files all or nothing; return them by key. ``done`` gets them appended the moment
+    they are all in place, before held signals are delivered: a Ctrl-C, SIGTERM or time budget that arrived
+    during the renames then ends the run with a true "all written"."""
     out = Path(out_dir)
     stamp = artifact_stamp(pd.Timestamp(fc.summary["asof"]).to_pydatetime())
     files = run_files(symbol, stamp, fc.summary, fc.paths, iso_utc(fc.context.times), EXTRA_FIELDS)
@@ -63,6 +66,8 @@ def publish(out_dir: str | os.PathLike[str], symbol: str, fc: Forecast, plot: bo
             except OSError as exc:
                 exc.renamed = list(written.values())  # type: ignore[attr-defined]
                 raise
+            if done is not None:
+                done.append(written)
     except OSError as exc:
         raise PublishError(out, exc) from None
     return written
