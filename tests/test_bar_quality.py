@@ -136,3 +136,22 @@ def test_typical_move_and_multiple_by_hand():
     assert find_bad_bars([frame], BarRules(move_multiple=9)) == []
     bad = find_bad_bars([frame], BarRules(move_multiple=8.9))
     assert [b.time for b in bad] == [frame.index[10]] and "is 9x the typical 1-minute move (0.100%)" in bad[0].reason
+
+
+def test_dropped_unclosed_counts_only_the_forming_bar_and_fill_stretches_are_reported():
+    """A replay at 10:30:30 ET of a file that runs to the close: one bar is forming (10:30), the 329 after it are
+    the replay's future, not 'unclosed'. A 25-minute hole yesterday is reported, though the recent window is clean."""
+    rows = {}
+    for day in ("2025-05-22", "2025-05-23"):
+        for i, t in enumerate(mcal.session_minutes(day)):
+            if day == "2025-05-22" and 60 <= i < 85:
+                continue  # 10:30-10:54 ET missing
+            p = 100 + 0.01 * (i % 7)
+            rows[t] = (p, p + 0.02, p - 0.02, p, 1000.0)
+    f = pd.DataFrame(list(rows.values()), index=pd.DatetimeIndex(list(rows), name="timestamp"),
+                     columns=["open", "high", "low", "close", "volume"])
+    asof = pd.Timestamp("2025-05-23 10:30:30", tz="America/New_York").tz_convert("UTC")
+    _, info = prepare_bars(f, asof, days=2, max_recent_filled=10, recent_window=30)
+    assert info.dropped_unclosed == 1 and info.after_asof == 390 - 61
+    assert info.filled_count == 25 and info.filled_recent == 0 and info.filled_max_window == 25
+    assert info.skip_reason is None and any("25 gap fills in 30 bars" in n for n in info.notes())
