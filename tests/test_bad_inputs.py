@@ -3,8 +3,8 @@ vendor) can hand us, and the run must end in its documented exit code with one l
 traceback, and exactly the files listed left in the output folder.
 
 Rows run in-process through ``main(argv)`` with a tiny random-weight checkpoint; signals during loading,
-sampling and writing run as subprocesses (a signal to our own process is the only faithful way), started
-together so they cost one interpreter start of wall time.
+sampling and writing are real signals sent to a separate process running the program's handlers (one
+interpreter runs the three, so they cost one start-up).
 """
 from __future__ import annotations
 
@@ -12,14 +12,12 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -229,6 +227,7 @@ CASES = [
          files=NO_FOLDER),
     Case("config-not-yaml", 2, ("not valid YAML", "line 2"), setup=config("horizon: [1, 2\n"), files=NO_FOLDER),
     Case("config-wrong-type", 2, ("'horizon'", "whole number"), args=("--horizon", "ten"), files=NO_FOLDER),
+    Case("config-out-of-range", 2, ("'temperature'", "> 0"), args=("--temperature", "0"), files=NO_FOLDER),
     Case("config-bad-policy", 2, ("'bad_bars'", "fill, skip"), args=("--bad-bars", "drop"), files=NO_FOLDER),
     Case("config-tick-multiple", 2, ("'bad_bar_move'", ">= 5"), args=("--bad-bar-move", "1"), files=NO_FOLDER),
     Case("config-unknown-zone", 2, ("'csv_tz'", "IANA"), args=("--csv-tz", "Mars/Olympus"), files=NO_FOLDER),
@@ -251,6 +250,8 @@ CASES = [
          setup=bars_text("timestamp,open,high,low,close,volume\n" + "2025-06-04T14:00:00Z,1,2,0.5,1,10\n" * 2)),
     Case("bars-bad-time", 2, ("unparseable time", "'June 4th'"),
          setup=bars_text("timestamp,open,high,low,close,volume\nJune 4th,1,2,0.5,1,10\n")),
+    Case("bars-no-time-column", 2, ("no time column", "timestamp"),
+         setup=bars_text("when,open,high,low,close,volume\n2025-06-04T14:00:00Z,1,2,0.5,1,10\n")),
     Case("bars-unknown-type", 2, ("unknown file type", ".txt"), setup=bars_text("x", name="bars.txt")),
     Case("bars-new-york-wall-clock", 2, ("csv_tz", "America/New_York"), setup=wall_clock("America/New_York")),
     Case("bars-chicago-wall-clock", 2, ("csv_tz", "America/Chicago"), setup=wall_clock("America/Chicago")),
@@ -405,8 +406,8 @@ def test_the_table_covers_every_kind_of_bad_input():
     assert {c.code for c in CASES} >= {0, 2, 3, 4, 5, 6, 7}
 
 
-def test_hub_download_failure_is_one_line(tiny, tmp_path, monkeypatch, capfd):
-    """huggingface_hub warns on every retry of a failed download; the run prints the failure once."""
+def test_hub_download_failure_is_one_line(tiny, tmp_path, monkeypatch):
+    """huggingface_hub warns on every retry of a failed download; the run reports the failure once."""
     import huggingface_hub
 
     def failing(*args, **kwargs):
@@ -418,9 +419,14 @@ def test_hub_download_failure_is_one_line(tiny, tmp_path, monkeypatch, capfd):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", failing)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     a = {**tiny, "source": "csv", "out": tmp_path / "out", "asof": ASOF, "args": ("--model", "NeoQuasar/Kronos-mini")}
-    code = cli.main(argv_for(a) + ["-q"], program=True)
-    err = capfd.readouterr().err.strip().splitlines()
-    assert code == ExitCode.MODEL and len(err) == 1 and "cannot get config.json of NeoQuasar/Kronos-mini" in err[0]
+    lines = Lines()
+    logging.getLogger().addHandler(lines)
+    try:
+        code = cli.main(argv_for(a))
+    finally:
+        logging.getLogger().removeHandler(lines)
+    loud = [r.getMessage() for r in lines.records if r.levelno >= logging.WARNING]
+    assert code == ExitCode.MODEL and len(loud) == 1 and "cannot get config.json of NeoQuasar/Kronos-mini" in loud[0]
 
 
 # ------------------------------------------------------------------------------------------------ signals
