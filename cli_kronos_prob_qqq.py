@@ -78,8 +78,7 @@ def run(cfg, asof: pd.Timestamp | None, cron: bool, written: list) -> object:
     fc = pipeline.forecast(recent.frame, recent.now, data_asof=recent.data_asof, provenance=recent.provenance,
                            market_open=status.is_open, status_note=status.describe(),
                            timings={"data": time.perf_counter() - t0})
-    files = publish(cfg.out, cfg.symbol, fc, plot=cfg.plot)
-    written.append(files)
+    files = publish(cfg.out, cfg.symbol, fc, plot=cfg.plot, done=written)
     t = fc.timings
     log.info("forecast in %.2f s (data %.2f, model load %.2f, sampling %.2f); wrote %s", t["total"], t["data"],
              t["model_load"], t["sample"], files["summary"])
@@ -107,7 +106,8 @@ def main(argv: list[str] | None = None, program: bool = False) -> int:
             with time_budget(cfg.time_budget):
                 fc = run(cfg, asof, args.cron, written)
     except BaseException as exc:  # noqa: BLE001 - every failure ends in one line and a documented code
-        return report_failure(exc, log, written=bool(written))
+        # a write that failed part-way says itself what it left
+        return report_failure(exc, log, written=None if getattr(exc, "left", None) else bool(written))
     from forecast.summary import console_text
 
     print(json.dumps(fc.summary, indent=2) if args.json else console_text(fc.summary))

@@ -107,6 +107,12 @@ KEYS: tuple[Key, ...] = (
         check=_positive, rule=">= 1"),
     Key("max_recent_filled", int, 10, "skip when more of the recent bars than this had to be filled",
         check=lambda v: v >= 0, rule=">= 0"),
+    Key("bad_bars", str, "fill", "bars a market cannot print (see Data rules): drop and gap-fill them, or skip "
+        "the run", choices=("fill", "skip")),
+    Key("bad_bar_move", float, 50.0, "a bar this many typical 1-minute moves away from the bars around it is a "
+        "bad tick", check=lambda v: v >= 5, rule=">= 5"),
+    Key("bad_bar_volume", float, 1000.0, "a bar with more than this multiple of the median volume is bad",
+        check=lambda v: v >= 10, rule=">= 10"),
     Key("out", str, "outputs", "directory for the JSON, CSV, PNG and the run log", affects_results=False),
     Key("calibrator", str, None, "p_up calibrator JSON fitted by backtest.py (shown beside the raw values)", affects_results=False),
     Key("time_budget", float, 50.0, "seconds a run may take before it stops (cron runs every 60 s)",

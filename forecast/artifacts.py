@@ -235,11 +235,12 @@ def rename_staged(staged: Sequence[tuple[str, str, Path]]) -> dict[str, Path]:
         for key, tmp, target in staged:
             os.replace(tmp, target)
             written[key] = target
-    except BaseException:
+    except BaseException as exc:
         for key, tmp, _ in staged:
             if key not in written:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
+        exc.renamed = list(written.values())  # type: ignore[attr-defined]  # what a caller must report as left
         raise
     if staged:
         _fsync_dir(staged[0][2].parent)

@@ -24,6 +24,7 @@ from forecast.horizon import HorizonPlan, events_in_window, model_time_features,
 from forecast.metrics import Metrics, compute_metrics, repair_paths
 from forecast.summary import build_summary
 from marketdata.prepare import PrepareInfo, prepare_bars
+from marketdata.quality import BarRules
 
 if TYPE_CHECKING:  # the application's config; the pipeline reads its fields only
     from app.config import Config
@@ -131,7 +132,8 @@ class ForecastPipeline:
         ``data_asof`` is where the data ends when earlier than now (SIP delayed 15 minutes)."""
         cfg = self.cfg
         bars, info = prepare_bars(frame, data_asof if data_asof is not None else now, days=cfg.days, rth=cfg.rth,
-                                  max_recent_filled=cfg.max_recent_filled, recent_window=cfg.recent_window)
+                                  max_recent_filled=cfg.max_recent_filled, recent_window=cfg.recent_window,
+                                  rules=BarRules(cfg.bad_bar_move, cfg.bad_bar_volume), bad_bars=cfg.bad_bars)
         if info.skip_reason:
             raise Skipped(info.skip_reason)
         if len(bars) < cfg.lookback:
@@ -219,6 +221,7 @@ class ForecastPipeline:
         provenance = {**(provenance or {}), **ctx.info.to_dict()}
         if provenance.get("note"):
             notes.append(provenance["note"])
+        notes += ctx.info.notes()
         calibrated = self.calibrate(metrics, repaired[:, :, 3], notes)
         timings = dict(timings or {})
         if started is not None:

@@ -44,8 +44,11 @@ def preflight(out_dir: str | os.PathLike[str], symbol: str) -> Path:
     return out
 
 
-def publish(out_dir: str | os.PathLike[str], symbol: str, fc: Forecast, plot: bool = False) -> dict[str, Path]:
-    """Write the forecast's files all or nothing; return them by key."""
+def publish(out_dir: str | os.PathLike[str], symbol: str, fc: Forecast, plot: bool = False,
+            done: list | None = None) -> dict[str, Path]:
+    """Write the forecast's files all or nothing; return them by key. ``done`` gets them appended the moment
+    they are all in place, before held signals are delivered: a Ctrl-C, SIGTERM or time budget that arrived
+    during the renames then ends the run with a true "all written"."""
     out = Path(out_dir)
     stamp = artifact_stamp(pd.Timestamp(fc.summary["asof"]).to_pydatetime())
     files = run_files(symbol, stamp, fc.summary, fc.paths, iso_utc(fc.context.times), EXTRA_FIELDS)
@@ -54,11 +57,33 @@ def publish(out_dir: str | os.PathLike[str], symbol: str, fc: Forecast, plot: bo
 
         png = fan_chart_png(fc.context.bars, fc.context.times, fc.paths[:, :, 3], fc.summary)
         files["chart"] = (f"fan_{symbol}_{stamp}.png", png)
-    staged = stage_files(out, _ordered(files))
-    with held_signals():  # the renames and the run-log row happen together
-        written = rename_staged(staged)
-        append_run_log(run_log_path(out, symbol), log_row(fc.summary, written["summary"].name))
+    try:
+        staged = stage_files(out, _ordered(files))
+        with held_signals():  # the renames and the run-log row happen together
+            written = rename_staged(staged)
+            try:
+                append_run_log(run_log_path(out, symbol), log_row(fc.summary, written["summary"].name))
+            except OSError as exc:
+                exc.renamed = list(written.values())  # type: ignore[attr-defined]
+                raise
+            if done is not None:
+                done.append(written)
+    except OSError as exc:
+        raise PublishError(out, exc) from None
     return written
+
+
+class PublishError(SettingsError):
+    """The output folder refused the run's files while they were written (exit 2). ``left`` names what the run
+    did leave (the renames are in a fixed order, so a failure part-way leaves a prefix of them); empty when
+    nothing was."""
+
+    def __init__(self, out: Path, exc: OSError) -> None:
+        self.left: list[str] = [p.name for p in getattr(exc, "renamed", [])]
+        reason = exc.strerror or str(exc)
+        where = f"{exc.filename}: " if exc.filename else ""
+        left = f"; it had already written {', '.join(self.left)}" if self.left else ""
+        super().__init__(f"config key 'out': {out} cannot take the run's files ({where}{reason}){left}")
 
 
 def _ordered(files: dict) -> dict:

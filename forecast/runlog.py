@@ -10,6 +10,7 @@ import csv
 import datetime as dt
 import fcntl
 import io
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,8 +21,11 @@ import pandas as pd
 
 from forecast.artifacts import FILE_MODE, format_number
 
-# Run log columns, in file order. Changing this list changes the header, and an existing log with another
-# header is then refused (RunLogSchemaError) before the run writes anything: move it aside.
+log = logging.getLogger(__name__)
+
+# Run log columns, in file order. New columns go at the end only: a log started under an older version (its
+# header a prefix of this list, at least through summary_file) keeps its own columns and still takes rows; any
+# other header is refused (RunLogSchemaError) before the run writes anything: move it aside.
 RUN_LOG_COLUMNS: tuple[str, ...] = (
     "asof", "last_bar", "symbol", "now_close", "horizon_min", "n_samples",
     "p_up", "p_up_cal", "exp_ret", "p10_end", "p50_end", "p90_end",
@@ -29,7 +33,9 @@ RUN_LOG_COLUMNS: tuple[str, ...] = (
     "drawdown_p90", "runup_p90", "p_vol_exceeds_recent",
     "model", "device", "seed", "runtime_s", "summary_file",
     "market_open", "feed", "delayed", "filled_bars",
+    "bad_bars", "filled_max_window",
 )
+OLDEST_HEADER = RUN_LOG_COLUMNS.index("summary_file") + 1  # the first version's columns
 
 
 class RunLogSchemaError(ValueError):
@@ -58,7 +64,8 @@ def log_row(summary: dict[str, Any], summary_file: str) -> dict[str, Any]:
         "model": summary["model"]["model"], "device": summary["model"]["device"], "seed": summary["seed"],
         "runtime_s": summary["timings_s"].get("total"), "summary_file": summary_file,
         "market_open": summary.get("market_open"), "feed": data.get("feed"), "delayed": data.get("delayed"),
-        "filled_bars": data.get("filled_count"),
+        "filled_bars": data.get("filled_count"), "bad_bars": data.get("bad_bars"),
+        "filled_max_window": data.get("filled_max_window"),
     }
 
 
@@ -76,41 +83,47 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def check_run_log(log_path: str | os.PathLike[str]) -> None:
-    """Raise RunLogSchemaError when an existing log cannot take our rows; a missing or empty file is fine.
-    Runs before a forecast writes anything."""
+def check_run_log(log_path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The columns an existing log takes (RUN_LOG_COLUMNS, or an older version's prefix of them); raise
+    RunLogSchemaError when it cannot take our rows. A missing or empty file takes every column. Runs before a
+    forecast writes anything."""
     path = Path(log_path)
     try:
         with open(path, "rb") as fh:
             first = fh.readline().decode("utf-8", errors="replace")
     except FileNotFoundError:
-        return
+        return RUN_LOG_COLUMNS
     except OSError as exc:
         raise RunLogSchemaError(f"run log {path} cannot be read: {exc.strerror}") from None
     if not first:
-        return
-    fields = next(csv.reader([first.rstrip("\r\n")]), [])
-    if tuple(f.strip() for f in fields) != RUN_LOG_COLUMNS:
+        return RUN_LOG_COLUMNS
+    fields = tuple(f.strip() for f in next(csv.reader([first.rstrip("\r\n")]), []))
+    if len(fields) < OLDEST_HEADER or fields != RUN_LOG_COLUMNS[:len(fields)]:
         raise RunLogSchemaError(f"run log {path} has another header ({len(fields)} columns, expected "
                                 f"{len(RUN_LOG_COLUMNS)}: {','.join(RUN_LOG_COLUMNS[:3])},...); move it aside and rerun")
+    if len(fields) < len(RUN_LOG_COLUMNS):
+        log.info("run log %s has an older header: it does not record %s (move it aside to start a full one)",
+                 path, ", ".join(RUN_LOG_COLUMNS[len(fields):]))
+    return fields
 
 
 def append_run_log(log_path: str | os.PathLike[str], row: Mapping[str, Any]) -> None:
-    """Append one run as a CSV row with the RUN_LOG_COLUMNS header (written when the file is new or empty).
+    """Append one run as a CSV row with the RUN_LOG_COLUMNS header (written when the file is new or empty); a
+    log with an older header gets the row in its own columns.
 
     Unknown keys raise ValueError (a typo must not silently lose a value); missing keys are written empty."""
     unknown = sorted(set(row) - set(RUN_LOG_COLUMNS))
     if unknown:
         raise ValueError(f"unknown run log keys {unknown}; allowed: {list(RUN_LOG_COLUMNS)}")
-    line = _csv_line([_cell(row.get(c)) for c in RUN_LOG_COLUMNS])
     fd = os.open(log_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
         if size == 0:
-            data = _csv_line(RUN_LOG_COLUMNS) + line
+            data = _csv_line(RUN_LOG_COLUMNS) + _csv_line([_cell(row.get(c)) for c in RUN_LOG_COLUMNS])
         else:
-            check_run_log(log_path)
+            columns = check_run_log(log_path)
+            line = _csv_line([_cell(row.get(c)) for c in columns])
             last = os.pread(fd, 1, size - 1)
             data = line if last == b"\n" else "\n" + line  # a spreadsheet may drop the final newline
         encoded = data.encode("utf-8")

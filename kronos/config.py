@@ -33,6 +33,10 @@ class PredictorConfig:
     learn_te: bool = True
 
 
+# The largest value of each size field a Kronos network plausibly has (the published base model uses 832, 12
+# layers, 16 heads, 2048, 10 bits): beyond these a config is corrupt, and building it would exhaust memory.
+LIMITS = {"d_model": 16384, "n_heads": 256, "ff_dim": 65536, "n_layers": 256, "n_enc_layers": 64,
+          "n_dec_layers": 64, "s1_bits": 20, "s2_bits": 20}
 DEP_HEADS = 4  # the dependency-aware layer's head count is fixed upstream, not in config.json
 D_IN = 6  # open, high, low, close, volume, amount
 
@@ -49,6 +53,9 @@ def _check_types(cls: type, raw: dict[str, Any], where: str, kind: str) -> None:
                 raise CheckpointError(f"{where}: field {f.name!r} must be true or false, got {value!r}")
         elif isinstance(value, bool) or not isinstance(value, int) or value < 1:  # bool is an int in Python
             raise CheckpointError(f"{where}: field {f.name!r} must be a positive integer, got {value!r}")
+        elif value > LIMITS.get(f.name, value):
+            raise CheckpointError(f"{where}: field {f.name!r} is {value}, beyond any Kronos network (at most "
+                                  f"{LIMITS[f.name]}); the config is corrupt")
 
 
 def _check_heads(d_model: int, n_heads: int, prefix: str, where: str) -> None:

@@ -2,11 +2,13 @@
 pair and load it without random initialisation. Every failure is a one-line CheckpointError naming the file."""
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -71,7 +73,9 @@ def _hub_file(repo_id: str, filename: str, revision: str | None) -> str:
     cache_dir = os.path.expanduser(os.environ.get("HF_HUB_CACHE", "")) or constants.HF_HUB_CACHE
     offline = _env_true("HF_HUB_OFFLINE") or constants.HF_HUB_OFFLINE
     try:
-        return hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, local_files_only=offline)
+        with _quiet_hub():
+            return hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
+                                   local_files_only=offline)
     except Exception as exc:  # hub errors have many types (HTTP, offline, missing entry, bad id)
         pin = f" at revision {revision}" if revision else ""
         hint = (f"Looked in the hub cache at {cache_dir}. " +
@@ -80,6 +84,19 @@ def _hub_file(repo_id: str, filename: str, revision: str | None) -> str:
                  "or pass a local directory holding config.json and model.safetensors."))
         raise CheckpointError(one_line(f"cannot get {filename} of {repo_id}{pin}: {type(exc).__name__}: {exc}. "
                                        f"{hint}")) from exc
+
+
+@contextlib.contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """huggingface_hub logs a warning for every retry of a failed request; the failure itself is reported once,
+    as our CheckpointError, so its warnings are held back meanwhile."""
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_log.setLevel(level)
 
 
 def read_weights(net: nn.Module, weights_path: Path) -> dict[str, torch.Tensor]:
@@ -96,10 +113,11 @@ def read_weights(net: nn.Module, weights_path: Path) -> dict[str, torch.Tensor]:
     unexpected = sorted(k for k in set(tensors) - set(expected) if not k.endswith(DERIVED_SUFFIXES))
     wrong = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs network {tuple(v.shape)}"
              for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
-    problems = ([f"missing tensor {k}" for k in missing] + [f"unexpected tensor {k}" for k in unexpected] +
-                [f"mis-shaped tensor {w}" for w in wrong])
+    problems = ([f"mis-shaped tensor {w}" for w in wrong] + [f"missing tensor {k}" for k in missing] +
+                [f"unexpected tensor {k}" for k in unexpected])
     if problems:
-        raise CheckpointError(f"{weights_path} does not fit {type(net).__name__}: " + "; ".join(problems))
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise CheckpointError(f"{weights_path} does not fit {type(net).__name__}: " + "; ".join(problems[:3]) + more)
     for name in expected:
         t = tensors[name]
         if not t.is_floating_point():
@@ -112,8 +130,12 @@ def read_weights(net: nn.Module, weights_path: Path) -> dict[str, torch.Tensor]:
 def build(cls: type[nn.Module], cfg: Any, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """Construct on the meta device (no random initialisation), adopt the checkpoint's tensors, fuse projections;
     on CPU in float32 the linear layers then run through oneDNN (see layers.Linear)."""
-    with torch.device("meta"):
-        net = cls(cfg)
+    try:
+        with torch.device("meta"):
+            net = cls(cfg)
+    except (RuntimeError, ValueError, OverflowError, MemoryError) as exc:
+        raise CheckpointError(one_line(f"{ckpt.config_path}: the network it describes cannot be built: {exc}")) \
+            from None
     weights = read_weights(net, ckpt.weights_path)
     state = {k: t.to(device=device, dtype=dtype) for k, t in weights.items()}
     net.load_state_dict(state, strict=True, assign=True)

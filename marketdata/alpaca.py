@@ -141,7 +141,7 @@ class AlpacaBarSource:
         )
         self._pages = 0
         barset = self._call(lambda: self._get_client().get_stock_bars(request), feed)
-        frame = _barset_frame(barset, symbol)
+        frame = self._call(lambda: _barset_frame(barset, symbol), feed)
         return frame[(frame.index >= start) & (frame.index < end)]
 
     def _call(self, fn: Any, feed: str) -> Any:
@@ -159,9 +159,9 @@ class AlpacaBarSource:
         except requests.exceptions.RequestException as exc:
             raise DataSourceError(f"cannot reach Alpaca ({type(exc).__name__}): "
                                   f"{first_line(exc)[:200]}") from None
-        except (ValueError, TypeError, KeyError) as exc:
-            # JSON decode errors and pydantic validation errors are ValueErrors; a body that is not an
-            # object fails inside the client with TypeError/KeyError.
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            # JSON decode errors and pydantic validation errors are ValueErrors; a body of the wrong shape
+            # ("bars" a list or null, a bar that is not an object) fails inside the client with the others.
             raise DataSourceError(f"malformed response from Alpaca ({type(exc).__name__}): "
                                   f"{first_line(exc)[:200]}") from None
 

@@ -24,6 +24,8 @@ from zoneinfo import ZoneInfo
 import exchange_calendars as xcals
 import pandas as pd
 
+from marketdata.frame import DataError
+
 NY = ZoneInfo("America/New_York")
 ONE_MINUTE = pd.Timedelta(minutes=1)
 # Far enough back for the 2013 Lean sample data; exchange_calendars' default start is only 20 years back.
@@ -136,6 +138,7 @@ def recent_sessions(asof: TimeLike, days: int, rth: bool = True) -> list[pd.Time
     if days < 1:
         raise ValueError(f"days must be >= 1, got {days}")
     t = to_utc(asof)
+    check_covered(t)
     cal = xnys()
     last_day = ny_date(t)
     # A week has at least 3 sessions even around Christmas/New Year, so 3 calendar days per session is plenty.
@@ -144,6 +147,20 @@ def recent_sessions(asof: TimeLike, days: int, rth: bool = True) -> list[pd.Time
     labels = cal.sessions_in_range(first_day, last_day)
     started = [pd.Timestamp(s) for s in labels if session_window(s, rth)[0] <= t]
     return started[-days:]
+
+
+class OutsideCalendar(DataError):
+    """An instant outside the range the XNYS calendar covers (bad input: exit 2)."""
+
+
+def check_covered(t: pd.Timestamp) -> None:
+    """Raise OutsideCalendar, in our words, for an instant whose New York date the calendar does not cover."""
+    cal = xnys()
+    day = ny_date(t)
+    if day < cal.first_session or day > cal.last_session:
+        raise OutsideCalendar(f"{t.isoformat()} is outside the market calendar, which covers "
+                              f"{cal.first_session.date()} to {cal.last_session.date()} (XNYS); use a time "
+                              "inside that range")
 
 
 def next_bar_starts(last_bar_start: TimeLike, n: int, rth: bool = True) -> pd.DatetimeIndex:

@@ -36,6 +36,9 @@ def read_bars_file(path: str | Path, tz: str = "auto", label: str = "auto") -> p
 
     tz: how naive timestamps are read.  "auto" = UTC (Alpaca, Polygon and most APIs export UTC); pass an IANA
         name such as "America/New_York" for wall-clock files.  Aware timestamps are kept as given (tz ignored).
+        Under "auto", a file of 30 bars or more whose naive times, read as UTC, put most of its volume (of its
+        bars when it has none) outside the XNYS regular sessions, while another common zone would put 80 % or
+        more inside, is a DataError naming that zone and csv_tz (see _check_naive_utc).
     label: "start" (bar labelled by its first minute, our convention), "end" (labelled by its closing minute;
         shifted back 1 minute), or "auto": end-labelled when, over the file's XNYS sessions, more sessions have
         a bar at the regular close minute (16:00 ET, 13:00 on half days) but none at the open minute (09:30 ET)
@@ -45,14 +48,14 @@ def read_bars_file(path: str | Path, tz: str = "auto", label: str = "auto") -> p
 
     Rows may come in any order (they are sorted; a debug log says so).  Duplicate timestamps, unparseable
     times, times not on whole minutes, NaN/non-numeric or non-positive prices, NaN/negative volume and an
-    empty file raise DataError.  Bars with high < low or open/close outside [low, high] are kept (vendors do
-    emit them after late-trade corrections); their number is logged as a warning and stored in
-    frame.attrs["inconsistent_bars"].
+    empty file raise DataError.  Bars with high < low or open/close outside [low, high] are kept here (their
+    number is logged as a warning and stored in frame.attrs["inconsistent_bars"]); preparing a context treats
+    them as bad bars (marketdata.quality).
     """
     p = Path(path)
     raw = _read_table(p)
     cols = {str(c).strip().lower(): c for c in raw.columns}
-    times = _parse_times(_time_column(raw, cols, p), p, tz)
+    times, naive = _parse_times(_time_column(raw, cols, p), p, tz)
     out = pd.DataFrame(index=pd.DatetimeIndex(times, name="timestamp"))
     _check_single_symbol(raw, cols, p)
     for name in COLUMNS:
@@ -66,6 +69,8 @@ def read_bars_file(path: str | Path, tz: str = "auto", label: str = "auto") -> p
         else:
             out[name] = _numeric(raw[src], p, str(src))
     _check_values(out, p)
+    if naive and tz == "auto":
+        _check_naive_utc(out, p)
     out = _apply_label(out, label, p)
     out = _sort_unique(out, p)
     out = canonical(out)
@@ -113,7 +118,8 @@ def _row_ref(p: Path, pos: int) -> str:
     return f"data row {pos + 1} (line {pos + 2})"
 
 
-def _parse_times(col: pd.Series, p: Path, tz: str) -> pd.DatetimeIndex:
+def _parse_times(col: pd.Series, p: Path, tz: str) -> tuple[pd.DatetimeIndex, bool]:
+    """The times as UTC, and whether they were naive (localized in ``tz``)."""
     if pd.api.types.is_datetime64_any_dtype(col):
         parsed = pd.DatetimeIndex(col)
     elif pd.api.types.is_numeric_dtype(col) or col.astype(str).str.fullmatch(r"\d{9,19}").all():
@@ -123,7 +129,8 @@ def _parse_times(col: pd.Series, p: Path, tz: str) -> pd.DatetimeIndex:
     bad = np.flatnonzero(pd.isna(parsed))
     if len(bad):
         raise DataError(f"{p}: unparseable time {col.iloc[bad[0]]!r} at {_row_ref(p, int(bad[0]))}")
-    if parsed.tz is None:
+    naive = parsed.tz is None
+    if naive:
         zone = "UTC" if tz == "auto" else tz
         try:
             parsed = parsed.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
@@ -137,7 +144,54 @@ def _parse_times(col: pd.Series, p: Path, tz: str) -> pd.DatetimeIndex:
     off = np.flatnonzero(parsed != parsed.floor("min"))
     if len(off):
         raise DataError(f"{p}: time {col.iloc[off[0]]!r} at {_row_ref(p, int(off[0]))} is not on a whole minute")
-    return parsed
+    return parsed, naive
+
+
+# Zones a wall-clock bars file is likely written in, most likely first (ties go to the first).
+ZONE_GUESSES = ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles", "Europe/London",
+                "Europe/Berlin", "Asia/Tokyo", "Asia/Hong_Kong", "Australia/Sydney")
+INSIDE_MIN = 0.5   # read as UTC, at least this share of the volume must fall inside regular sessions...
+GUESS_MIN = 0.8    # ...or the file stops when another zone puts at least this share inside
+ZONE_MIN_BARS = 30  # fewer bars say too little about their zone
+
+
+def regular_share(index: pd.DatetimeIndex, weights: np.ndarray) -> float:
+    """The share of ``weights`` (volume, or 1 per bar) whose bar starts lie inside an XNYS regular session."""
+    cal = mcal.xnys()
+    schedule = cal.schedule
+    opens = schedule["open"].to_numpy(dtype="datetime64[ns]")
+    closes = schedule["close"].to_numpy(dtype="datetime64[ns]")
+    t = pd.DatetimeIndex(index).tz_convert("UTC").tz_localize(None).to_numpy(dtype="datetime64[ns]")
+    i = np.searchsorted(opens, t, side="right") - 1
+    inside = (i >= 0) & (t < closes[np.clip(i, 0, None)])
+    total = float(weights.sum())
+    return float(weights[inside].sum()) / total if total > 0 else 0.0
+
+
+def _check_naive_utc(out: pd.DataFrame, p: Path) -> None:
+    """Naive times read as UTC (csv_tz auto) that put most of the file's volume outside the regular sessions,
+    while another zone would put nearly all of it inside, are a zone mistake: forecasting from them would fill
+    most of the context, or take "now" from a bar hours away from the real instant."""
+    if len(out) < ZONE_MIN_BARS:
+        return
+    volume = out["volume"].to_numpy(np.float64)
+    weights = volume if volume.sum() > 0 else np.ones(len(out))
+    as_utc = regular_share(out.index, weights)
+    if as_utc >= INSIDE_MIN:
+        return
+    wall = out.index.tz_localize(None)
+    best, best_share = None, as_utc
+    for zone in ZONE_GUESSES:
+        local = wall.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
+        ok = ~pd.isna(local)
+        share = regular_share(local[ok], weights[ok]) * float(weights[ok].sum()) / float(weights.sum())
+        if share > best_share + 1e-9:
+            best, best_share = zone, share
+    if best is not None and best_share >= GUESS_MIN:
+        what = "volume" if volume.sum() > 0 else "bars"
+        raise DataError(f"{p}: read as UTC (csv_tz auto), {1 - as_utc:.0%} of its {what} falls outside the "
+                        f"regular sessions; its naive times look like {best} wall-clock times "
+                        f"({best_share:.0%} inside): set csv_tz: {best} (or --csv-tz {best})")
 
 
 def _parse_epoch(values: pd.Series) -> pd.DatetimeIndex:

@@ -9,9 +9,12 @@ import pandas as pd
 
 from marketdata import calendar as mcal
 from marketdata.frame import COLUMNS, ONE_MINUTE, DataError, canonical, empty_frame, fill_minutes
+from marketdata.quality import BarRules, find_bad_bars
 
 DEFAULT_RECENT_WINDOW = 30
 DEFAULT_MAX_RECENT_FILLED = 10
+BAD_BAR_POLICIES = ("fill", "skip")
+SHOWN_BAD_BARS = 3  # bad bars described one by one in the info (all are counted)
 
 
 @dataclass
@@ -31,9 +34,14 @@ class PrepareInfo:
     recent_window: int
     max_recent_filled: int
     leading_missing: int              # window minutes before each session's first real bar (left out)
-    dropped_unclosed: int             # input bars not closed by asof (the forming bar, or later in a replay)
+    dropped_unclosed: int             # the bar still forming at asof (started before it, closes after it)
     dropped_outside: int              # closed input bars outside the chosen sessions' windows
     skip_reason: Optional[str]
+    after_asof: int = 0               # input bars starting at or after asof (a replay's future): never used
+    filled_max_window: int = 0        # most gap fills among any `recent_window` consecutive bars of the context
+    bad_bars: int = 0                 # bars a market cannot print (marketdata.quality), dropped and filled
+    bad_bar_policy: str = "fill"
+    bad_bar_details: list[str] = field(default_factory=list)  # the first few, "time what"
     filled_index: pd.DatetimeIndex = field(repr=False, default_factory=lambda: empty_frame().index)
 
     def to_dict(self) -> dict[str, Any]:
@@ -42,10 +50,24 @@ class PrepareInfo:
         d.pop("filled_index")
         return d
 
+    def notes(self) -> list[str]:
+        """What the reader of a forecast must know about its data: bad bars replaced, stretches of fills."""
+        out = []
+        if self.bad_bars:
+            more = f" (and {self.bad_bars - len(self.bad_bar_details)} more)" \
+                if self.bad_bars > len(self.bad_bar_details) else ""
+            out.append(f"{self.bad_bars} bad bar(s) replaced by gap fills: {'; '.join(self.bad_bar_details)}{more}")
+        if self.filled_max_window > self.max_recent_filled:
+            out.append(f"the context holds a stretch with {self.filled_max_window} gap fills in "
+                       f"{self.recent_window} bars (more than max_recent_filled {self.max_recent_filled}); the "
+                       "model sees flat bars there")
+        return out
+
 
 def prepare_bars(frame: pd.DataFrame, asof: mcal.TimeLike, days: int = 3, rth: bool = True,
                  max_recent_filled: int = DEFAULT_MAX_RECENT_FILLED,
-                 recent_window: int = DEFAULT_RECENT_WINDOW) -> tuple[pd.DataFrame, PrepareInfo]:
+                 recent_window: int = DEFAULT_RECENT_WINDOW, rules: BarRules | None = BarRules(),
+                 bad_bars: str = "fill") -> tuple[pd.DataFrame, PrepareInfo]:
     """Closed bars of the last `days` sessions that started by asof, with gaps filled.
 
     * A bar counts only when closed: start + 1 min <= asof.  asof is "now" live, or a past instant in a replay.
@@ -54,9 +76,12 @@ def prepare_bars(frame: pd.DataFrame, asof: mcal.TimeLike, days: int = 3, rth: b
       (past sessions) or the last closed minute (the current session), a missing minute gets the previous
       bar's close as open = high = low = close and volume 0.  Minutes before a session's first real bar are
       not invented: they are left out and counted in leading_missing.
+    * Bad bars (marketdata.quality, with ``rules``; None turns the check off): with ``bad_bars`` "fill" they
+      are dropped and their minutes filled by the same rule, counted in bad_bars; with "skip" they set
+      skip_reason.
     * skip_reason (the CLI skips cleanly when it is set): no closed bars at all; the current session has
       closed minutes but no bar (stale data); or more than max_recent_filled of the last recent_window bars
-      are fills.
+      are fills; bad bars under "skip".
     Returns a canonical frame and a PrepareInfo.
     """
     _check_canonical(frame)
@@ -68,11 +93,19 @@ def prepare_bars(frame: pd.DataFrame, asof: mcal.TimeLike, days: int = 3, rth: b
     fills: list[pd.DatetimeIndex] = []
     empty: list[str] = []
     leading = kept = 0
+    reals = []
     for session in sessions:
         start, end = mcal.session_window(session, rth)
-        grid_end = min(end, t.floor("min"))
         real = closed[(closed.index >= start) & (closed.index < end)]
         kept += len(real)
+        reals.append(real)
+    bad = find_bad_bars(reals, rules, [_regular(r, s) for r, s in zip(reals, sessions)]) if rules else []
+    if bad and bad_bars == "fill":
+        drop = pd.DatetimeIndex([b.time for b in bad])
+        reals = [r[~r.index.isin(drop)] for r in reals]
+    for session, real in zip(sessions, reals):
+        start, end = mcal.session_window(session, rth)
+        grid_end = min(end, t.floor("min"))
         if real.empty:
             empty.append(session.date().isoformat())
             leading += len(mcal.minutes_between(start, grid_end))
@@ -85,17 +118,32 @@ def prepare_bars(frame: pd.DataFrame, asof: mcal.TimeLike, days: int = 3, rth: b
     filled_index = fills[0].append(fills[1:]) if fills else empty_frame().index
     recent = bars.index[-recent_window:] if recent_window > 0 else bars.index[:0]
     filled_recent = int(recent.isin(filled_index).sum())
+    is_fill = bars.index.isin(filled_index).astype(int)
+    worst = int(pd.Series(is_fill).rolling(recent_window, min_periods=1).sum().max()) if len(bars) else 0
+    forming = (frame.index < t) & ~closed_mask
     info = PrepareInfo(
         asof=t.isoformat(), rth=rth, sessions=[s.date().isoformat() for s in sessions], empty_sessions=empty,
         first_bar=bars.index[0].isoformat() if len(bars) else None,
         last_bar=bars.index[-1].isoformat() if len(bars) else None,
         bar_count=len(bars), real_count=len(bars) - len(filled_index), filled_count=len(filled_index),
         filled_recent=filled_recent, recent_window=recent_window, max_recent_filled=max_recent_filled,
-        leading_missing=leading, dropped_unclosed=int((~closed_mask).sum()), dropped_outside=len(closed) - kept,
-        skip_reason=None, filled_index=filled_index,
+        leading_missing=leading, dropped_unclosed=int(forming.sum()), dropped_outside=len(closed) - kept,
+        skip_reason=None, after_asof=int((frame.index >= t).sum()), filled_max_window=worst,
+        bad_bars=len(bad), bad_bar_policy=bad_bars, bad_bar_details=[b.describe() for b in bad[:SHOWN_BAD_BARS]],
+        filled_index=filled_index,
     )
     info.skip_reason = _skip_reason(info, sessions, t, rth)
+    if bad and bad_bars == "skip":
+        more = f" and {len(bad) - SHOWN_BAD_BARS} more" if len(bad) > SHOWN_BAD_BARS else ""
+        info.skip_reason = (f"{len(bad)} bad bar(s) in the context (bad_bars: skip): "
+                            f"{'; '.join(info.bad_bar_details)}{more}")
     return bars, info
+
+
+def _regular(real: pd.DataFrame, session: pd.Timestamp) -> pd.Series:
+    # the regular-hours bars of a session: their median volume is the reference for absurd volume
+    start, end = mcal.session_window(session, True)
+    return pd.Series((real.index >= start) & (real.index < end), index=real.index)
 
 
 def _check_canonical(frame: pd.DataFrame) -> None:

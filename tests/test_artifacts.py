@@ -257,3 +257,17 @@ def test_run_log_concurrent_appends(tmp_path: Path) -> None:
     assert rows[0] == list(runlog.RUN_LOG_COLUMNS)
     seeds = sorted(int(r[runlog.RUN_LOG_COLUMNS.index("seed")]) for r in rows[1:])
     assert seeds == sorted(i * 100 + k for i in range(4) for k in range(20))
+
+
+def test_run_log_of_an_older_version_keeps_its_columns(tmp_path: Path) -> None:
+    """A log started before the last columns were added still takes rows (in its own columns) and reads."""
+    old = runlog.RUN_LOG_COLUMNS[:runlog.OLDEST_HEADER]
+    log = tmp_path / "runs.csv"
+    log.write_text(",".join(old) + "\r\n" + ",".join(["2025-05-01T14:00:00Z", "", "QQQ", "500", "30", "10", "0.5"]
+                                                      + [""] * (len(old) - 7)) + "\r\n")
+    runlog.append_run_log(log, {"asof": "2025-05-01T14:01:00Z", "symbol": "QQQ", "now_close": 501,
+                                "horizon_min": 30, "p_up": 0.6, "bad_bars": 2})
+    rows = _read_csv(log)
+    assert rows[0] == list(old) and len(rows) == 3 and all(len(r) == len(old) for r in rows)
+    frame = runlog.read_run_log(log)
+    assert frame["p_up"].tolist() == [0.5, 0.6] and "bad_bars" not in frame.columns

@@ -1,6 +1,7 @@
 """The forecast CLI end to end: CSV bars + a random-weight local checkpoint -> real files, exit codes, no leftovers.
 
-Numbers in the summary are checked against the paths CSV the run wrote, recomputed here with numpy.
+Numbers in the summary are checked against the paths CSV the run wrote, recomputed here with numpy. The bad-input
+contract (every failure's code, line and files) is one table in test_bad_inputs.py.
 """
 import csv
 import json
@@ -15,7 +16,6 @@ import pytest
 
 import cli_kronos_prob_qqq as cli
 from app.exits import ExitCode
-from app.operation import run_lock
 from kronos_checkpoints import write_checkpoint_pair
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,40 +159,6 @@ def test_event_quiet_window_flags_or_skips(mini_checkpoint, bars_csv, tmp_path):
     assert code == ExitCode.SKIPPED
 
 
-def test_second_run_exits_at_once_when_locked(mini_checkpoint, bars_csv, tmp_path):
-    out = tmp_path / "out"
-    with run_lock(out / ".run_QQQ.lock"):
-        code = cli.main(args_for(mini_checkpoint, bars_csv, out, "--asof", "2025-06-04T15:00:00Z"))
-    assert code == ExitCode.LOCKED
-    assert not list(out.glob("pred_summary_*"))
-
-
-def test_time_budget_stops_the_run_without_files(checkpoint, bars_csv, tmp_path):
-    out = tmp_path / "out"
-    code = cli.main(args_for(checkpoint, bars_csv, out, "--asof", "2025-06-04T15:00:00Z", "--time-budget", "0.05"))
-    assert code == ExitCode.TIME_BUDGET
-    assert not list(out.glob("*.json")) and not list(out.glob("*.csv")) and not list(out.glob("*.tmp*"))
-
-
-@pytest.mark.parametrize("content, words", [
-    ("", "empty"),
-    ("timestamp,open,high,low,close,volume\n", "no"),
-    ("timestamp,open,high,low,close,volume\n2025-06-04T14:00:00Z,1,2,0.5,nan,10\n", "NaN"),
-    ("timestamp,open,high,low,close,volume\n2025-06-04T14:00:00Z,1,2,0.5,1,10\n2025-06-04T14:00:00Z,1,2,0.5,1,10\n",
-     "duplicate"),
-    ("when,open,high,low,close,volume\n2025-06-04T14:00:00Z,1,2,0.5,1,10\n", "timestamp"),
-])
-def test_bad_bars_file_is_a_clean_input_error(mini_checkpoint, tmp_path, caplog, content, words):
-    bars = tmp_path / "bad.csv"
-    bars.write_text(content)
-    out = tmp_path / "out"
-    code = cli.main(args_for(mini_checkpoint, bars, out, "--asof", "2025-06-04T15:00:00Z"))
-    assert code == ExitCode.BAD_INPUT
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1 and words.lower() in errors[0].lower() and "\n" not in errors[0]
-    assert not list(out.glob("pred_summary_*"))
-
-
 def test_unsorted_file_is_accepted(mini_checkpoint, tmp_path):
     bars = tmp_path / "shuffled.csv"
     synthetic_bars().sample(frac=1.0, random_state=1).to_csv(bars, index=False)
@@ -203,25 +169,6 @@ def test_unsorted_file_is_accepted(mini_checkpoint, tmp_path):
         synthetic_bars().set_index("timestamp").loc["2025-06-04T14:59:00Z", "close"])
 
 
-def test_too_many_recent_gaps_skip(mini_checkpoint, tmp_path):
-    frame = synthetic_bars()
-    # drop 12 of the last 30 minutes before 15:00Z on 2025-06-04
-    drop = [f"2025-06-04T14:{m:02d}:00Z" for m in range(31, 59, 2)][:12]
-    frame[~frame["timestamp"].isin(drop)].to_csv(tmp_path / "gappy.csv", index=False)
-    code = cli.main(args_for(mini_checkpoint, tmp_path / "gappy.csv", tmp_path / "out",
-                             "--asof", "2025-06-04T15:00:00Z"))
-    assert code == ExitCode.SKIPPED
-
-
-def test_bad_config_and_arguments(mini_checkpoint, bars_csv, tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("horizon: [1, 2\n")
-    assert cli.main(args_for(mini_checkpoint, bars_csv, tmp_path / "o1", "--config", bad)) == ExitCode.BAD_INPUT
-    assert cli.main(args_for(mini_checkpoint, bars_csv, tmp_path / "o2", "--asof", "yesterday")) == ExitCode.BAD_INPUT
-    assert cli.main(args_for(mini_checkpoint, bars_csv, tmp_path / "o3", "--temperature", "0")) == ExitCode.BAD_INPUT
-    assert not (tmp_path / "o1").exists() and not (tmp_path / "o3").exists()
-
-
 def test_cuda_without_a_gpu_is_a_clean_config_error(mini_checkpoint, bars_csv, tmp_path, caplog, monkeypatch):
     import torch
 
@@ -230,23 +177,6 @@ def test_cuda_without_a_gpu_is_a_clean_config_error(mini_checkpoint, bars_csv, t
                              "--device", "cuda"))
     assert code == ExitCode.BAD_INPUT
     assert "sees no CUDA GPU" in caplog.records[-1].getMessage()
-
-
-def test_missing_or_mismatched_checkpoint_is_a_model_error(mini_checkpoint, checkpoint, bars_csv, tmp_path, caplog):
-    out = tmp_path / "out"
-    missing = cli.main(args_for((tmp_path / "nope", mini_checkpoint[1]), bars_csv, out,
-                                "--asof", "2025-06-04T15:00:00Z"))
-    assert missing == ExitCode.MODEL
-    # A Kronos-small config.json beside mini-shaped weights: the tensors do not fit the network it describes.
-    franken = tmp_path / "franken"
-    franken.mkdir()
-    (franken / "config.json").write_bytes((checkpoint[0] / "config.json").read_bytes())
-    (franken / "model.safetensors").write_bytes((mini_checkpoint[0] / "model.safetensors").read_bytes())
-    mismatch = cli.main(args_for((franken, mini_checkpoint[1]), bars_csv, out, "--asof", "2025-06-04T15:00:00Z"))
-    assert mismatch == ExitCode.MODEL
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert "does not exist" in errors[0] and "mis-shaped tensor" in errors[1]
-    assert not list(out.glob("pred_summary_*"))
 
 
 def test_plot_flag_writes_a_png(mini_checkpoint, bars_csv, tmp_path):
