@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,24 @@ import torch
 from torch import nn
 
 WEIGHTS, CONFIG, STATE = "model.safetensors", "config.json", "state.pt"
+
+
+@dataclass
+class Layout:
+    """What a saved copy keeps from its source checkpoint: config.json (the constructor arguments, unchanged)
+    and the deterministic buffers upstream stores beside the weights (rotary frequencies, quantiser bases)."""
+    config: dict[str, Any]
+    derived: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, config: dict[str, Any], weights_path: Path) -> "Layout":
+        from safetensors import safe_open
+
+        from kronos.loading import DERIVED_SUFFIXES
+
+        with safe_open(str(weights_path), framework="pt") as f:
+            derived = {k: f.get_tensor(k) for k in f.keys() if k.endswith(DERIVED_SUFFIXES)}
+        return cls(config, derived)
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -40,29 +59,29 @@ def fresh_tmp(final: Path) -> Path:
     return tmp
 
 
-def write_network(folder: Path, net: nn.Module, config: dict[str, Any]) -> None:
-    """config.json (the source checkpoint's constructor arguments, unchanged) + model.safetensors (float32)."""
+def write_network(folder: Path, net: nn.Module, layout: Layout) -> None:
+    """config.json + model.safetensors (float32) in the source checkpoint's layout."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
-    (folder / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    save_file({**layout.derived, **state}, str(folder / WEIGHTS), metadata={"format": "pt"})
+    (folder / CONFIG).write_text(json.dumps(layout.config, indent=2, sort_keys=True) + "\n")
 
 
-def save_published(final: Path, net: nn.Module, config: dict[str, Any]) -> Path:
+def save_published(final: Path, net: nn.Module, layout: Layout) -> Path:
     tmp = fresh_tmp(final)
-    write_network(tmp, net, config)
+    write_network(tmp, net, layout)
     replace_dir(tmp, final)
     return final
 
 
-def save_last(final: Path, predictor: nn.Module, pred_config: dict[str, Any], tokenizer: nn.Module | None,
-              tok_config: dict[str, Any] | None, state: dict[str, Any]) -> None:
+def save_last(final: Path, predictor: nn.Module, pred_layout: Layout, tokenizer: nn.Module | None,
+              tok_layout: Layout | None, state: dict[str, Any]) -> None:
     tmp = fresh_tmp(final)
-    write_network(tmp, predictor, pred_config)
-    if tokenizer is not None and tok_config is not None:
+    write_network(tmp, predictor, pred_layout)
+    if tokenizer is not None and tok_layout is not None:
         (tmp / "tokenizer").mkdir()
-        write_network(tmp / "tokenizer", tokenizer, tok_config)
+        write_network(tmp / "tokenizer", tokenizer, tok_layout)
     torch.save(state, tmp / STATE)
     replace_dir(tmp, final)
 

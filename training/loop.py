@@ -70,15 +70,15 @@ class Trainer:
     """Fine-tunes a predictor (and optionally its tokenizer) on the windows of the train split."""
 
     def __init__(self, predictor: nn.Module, tokenizer: nn.Module, splits: dict[str, Split], length: int,
-                 settings: TrainSettings, world: World, out: Path, pred_config: dict[str, Any],
-                 tok_config: dict[str, Any], train_tokenizer: bool, fingerprint: dict[str, Any]):
+                 settings: TrainSettings, world: World, out: Path, pred_layout: ck.Layout,
+                 tok_layout: ck.Layout, train_tokenizer: bool, fingerprint: dict[str, Any]):
         self.predictor, self.tokenizer, self.splits, self.length = predictor, tokenizer, splits, length
         self.s, self.world, self.out = settings, world, out
-        self.pred_config, self.tok_config, self.train_tokenizer = pred_config, tok_config, train_tokenizer
+        self.pred_layout, self.tok_layout, self.train_tokenizer = pred_layout, tok_layout, train_tokenizer
         self.fingerprint = fingerprint
         self.device = world.device
         self.pred_obj: nn.Module = PredictorObjective(predictor)
-        self.tok_obj: nn.Module | None = TokenizerObjective(tokenizer, tok_config) if train_tokenizer else None
+        self.tok_obj: nn.Module | None = TokenizerObjective(tokenizer, tok_layout.config) if train_tokenizer else None
         groups = [{"params": list(predictor.parameters()), "lr": settings.lr}]
         if train_tokenizer:
             groups.append({"params": list(tokenizer.parameters()), "lr": settings.tokenizer_lr})
@@ -172,14 +172,14 @@ class Trainer:
 
     def save_last(self) -> None:
         if self.world.main:
-            ck.save_last(self.out / "last", self.predictor, self.pred_config,
-                         self.tokenizer if self.train_tokenizer else None, self.tok_config, self.state())
+            ck.save_last(self.out / "last", self.predictor, self.pred_layout,
+                         self.tokenizer if self.train_tokenizer else None, self.tok_layout, self.state())
 
     def save_best(self) -> None:
         if self.world.main:
-            ck.save_published(self.out / "best", self.predictor, self.pred_config)
+            ck.save_published(self.out / "best", self.predictor, self.pred_layout)
             if self.train_tokenizer:
-                ck.save_published(self.out / "best_tokenizer", self.tokenizer, self.tok_config)
+                ck.save_published(self.out / "best_tokenizer", self.tokenizer, self.tok_layout)
 
     def after_step(self) -> None:
         """Called after every optimizer step (a seam for tests that interrupt a run)."""

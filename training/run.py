@@ -50,7 +50,8 @@ def check_context(cfg: Any) -> dict[str, Any]:
         raise SettingsError(f"a window of lookback + horizon = {cfg.lookback} + {cfg.horizon} bars is longer than "
                             f"the model's context of {context}: lower --lookback to at most "
                             f"{context - cfg.horizon}")
-    return {"model": m.config, "tokenizer": t.config, "context": context}
+    return {"model": m.config, "tokenizer": t.config, "context": context,
+            "model_layout": ck.Layout.of(m.config, m.weights_path), "tokenizer_layout": ck.Layout.of(t.config, t.weights_path)}
 
 
 def fingerprint(cfg: Any, splits: dict[str, Split]) -> dict[str, Any]:
@@ -66,11 +67,11 @@ def prepare(cfg: Any, out: Path, world: World, fresh: bool) -> tuple[Any, dict[s
     from training.data import load_training_bars
 
     check_output(out)
+    configs = check_context(cfg)  # reads the two config.json files only
     data = load_training_bars(cfg)
     length = cfg.lookback + cfg.horizon
     splits = build_splits(data.sessions, cfg.val_sessions, cfg.test_sessions, length, cfg.stride,
                           cfg.cross_sessions, cfg.time_label)
-    configs = check_context(cfg)
     if cfg.batch_size % world.size:
         raise ConfigError(f"config key 'batch_size' ({cfg.batch_size}) must be a multiple of the number of "
                           f"processes ({world.size})")
@@ -151,7 +152,8 @@ def train(cfg: Any, out: Path, fresh: bool = False, progress: bool = True) -> tu
     settings = TrainSettings(cfg.batch_size, cfg.lr, cfg.tokenizer_lr, cfg.weight_decay, cfg.warmup_steps,
                              cfg.max_steps, cfg.eval_every, cfg.eval_windows, cfg.patience, cfg.grad_clip, seed)
     trainer = Trainer(predictor, tokenizer, splits, cfg.lookback + cfg.horizon, settings, world, out,
-                      configs["model"], configs["tokenizer"], cfg.train_tokenizer, fingerprint(cfg, splits))
+                      configs["model_layout"], configs["tokenizer_layout"], cfg.train_tokenizer,
+                      fingerprint(cfg, splits))
     if ck.has_last(out):
         trainer.restore(ck.load_last(out / "last", predictor, tokenizer if cfg.train_tokenizer else None))
         log.info("resuming from %s at step %d", out / "last", trainer.step)
