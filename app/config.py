@@ -180,7 +180,8 @@ FINETUNE_KEYS: tuple[Key, ...] = (
     Key("ab_after_training", bool, True, "run the A/B backtest on the test sessions when training ends"),
     Key("ab_every", int, 30, "A/B backtest: minutes between origins", check=lambda v: 1 <= v <= 390, rule="1..390"),
     Key("ab_baselines", list, ["random_walk", "block_bootstrap"], "A/B backtest: baselines shown beside the "
-        "two Kronos checkpoints"),
+        "two Kronos checkpoints", check=lambda v: all(n in ("random_walk", "block_bootstrap", "garch") for n in v),
+        rule="a list of random_walk, block_bootstrap, garch"),
 )
 
 

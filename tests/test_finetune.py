@@ -229,3 +229,22 @@ def test_two_gloo_processes_equal_one_process(tiny, bars, tmp_path):
     assert not torch.equal(one["head.proj_s1.weight"], weights(tiny[0])["head.proj_s1.weight"])
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6)
+
+
+def test_tokenizer_fine_tuning_saves_a_loadable_pair(tiny, bars, tmp_path):
+    from kronos.loading import load_pair
+
+    out = tmp_path / "tok"
+    assert finetune.main(argv(tiny, bars, out, "--train-tokenizer", "--max-steps", "2", "--eval-every", "2")) == 0
+    trained_tok, source_tok = weights(out / "last" / "tokenizer"), weights(tiny[1])
+    assert not torch.equal(trained_tok["embed.weight"], source_tok["embed.weight"])
+    card = json.loads((out / "card.json").read_text())
+    assert card["best"]["tokenizer"] == str(out / "best_tokenizer")
+    load_pair(out / "best", out / "best_tokenizer")  # the published layout, both halves
+
+
+def test_readme_documents_the_finetune_keys():
+    from app.config import FINETUNE_KEYS, reference_table
+
+    text = (ROOT / "README.md").read_text()
+    assert reference_table(FINETUNE_KEYS) in text and text.index("## Fine-tuning") < text.index("## Limitations")

@@ -199,8 +199,9 @@ class Trainer:
             self.bad_evals += 1
         if self.bad_evals >= self.s.patience:
             self.stopped = "early_stopping"
-        log.info("step %d: validation loss %.5f (best %.5f at step %d)", self.step, val, self.best_val,
-                 self.best_step)
+        if self.world.main:
+            log.info("step %d: validation loss %.5f (best %.5f at step %d)", self.step, val, self.best_val,
+                     self.best_step)
 
     def run(self, progress: bool = True) -> dict[str, Any]:
         from tqdm import tqdm
