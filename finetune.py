@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fine-tune Kronos on your own minute bars, and keep it only if an A/B backtest on held-out sessions says so.
 
-    python finetune.py --csv bars.csv --model NeoQuasar/Kronos-small --lookback 360 --out outputs/ft
+    python finetune.py --csv bars.csv --model NeoQuasar/Kronos-small --lookback 240 --out outputs/ft
     python finetune.py --sessions 25 --out outputs/ft                       # the last 25 sessions from Alpaca
     torchrun --nproc-per-node 4 finetune.py --csv bars.csv --out outputs/ft # DistributedDataParallel
     python finetune.py --csv bars.csv --out outputs/ft --ab                 # only the A/B of OUT/best

@@ -8,7 +8,7 @@ gradient clipping, AdamW step).
 Each shape runs in a fresh subprocess so its peak memory is its own (CPU: peak RSS of the process; CUDA:
 torch.cuda.max_memory_allocated). A token is one predicted bar (window - 1 per window). Random weights come
 from tests/kronos_checkpoints.py (needs the test-only reference package). The fp32 matmul rate is measured in
-the same run, since this machine's varies by day.
+the same run, since this machine's varies by day; "floor" is the step's analytic matmul FLOPs divided by it.
 """
 from __future__ import annotations
 
@@ -24,6 +24,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+
+def training_flops(p, t, batch: int, window: int) -> float:
+    """Analytic matmul FLOPs of one training step: tokenizer encode (forward), predictor forward over window - 1
+    positions with the dual head and the teacher-forced dependency layer, times 3 for forward + backward."""
+    from kronos_flops import block, causal_attention
+
+    d, ff, bits, n = p.d_model, p.ff_dim, t.s1_bits + t.s2_bits, window - 1
+    encode = (2.0 * window * t.d_in * t.d_model + 2.0 * window * t.d_model * bits
+              + (t.n_enc_layers - 1) * (block(window, t.d_model, t.ff_dim) + causal_attention(window, t.d_model)))
+    forward = (2.0 * n * 2 * d * d + p.n_layers * (block(n, d, ff) + causal_attention(n, d))
+               + 2.0 * n * 4 * d * d + causal_attention(n, d) + 2.0 * n * d * (2**p.s1_bits + 2**p.s2_bits))
+    return batch * (encode + 3 * forward)
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -79,7 +92,8 @@ def worker(args: argparse.Namespace) -> None:
     peak = (torch.cuda.max_memory_allocated(device) if cuda
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     params = sum(p.numel() for p in predictor.parameters())
-    print(json.dumps({"shape": args.shape, "params": params, "step_s": min(times), "median_step_s": sorted(times)[len(times) // 2],
+    flops = training_flops(predictor.cfg, tokenizer.cfg, args.batch, args.window)
+    print(json.dumps({"shape": args.shape, "params": params, "gflop": flops / 1e9, "step_s": min(times), "median_step_s": sorted(times)[len(times) // 2],
                       "tokens_per_s": tokens / min(times), "peak_mib": peak / 2**20, "matmul_gflops": rate}))
 
 
@@ -104,12 +118,14 @@ def main() -> None:
         rows.append(json.loads(out.strip().splitlines()[-1]))
     print(f"fine-tuning step on {args.device} ({platform.processor() or platform.machine()}), batch {args.batch}, "
           f"window {args.window} bars, fp32{' + bf16 autocast' if args.device.startswith('cuda') else ''}")
-    print("| shape | parameters | step (best / median) | tokens/s | peak memory | fp32 matmul rate |")
-    print("|---|---|---|---|---|---|")
+    print("| shape | parameters | step (best / median) | tokens/s | peak memory | GFLOP/step | fp32 matmul rate "
+          "| best step / floor |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         rate = f"{r['matmul_gflops']:.0f} GFLOP/s" if r["matmul_gflops"] else "-"
+        floor = f"{r['step_s'] / (r['gflop'] / r['matmul_gflops']):.1f}x" if r["matmul_gflops"] else "-"
         print(f"| {r['shape']} | {r['params'] / 1e6:.1f} M | {r['step_s']:.2f} s / {r['median_step_s']:.2f} s | "
-              f"{r['tokens_per_s']:,.0f} | {r['peak_mib']:,.0f} MiB | {rate} |")
+              f"{r['tokens_per_s']:,.0f} | {r['peak_mib']:,.0f} MiB | {r['gflop']:.0f} | {rate} | {floor} |")
 
 
 if __name__ == "__main__":
