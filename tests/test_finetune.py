@@ -247,3 +247,41 @@ def test_readme_documents_the_finetune_keys():
 
     text = (ROOT / "README.md").read_text()
     assert reference_table(FINETUNE_KEYS) in text and text.index("## Fine-tuning") < text.index("## Limitations")
+
+
+def test_bars_from_alpaca_the_last_sessions(tiny, tmp_path, monkeypatch):
+    """--source alpaca: the last K sessions up to now, fetched through alpaca-py from a fake server."""
+    import simulated
+    from fake_alpaca import FakeAlpaca
+    from marketdata import calendar as mcal
+
+    now = pd.Timestamp.now(tz="UTC")
+    sessions = mcal.recent_sessions(now, 6, True)
+    frame = simulated.simulate_bars(sessions[0].date().isoformat(), 6, seed=5)
+
+    def respond(query):
+        rows = frame[(frame.index >= pd.Timestamp(query["start"])) & (frame.index <= pd.Timestamp(query["end"]))]
+        bars = [{"t": t.isoformat().replace("+00:00", "Z"), "o": r.open, "h": r.high, "l": r.low, "c": r.close,
+                 "v": r.volume, "n": 10, "vw": r.close} for t, r in zip(rows.index, rows.itertuples())]
+        return 200, {"bars": {"QQQ": bars} if bars else {}, "next_page_token": None}
+
+    fake = FakeAlpaca(respond)
+    try:
+        monkeypatch.setenv("ALPACA_KEY_ID", "AKFAKE0003")
+        monkeypatch.setenv("ALPACA_SECRET_KEY", "fake-secret-finetune")
+        monkeypatch.setenv("ALPACA_DATA_URL", fake.url)
+        model, tok = tiny
+        out = tmp_path / "alpaca"
+        args = ["--config", str(ROOT / "config.yaml"), "--source", "alpaca", "--model", str(model), "--tokenizer",
+                str(tok), "--out", str(out), "--sessions", "6", "--val-sessions", "1", "--test-sessions", "1",
+                "--lookback", "30", "--horizon", "10", "--stride", "30", "--batch-size", "8", "--max-steps", "2",
+                "--eval-every", "2", "--warmup-steps", "1", "--no-ab-after-training", "--no-progress",
+                "--device", "cpu"]
+        assert finetune.main(args) == 0
+    finally:
+        fake.close()
+    card = json.loads((out / "card.json").read_text())
+    assert card["data"]["source"] == "alpaca" and fake.requests
+    held = [s for name in ("train", "validation", "test") for s in card["splits"][name]["sessions"]]
+    assert held == [s.date().isoformat() for s in sessions][-len(held):] and len(held) >= 5
+    assert "fake-secret-finetune" not in (out / "card.json").read_text()
