@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +144,6 @@ def train(cfg: Any, out: Path, fresh: bool = False, progress: bool = True) -> tu
         if fresh:
             for name in ("last", "best", "best_tokenizer", "ab"):
                 if (out / name).exists():
-                    import shutil
-
                     shutil.rmtree(out / name)
     barrier(world)
     predictor, tokenizer = load_networks(cfg, configs, world.device)
