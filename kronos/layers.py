@@ -80,6 +80,16 @@ def fuse_rows(parent: nn.Module, linears: list[Linear], weight_name: str, bias_n
         lin.fused_away = True
 
 
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Dropout only while training with p > 0: inference runs exactly the ops it ran before dropout existed."""
+    return F.dropout(x, p, True) if training and p > 0 else x
+
+
+def joined(linears: list[Linear], attr: str) -> Tensor:
+    """The linears' weights (or biases) concatenated per call: differentiable, for training the unfused network."""
+    return torch.cat([getattr(lin, attr) for lin in linears])
+
+
 def unfused(module: nn.Module) -> RuntimeError:
     return RuntimeError(f"{type(module).__name__} projections are not fused: load networks through "
                         "kronos.loading (or call fuse_projections) before running them")
@@ -95,15 +105,20 @@ class FeedForward(nn.Module):
         self.w2 = Linear(ff_dim, d_model, bias=False)
         self.register_buffer("w13", None, persistent=False)  # set by fuse()
         self.onednn = False
+        self.dropout = 0.0  # on the output, while training (upstream's ffn_dropout_p)
+        self.trainable = False  # set by make_trainable(): run unfused, each projection its own parameter
 
     def fuse(self) -> None:
         fuse_rows(self, [self.w1, self.w3], "w13", None)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.w13 is None:
-            raise unfused(self)
-        gate, up = linear(x, self.w13, None, self.onednn).chunk(2, dim=-1)
-        return self.w2(F.silu(gate).mul_(up))
+        w13 = self.w13
+        if w13 is None:
+            if not self.trainable:
+                raise unfused(self)
+            w13 = joined([self.w1, self.w3], "weight")  # training: w1 and w3 stay separate parameters
+        gate, up = linear(x, w13, None, self.onednn).chunk(2, dim=-1)
+        return dropout(self.w2(F.silu(gate).mul_(up)), self.dropout, self.training)
 
 
 def rope_tables(head_dim: int, n_pos: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -191,6 +206,9 @@ class Attention(nn.Module):
         self.register_buffer("qkv_bias", None, persistent=False)
         self.onednn = False
         self.cache: KVCache | None = None
+        self.attn_dropout = 0.0  # on the attention weights, while training (upstream's attn_dropout_p)
+        self.resid_dropout = 0.0  # on the output projection, while training (upstream's resid_dropout_p)
+        self.trainable = False  # set by make_trainable(): run unfused, each projection its own parameter
 
     def fuse(self) -> None:
         """One matmul for q, k and v, or for k and v only."""
@@ -198,9 +216,14 @@ class Attention(nn.Module):
 
     def project(self, x: Tensor) -> Tensor:
         """The fused projections of x, split into heads: [..., 3 (q, k, v) or 2 (k, v), h, e]."""
-        if self.qkv_weight is None:
-            raise unfused(self)
-        y = linear(x, self.qkv_weight, self.qkv_bias, self.onednn)
+        weight, bias = self.qkv_weight, self.qkv_bias
+        if weight is None:
+            if not self.trainable:
+                raise unfused(self)
+            # training: q/k/v stay separate parameters; joined per call so gradients reach each of them
+            lins = [self.q_proj, self.k_proj, self.v_proj][self.fused_first :]
+            weight, bias = joined(lins, "weight"), joined(lins, "bias")
+        y = linear(x, weight, bias, self.onednn)
         return y.view(*x.shape[:-1], 3 - self.fused_first, self.n_heads, self.head_dim)
 
     def merge(self, y: Tensor) -> Tensor:
@@ -216,10 +239,11 @@ class Attention(nn.Module):
     def forward_prefix(self, x: Tensor, cos: Tensor, sin: Tensor, keep: bool) -> Tensor:
         """Causal attention over whole sequences x [O, T, d]; keep=True caches their keys/values as the prefix."""
         q, k, v = (t.transpose(1, 2) for t in self.rotated_qkv(x, cos, sin))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # T_q == T_k: mask alignment is moot
+        p = self.attn_dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # T_q == T_k: alignment moot
         if keep:
             self.cache = KVCache(k.contiguous(), v.contiguous())
-        return self.out_proj(y.transpose(1, 2).reshape(x.shape))
+        return dropout(self.out_proj(y.transpose(1, 2).reshape(x.shape)), self.resid_dropout, self.training)
 
     def forward_paths(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """Each path's next T tokens x [B, T, d] after the cached prefix and the path's earlier tokens."""
@@ -280,6 +304,24 @@ def fuse_projections(net: nn.Module) -> nn.Module:
         if isinstance(m, (Attention, FeedForward)):
             m.fuse()
     return net
+
+
+def make_trainable(net: nn.Module) -> nn.Module:
+    """Let an unfused network run (fine-tuning): its projections are joined per call, so gradients reach each
+    Linear's own parameters. Networks loaded for inference stay fused, and unfused ones there stay an error."""
+    for m in net.modules():
+        if isinstance(m, (Attention, FeedForward)):
+            m.trainable = True
+    return net
+
+
+def set_dropout(net: nn.Module, attn: float = 0.0, resid: float = 0.0, ffn: float = 0.0) -> None:
+    """Dropout probabilities of every block (used only in train mode; upstream's *_dropout_p config fields)."""
+    for m in net.modules():
+        if isinstance(m, Attention):
+            m.attn_dropout, m.resid_dropout = attn, resid
+        elif isinstance(m, FeedForward):
+            m.dropout = ffn
 
 
 def use_onednn(net: nn.Module) -> None:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .config import CheckpointError, check_pair, predictor_config, tokenizer_config
-from .layers import fuse_projections, onednn_available, use_onednn
+from .layers import fuse_projections, make_trainable, onednn_available, use_onednn
 from .model import Kronos, KronosTokenizer
 
 FILES = ("config.json", "model.safetensors")
@@ -127,9 +127,12 @@ def read_weights(net: nn.Module, weights_path: Path) -> dict[str, torch.Tensor]:
     return {k: tensors[k] for k in expected}
 
 
-def build(cls: type[nn.Module], cfg: Any, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> nn.Module:
+def build(cls: type[nn.Module], cfg: Any, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype,
+          trainable: bool = False) -> nn.Module:
     """Construct on the meta device (no random initialisation), adopt the checkpoint's tensors, fuse projections;
-    on CPU in float32 the linear layers then run through oneDNN (see layers.Linear)."""
+    on CPU in float32 the linear layers then run through oneDNN (see layers.Linear).
+    trainable=True: a network to fine-tune instead: unfused (every projection its own parameter), plain
+    matmuls, gradients on, train mode."""
     try:
         with torch.device("meta"):
             net = cls(cfg)
@@ -138,7 +141,11 @@ def build(cls: type[nn.Module], cfg: Any, ckpt: Checkpoint, device: torch.device
             from None
     weights = read_weights(net, ckpt.weights_path)
     state = {k: t.to(device=device, dtype=dtype) for k, t in weights.items()}
+    if trainable:
+        state = {k: t.clone() for k, t in state.items()}  # own storage: the optimiser updates it in place
     net.load_state_dict(state, strict=True, assign=True)
+    if trainable:
+        return make_trainable(net).train().requires_grad_(True)
     fuse_projections(net).eval().requires_grad_(False)
     if device.type == "cpu" and dtype == torch.float32 and onednn_available():
         use_onednn(net)
@@ -156,6 +163,18 @@ def load_pair(model: str | os.PathLike, tokenizer: str | os.PathLike, model_revi
     predictor = build(Kronos, pcfg, m, device, dtype)
     tok = build(KronosTokenizer, tcfg, t, device, torch.float32)  # small, and its sign bits stay exact
     return predictor, tok, m.revision, t.revision  # type: ignore[return-value]
+
+
+def load_trainable(cls: type[nn.Module], source: str | os.PathLike, revision: str | None = None,
+                   device: torch.device = torch.device("cpu")) -> tuple[nn.Module, Checkpoint]:
+    """One float32 network to fine-tune (see build(trainable=True)) and its checkpoint (raw config.json kept, so
+    a fine-tuned copy is saved with the same constructor arguments)."""
+    ckpt = locate(source, revision)
+    if cls is Kronos:
+        cfg: Any = predictor_config(ckpt.config, str(ckpt.config_path))
+    else:
+        cfg = tokenizer_config(ckpt.config, str(ckpt.config_path))
+    return build(cls, cfg, ckpt, device, torch.float32, trainable=True), ckpt
 
 
 def to_dtype(dtype: str | torch.dtype) -> torch.dtype:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import DEP_HEADS, PredictorConfig, TokenizerConfig
-from .layers import (Attention, Embedding, KVCache, Linear, RMSNorm, Stack, TransformerBlock, caches, clear_caches,
-                     rope_tables, to_path_layout)
+from .layers import (Attention, Embedding, KVCache, Linear, RMSNorm, Stack, TransformerBlock, apply_rope, caches,
+                     clear_caches, dropout, rope_tables, to_path_layout)
 
 
 class KronosTokenizer(nn.Module):
@@ -58,6 +59,18 @@ class KronosTokenizer(nn.Module):
         """Uncached decode of whole token sequences [B, T] -> [B, T, d_in] (tests compare the cache with it)."""
         cos, sin = self.rope(s1.shape[1], s1.device)
         return self.head(self.decoder.prefix(self.post_quant_embed(self.code(s1, s2)), cos, sin, keep=False))
+
+    def latent(self, x: Tensor) -> Tensor:
+        """x [B, T, d_in] -> the L2-normalised code before its signs are taken [B, T, bits] (training)."""
+        cos, sin = self.rope(x.shape[1], x.device)
+        return F.normalize(self.quant_embed(self.encoder.prefix(self.embed(x), cos, sin, keep=False)), dim=-1)
+
+    def decode_code(self, code: Tensor, s1_only: bool = False) -> Tensor:
+        """Uncached decode of code vectors [B, T, bits] (or of their s1 bits alone through the training-only
+        post_quant_embed_pre) -> [B, T, d_in] (training: the tokenizer's reconstruction losses)."""
+        cos, sin = self.rope(code.shape[1], code.device)
+        z = self.post_quant_embed_pre(code[..., : self.cfg.s1_bits]) if s1_only else self.post_quant_embed(code)
+        return self.head(self.decoder.prefix(z, cos, sin, keep=False))
 
     def decode_prefix(self, s1: Tensor, s2: Tensor) -> None:
         """Cache the decoder keys/values of the context tokens [O, P], shared by every path of that origin."""
@@ -133,6 +146,18 @@ class DependencyAwareLayer(nn.Module):
         y = a.merge(a.cache.attend(to_path_layout(q, a.cache.pk.shape[0])))[:, 0]
         return self.norm(h + y)
 
+    def teacher_forced(self, s1_emb: Tensor, h: Tensor) -> Tensor:
+        """Training form, as upstream trains the layer: queries s1_emb [B, T, d] (each position's true next s1),
+        keys/values h [B, T, d], both rotated at positions 0..T-1, causal -> RMSNorm(h + attention) [B, T, d]."""
+        a = self.cross_attn
+        b, t, d = h.shape
+        cos, sin = rope_tables(a.head_dim, t, h.device)
+        q = apply_rope(a.q_proj(s1_emb).view(b, t, a.n_heads, a.head_dim), cos, sin)
+        kv = a.project(h)  # [B, T, 2, h, e]
+        k, v = apply_rope(kv[:, :, 0], cos, sin), kv[:, :, 1]
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        return self.norm(h + a.out_proj(y.transpose(1, 2).reshape(b, t, d)))
+
 
 class DualHead(nn.Module):
     def __init__(self, cfg: PredictorConfig):
@@ -155,6 +180,7 @@ class Kronos(nn.Module):
         self.head = DualHead(cfg)
         self.prefix_len = 0
         self.rope_new: tuple[Tensor, Tensor] | None = None  # cos/sin of the paths' new positions
+        self.token_dropout = 0.0  # on the input embeddings, while training (upstream's token_dropout_p)
 
     def rope(self, n_pos: int, device: torch.device) -> tuple[Tensor, Tensor]:
         return rope_tables(self.cfg.d_model // self.cfg.n_heads, n_pos, device)
@@ -163,9 +189,17 @@ class Kronos(nn.Module):
         return self.embedding(s1, s2) + self.time_emb(stamp)
 
     def forward(self, s1: Tensor, s2: Tensor, stamp: Tensor) -> Tensor:
-        """Uncached causal pass over [B, T] tokens -> final-normed hidden states [B, T, d] (for tests)."""
+        """Uncached causal pass over [B, T] tokens -> final-normed hidden states [B, T, d] (tests, training)."""
         cos, sin = self.rope(s1.shape[1], s1.device)
-        return self.norm(self.transformer.prefix(self.embed(s1, s2, stamp), cos, sin, keep=False))
+        x = dropout(self.embed(s1, s2, stamp), self.token_dropout, self.training)
+        return self.norm(self.transformer.prefix(x, cos, sin, keep=False))
+
+    def teacher_forced(self, s1: Tensor, s2: Tensor, stamp: Tensor, s1_next: Tensor) -> tuple[Tensor, Tensor]:
+        """Training pass over whole sequences [B, T] (no cache): s1 logits of each position, and s2 logits
+        conditioned on the true next s1 (s1_next [B, T]); both [B, T, vocab]."""
+        h = self.forward(s1, s2, stamp)
+        s2_in = self.dep_layer.teacher_forced(self.embedding.emb_s1(s1_next), h)
+        return self.head.proj_s1(h), self.head.proj_s2(s2_in)
 
     def prefill(self, s1: Tensor, s2: Tensor, stamp: Tensor) -> Tensor:
         """Run the contexts [O, P] once, caching every layer's keys/values; -> last hidden state [O, d]."""
