@@ -119,7 +119,8 @@ def prepare_bars(frame: pd.DataFrame, asof: mcal.TimeLike, days: int = 3, rth: b
     recent = bars.index[-recent_window:] if recent_window > 0 else bars.index[:0]
     filled_recent = int(recent.isin(filled_index).sum())
     is_fill = bars.index.isin(filled_index).astype(int)
-    worst = int(pd.Series(is_fill).rolling(recent_window, min_periods=1).sum().max()) if len(bars) else 0
+    worst = (int(pd.Series(is_fill).rolling(recent_window, min_periods=1).sum().max())
+             if len(bars) and recent_window > 0 else 0)
     forming = (frame.index < t) & ~closed_mask
     info = PrepareInfo(
         asof=t.isoformat(), rth=rth, sessions=[s.date().isoformat() for s in sessions], empty_sessions=empty,

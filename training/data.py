@@ -11,6 +11,7 @@ import pandas as pd
 from marketdata import calendar as mcal
 from marketdata.frame import DataError
 from marketdata.prepare import prepare_bars
+from marketdata.quality import BarRules
 from marketdata.recent import fetch_recent_bars
 
 
@@ -36,7 +37,9 @@ def load_training_bars(cfg: Any) -> TrainingData:
     if recent.frame.empty:
         raise DataError("the data source returned no bars")
     bars, info = prepare_bars(recent.frame, recent.data_asof, days=cfg.sessions, rth=cfg.rth,
-                              max_recent_filled=len(recent.frame), recent_window=0)
+                              max_recent_filled=len(recent.frame), recent_window=0,
+                              # bad ticks must not become training targets: always dropped and filled here
+                              rules=BarRules(cfg.bad_bar_move, cfg.bad_bar_volume), bad_bars="fill")
     if bars.empty:
         raise DataError(f"no closed bars in the last {cfg.sessions} sessions up to {info.asof}")
     sessions = []
@@ -46,5 +49,5 @@ def load_training_bars(cfg: Any) -> TrainingData:
         if len(piece):
             sessions.append(SessionBars(day, piece))
     provenance = {**recent.provenance, "asof": info.asof, "filled_bars": info.filled_count,
-                  "real_bars": info.real_count, "empty_sessions": info.empty_sessions}
+                  "real_bars": info.real_count, "bad_bars": info.bad_bars, "empty_sessions": info.empty_sessions}
     return TrainingData(recent.frame, sessions, provenance)
