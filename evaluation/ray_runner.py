@@ -26,6 +26,7 @@ from evaluation.store import RESULTS, ResultStore, record_shards
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # driver-side resubmissions of a shard whose actor died beyond Ray's own restarts
+TIMINGS_EVERY_S = 10.0  # shard timings go to run.json at most this often (and when the run ends or stops)
 
 
 @dataclass
@@ -119,17 +120,28 @@ class _Collector:
         self.bar = tqdm(total=total, initial=initial, desc="shards", unit="shard", file=sys.stderr,
                         disable=not progress, smoothing=0.1)
         self.origins = 0
+        self.timings: dict[str, dict[str, Any]] = {}
+        self.flushed = time.monotonic()
 
     def finish(self, shard: Shard, result: dict[str, Any], attempts: int) -> None:
         done = self.done[shard.symbol]
         new = [r for r in result["records"] if (r["forecaster"], r["origin"]) not in done]
         self.stores[shard.symbol].write_part(shard.part, new)
         done |= {(r["forecaster"], r["origin"]) for r in new}
-        record_shards(self.dirs[shard.symbol], {shard.part: {**result["timing"], "attempts": attempts}})
+        self.timings.setdefault(shard.symbol, {})[shard.part] = {**result["timing"], "attempts": attempts}
         self.origins += len(shard.origins)
         self.bar.update(1)
+        if time.monotonic() - self.flushed > TIMINGS_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Timings into run.json in batches: rewriting it per shard would cost O(shards^2) on a long run."""
+        for symbol, timings in self.timings.items():
+            record_shards(self.dirs[symbol], timings)
+        self.timings, self.flushed = {}, time.monotonic()
 
     def close(self) -> None:
+        self.flush()
         self.bar.close()
 
 
@@ -146,7 +158,7 @@ def run_on_ray(jobs: Sequence[SymbolJob], baselines: Sequence[str], kronos_specs
     todo = [s for s in shards if not shard_done(s, collector.done[s.symbol])]
     collector.bar.update(len(shards) - len(todo))
     kronos_todo = deque(s for s in todo if s.group == KRONOS)
-    base_todo = [s for s in todo if s.group == BASELINES]
+    base_todo = deque(s for s in todo if s.group == BASELINES)
     fault = os.environ.get(FAULT_ENV) or None
     Worker, baseline_task = _remote_kinds(ray)
     n_workers, per_cpu, per_gpu = worker_layout(next(iter(cfgs.values())), len(kronos_todo)) if jobs else (0, 1, 0)
@@ -154,12 +166,9 @@ def run_on_ray(jobs: Sequence[SymbolJob], baselines: Sequence[str], kronos_specs
     pending: dict[Any, tuple[Shard, Any, int]] = {}  # ref -> (shard, actor or None, attempt)
     actors: list[Any] = []
     idle: deque = deque()
+    max_tasks = max(4, 2 * int(ray.cluster_resources().get("CPU", 1)))  # baseline tasks in flight at once
     try:
-        for s in base_todo:
-            ref = baseline_task.options(num_cpus=1, max_retries=MAX_ATTEMPTS).remote(
-                s, shard_frame(frames[s.symbol], s, cfgs[s.symbol]), cfgs[s.symbol], fault)
-            pending[ref] = (s, None, 1)
-        if kronos_todo:
+        if kronos_todo:  # the actors first, so that the baseline tasks take the CPU slots left over
             base_cfg = next(iter(cfgs.values()))
             for _ in range(n_workers):
                 actor = Worker.options(num_cpus=per_cpu, num_gpus=per_gpu, max_restarts=MAX_ATTEMPTS,
@@ -175,6 +184,13 @@ def run_on_ray(jobs: Sequence[SymbolJob], baselines: Sequence[str], kronos_specs
                 attempts[s.id] = attempts.get(s.id, 0) + 1
                 ref = actor.run.remote(s, shard_frame(frames[s.symbol], s, cfgs[s.symbol]))
                 pending[ref] = (s, actor, attempts[s.id])
+            tasks = sum(1 for _, a, _ in pending.values() if a is None)
+            while base_todo and tasks < max_tasks:  # a bounded window: few objects and a short wait list
+                s = base_todo.popleft()
+                ref = baseline_task.options(num_cpus=1, max_retries=MAX_ATTEMPTS).remote(
+                    s, shard_frame(frames[s.symbol], s, cfgs[s.symbol]), cfgs[s.symbol], fault)
+                pending[ref] = (s, None, 1)
+                tasks += 1
 
         feed()
         while pending:
@@ -196,11 +212,12 @@ def run_on_ray(jobs: Sequence[SymbolJob], baselines: Sequence[str], kronos_specs
             collector.finish(shard, result, attempt)
             if actor is not None:
                 idle.append(actor)
+            feed()
+            if actor is not None and not kronos_todo and not any(a is actor for _, a, _ in pending.values()):
+                ray.kill(actor)  # its slot goes to the baseline tasks still waiting
+                actors[:] = [a for a in actors if a is not actor]
+                idle = deque(a for a in idle if a is not actor)
                 feed()
-                if not kronos_todo and not any(a is actor for _, a, _ in pending.values()):
-                    ray.kill(actor)  # its CPU slot goes to the baseline tasks still waiting
-                    actors[:] = [a for a in actors if a is not actor]
-                    idle = deque(a for a in idle if a is not actor)
     finally:
         collector.close()
         for actor in actors:

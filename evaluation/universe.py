@@ -97,6 +97,8 @@ def from_alpaca(source: Any, symbol: str, cfg: Any, cache_dir: Path, now: pd.Tim
     still open (or not yet over) is used but not cached."""
     now = mcal.to_utc(now if now is not None else pd.Timestamp.now(tz="UTC"))
     sessions = needed_sessions(cfg)
+    if not sessions:
+        return SymbolData(symbol, problem=f"no session between {cfg.start} and {cfg.end}")
     windows = {s: mcal.session_window(s, rth=False) for s in sessions}
     missing = [s for s in sessions if not _cache_path(cache_dir, symbol, cfg.feed, s).exists()]
     fresh: dict[pd.Timestamp, pd.DataFrame] = {}
