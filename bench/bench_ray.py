@@ -73,7 +73,7 @@ def main() -> None:
                   "--seed", "1", "--forecasters", "kronos", "--model", str(model), "--tokenizer", str(tok),
                   "--max-context", "512", "--no-progress", "--no-plots"]
         # (name, device, torch threads of this process, flags); a Ray worker of one CPU slot runs one thread
-        modes = [(f"one process, {cores} threads", "cpu", cores, []), ("one process, 1 thread", "cpu", 1, []),
+        modes = [("one process, 1 thread", "cpu", 1, []), (f"one process, {cores} threads", "cpu", cores, []),
                  ("Ray, 1 worker", "cpu", 1, ["--ray", "--ray-workers", "1"]),
                  ("Ray, 2 workers", "cpu", 1, ["--ray", "--ray-workers", "2"])]
         if gpu:
