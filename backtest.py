@@ -4,10 +4,13 @@
     python backtest.py --csv bars.csv --start 2025-05-05 --end 2025-06-30 --every 10 --out outputs/backtest
     python backtest.py --csv bars.csv --kronos name=kronos_p09,top_p=0.9 --kronos name=kronos_p10,top_p=1.0
     python backtest.py --csv bars.csv --fit-run-log outputs/runs_QQQ.csv --out outputs/cal
+    python backtest.py --symbols QQQ,SPY,IWM --data-dir bars/ --start 2025-05-05 --end 2025-06-30 --ray
 
 Every origin is replayed through the forecast pipeline the CLI uses (same data preparation, horizon plan, metrics
 and seeding rule); settings come from config.yaml and the same flags, plus the backtest's own. Rerunning the
-same command resumes an interrupted run. Exit codes as the forecast CLI's (README).
+same command resumes an interrupted run. With --symbols, each symbol runs in its own folder under --out and the
+report pools them; with --ray, the work is spread over a Ray cluster with the same results. Exit codes as the
+forecast CLI's (README).
 """
 from __future__ import annotations
 
@@ -108,10 +111,110 @@ def fit_run_log(args: argparse.Namespace, cfg: Any) -> int:
     return ExitCode.OK
 
 
+def alpaca_source(cfg: Any) -> Any:
+    from marketdata.alpaca import AlpacaBarSource, credentials_from_env
+    from marketdata.frame import DataError
+
+    creds = credentials_from_env(os.environ)
+    if creds is None:
+        raise DataError("no bars files (--data-dir) and no Alpaca keys (ALPACA_KEY_ID / ALPACA_SECRET_KEY)")
+    return AlpacaBarSource(creds.key_id, creds.secret_key, feed=cfg.feed,
+                           url_override=os.environ.get("ALPACA_DATA_URL") or None)
+
+
+def clear_results(folder: Path) -> None:
+    """--fresh: forget a folder's earlier results and run record."""
+    import shutil
+
+    from evaluation.store import PARTS, RESULTS, RUN_FILE
+
+    for name in (RESULTS, RUN_FILE):
+        (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / PARTS, ignore_errors=True)
+
+
+def run_sharded(jobs: list, data: dict[str, dict], cfg: Any, names: list[str], specs: list[dict],
+                progress: bool) -> dict[str, Any]:
+    """Pin each symbol's run.json, then run every unfinished shard on Ray (joined or started here)."""
+    from app.config import fingerprint
+    from evaluation import ray_runner
+    from evaluation.forecasters import describe_forecasters, kronos_configs
+    from evaluation.store import check_run_file
+
+    described = describe_forecasters(cfg, names, specs)
+    for job in jobs:
+        check_run_file(job.out_dir, fingerprint(job.cfg), data[job.symbol], described)
+    joined = ray_runner.connect(cfg.ray_address)
+    try:
+        return ray_runner.run_on_ray(jobs, names, specs, [n for n, _ in kronos_configs(cfg, specs)],
+                                     progress=progress)
+    finally:
+        if joined:
+            ray_runner.import_ray().shutdown()
+
+
+def check_names(names: list[str], specs: list[dict]) -> None:
+    """Known baselines; every forecaster's name unique (as build_forecasters names them)."""
+    from evaluation.forecasters import check_baseline_names
+    from evaluation.store import SKIP
+
+    check_baseline_names(names)
+    every = names + [s.get("name") or f"kronos_{i + 1}" for i, s in enumerate(specs)]
+    if len(set(every)) != len(every) or SKIP in every:
+        raise ConfigError(f"forecaster names must be unique and not {SKIP!r}: {every}")
+
+
+def run_universe(args: argparse.Namespace, cfg: Any, names: list[str], specs: list[dict]) -> int:
+    """--symbols: every usable symbol in out/<SYMBOL>/, in this process or on Ray; the pooled report."""
+    import time
+
+    from evaluation.forecasters import build_forecasters
+    from evaluation.ray_runner import SymbolJob
+    from evaluation.store import RESULTS, ResultStore
+    from evaluation.universe import load_universe
+    from evaluation.universe_report import build_universe_report, universe_console
+    from evaluation.walkforward import run_walk_forward
+    from forecast.pipeline import ForecastPipeline
+    from marketdata.frame import DataError
+
+    data_dir = Path(cfg.data_dir) if cfg.data_dir else None
+    source = None if data_dir is not None else alpaca_source(cfg)
+    loaded = load_universe(cfg, cfg.symbols, data_dir, Path(cfg.bars_cache), source)
+    left_out = {sd.symbol: sd.problem for sd in loaded if sd.problem}
+    usable = [sd for sd in loaded if not sd.problem]
+    if not usable:
+        raise DataError("no symbol has usable bars: " + "; ".join(f"{s}: {w}" for s, w in left_out.items()))
+    jobs = [SymbolJob(sd.symbol, sd.frame, args.out / sd.symbol, cfg.replace(symbol=sd.symbol)) for sd in usable]
+    data = {sd.symbol: sd.data for sd in usable}
+    for job in jobs:
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+        if args.fresh:
+            clear_results(job.out_dir)
+    t0 = time.perf_counter()
+    if cfg.ray:
+        execution = {"mode": "ray", **run_sharded(jobs, data, cfg, names, specs, not args.no_progress)}
+        by_symbol = {job.symbol: ResultStore(job.out_dir / RESULTS).load() for job in jobs}
+    else:
+        forecasters = build_forecasters(cfg, names, specs)
+        by_symbol = {}
+        for job in jobs:
+            log.info("%s: %d bars; results in %s", job.symbol, len(job.frame), job.out_dir)
+            by_symbol[job.symbol] = run_walk_forward(job.frame, ForecastPipeline(job.cfg, calibrator=None),
+                                                     forecasters, job.out_dir, data[job.symbol],
+                                                     progress=not args.no_progress)
+        execution = {"mode": "one process", "seconds": round(time.perf_counter() - t0, 3)}
+    report = build_universe_report(by_symbol, {j.symbol: j.cfg for j in jobs}, args.out, data, left_out,
+                                   plots=not args.no_plots, execution=execution)
+    print(universe_console(report))
+    print(f"report: {args.out / 'report.json'} (pooled; each symbol's in its folder); "
+          f"per origin: {args.out / 'per_origin.csv'}")
+    return ExitCode.OK
+
+
 def run(args: argparse.Namespace) -> int:
     from evaluation import report as rep
     from evaluation.forecasters import build_forecasters
-    from evaluation.store import RESULTS, RUN_FILE
+    from evaluation.store import RESULTS, ResultStore
     from evaluation.walkforward import run_walk_forward
     from forecast.pipeline import ForecastPipeline
 
@@ -124,17 +227,27 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.fit_run_log:
         return fit_run_log(args, cfg)
-    if args.fresh:
-        for name in (RESULTS, RUN_FILE):
-            (args.out / name).unlink(missing_ok=True)
     specs = kronos_settings(args, cfg.forecasters)
-    forecasters = build_forecasters(cfg, [n for n in cfg.forecasters if n != "kronos"], specs)
+    names = [n for n in cfg.forecasters if n != "kronos"]
+    check_names(names, specs)
     lookback = max([cfg.lookback] + [s.get("lookback", cfg.lookback) for s in specs])
     cfg = cfg.replace(lookback=lookback)  # every forecaster sees the origins the longest context allows
+    if cfg.symbols:
+        return run_universe(args, cfg, names, specs)
+    if args.fresh:
+        clear_results(args.out)
     frame, data = load_frame(cfg)
-    log.info("%d bars; forecasters %s; results in %s", len(frame), [f.name for f in forecasters], args.out)
-    records = run_walk_forward(frame, ForecastPipeline(cfg, calibrator=None), forecasters, args.out, data,
-                               progress=not args.no_progress)
+    if cfg.ray:
+        from evaluation.ray_runner import SymbolJob
+
+        run_sharded([SymbolJob(cfg.symbol, frame, args.out, cfg)], {cfg.symbol: data}, cfg, names, specs,
+                    not args.no_progress)
+        records = ResultStore(args.out / RESULTS).load()
+    else:
+        forecasters = build_forecasters(cfg, names, specs)
+        log.info("%d bars; forecasters %s; results in %s", len(frame), [f.name for f in forecasters], args.out)
+        records = run_walk_forward(frame, ForecastPipeline(cfg, calibrator=None), forecasters, args.out, data,
+                                   progress=not args.no_progress)
     report = rep.build_report(records, cfg, args.out, data, plots=not args.no_plots)
     print(rep.console_table(report))
     print(f"report: {args.out / 'report.json'}; per origin: {args.out / 'per_origin.csv'}; "

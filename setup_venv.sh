@@ -3,6 +3,7 @@
 #
 #   bash setup_venv.sh          runtime dependencies
 #   bash setup_venv.sh --test   plus the test dependencies and the reference Kronos package (test-only)
+#   bash setup_venv.sh --ray    plus Ray, for backtests on a cluster (backtest.py --ray); --test includes it
 #
 # Environment:
 #   PYTHON          interpreter that creates the venv (default: python3; 3.10 or newer)
@@ -14,11 +15,13 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 want_tests=0
+want_ray=0
 for arg in "$@"; do
   case "$arg" in
-    --test) want_tests=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
-    *) echo "setup_venv.sh: unknown argument '$arg' (use --test or --help)" >&2; exit 2 ;;
+    --test) want_tests=1; want_ray=1 ;;
+    --ray) want_ray=1 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "setup_venv.sh: unknown argument '$arg' (use --test, --ray or --help)" >&2; exit 2 ;;
   esac
 done
 
@@ -66,6 +69,9 @@ pip_install -r requirements.txt
 # Our own packages, editable: the scripts, tests and benchmarks import them from this checkout.
 pip_install "setuptools>=68"
 pip_install --no-deps --no-build-isolation -e .
+if [ "$want_ray" = 1 ]; then
+  pip_install -r requirements-ray.txt
+fi
 if [ "$want_tests" = 1 ]; then
   pip_install -r requirements-test.txt
   # The upstream Kronos code is the test oracle only; its own pins are too strict, hence --no-deps.

@@ -143,6 +143,22 @@ BACKTEST_KEYS: tuple[Key, ...] = (
         affects_results=False),
     Key("slippage_bp", float, 1.0, "toy rule: slippage per side in basis points", check=lambda v: v >= 0,
         rule=">= 0", affects_results=False),
+    Key("symbols", list, [], "many-symbol backtest: these symbols, each in its own folder under --out, with a "
+        "pooled report (empty: the one symbol)", check=lambda v: all(s.replace(".", "").isalnum() for s in v),
+        rule="a list of tickers (letters, digits and dots)", affects_results=False),
+    Key("data_dir", str, None, "folder of one bars file per symbol, <SYMBOL>.csv or .parquet (else: Alpaca)",
+        affects_results=False),
+    Key("bars_cache", str, "outputs/bars_cache", "Alpaca bars of a many-symbol backtest are cached here, one "
+        "Parquet file per symbol and session", affects_results=False),
+    Key("ray", bool, False, "run the backtest's shards (symbol x session) on a Ray cluster", affects_results=False),
+    Key("ray_address", str, None, "the cluster: auto (the one `ray start` began here) or host:port; default: a "
+        "local Ray for this run", affects_results=False),
+    Key("ray_workers", int, None, "Kronos workers, each holding a warm model (default: one per GPU, else one "
+        "per CPU slot but one)", check=_positive, rule=">= 1", affects_results=False),
+    Key("ray_worker_cpus", int, 1, "CPU slots (and torch threads) per Kronos worker", check=_positive,
+        rule=">= 1", affects_results=False),
+    Key("ray_worker_gpus", float, None, "GPUs per Kronos worker (default: 1 when the cluster has GPUs, else 0)",
+        check=lambda v: 0 <= v <= 8, rule="0..8", affects_results=False),
 )
 BACKTEST_KEYS_BY_NAME = {k.name: k for k in BACKTEST_KEYS}
 

@@ -50,25 +50,49 @@ def sample_cases(forecaster: Any, cases: Sequence[Case], cfg: Any) -> list[np.nd
             for c in cases]
 
 
-def build_forecasters(cfg: Any, names: Sequence[str], kronos_settings: Sequence[dict[str, Any]],
-                      load_sampler: Any = None) -> list[Any]:
-    """Baselines by name, then one KronosForecaster per setting (a dict of config keys and 'name'); settings of
-    one checkpoint share its engine. An unknown baseline name is a ValueError naming it."""
+def check_baseline_names(names: Sequence[str]) -> None:
+    """An unknown baseline name is a ConfigError naming it and the choices."""
     from app.config import ConfigError
 
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
         raise ConfigError(f"unknown forecaster(s) {', '.join(unknown)}; choose from "
                           f"{', '.join(BASELINES)} or kronos")
+
+
+def build_forecasters(cfg: Any, names: Sequence[str], kronos_settings: Sequence[dict[str, Any]],
+                      load_sampler: Any = None) -> list[Any]:
+    """Baselines by name, then one KronosForecaster per setting (a dict of config keys and 'name'); settings of
+    one checkpoint share its engine. An unknown baseline name is a ValueError naming it."""
+    check_baseline_names(names)
     out: list[Any] = [BASELINES[n]() for n in names]
     engines: dict[tuple, Any] = {}
-    for i, spec in enumerate(kronos_settings):
-        spec = dict(spec)
-        name = spec.pop("name", None) or f"kronos_{i + 1}"
-        kcfg = cfg.replace(**spec)
+    for name, kcfg in kronos_configs(cfg, kronos_settings):
         key = tuple(getattr(kcfg, k) for k in ("model", "tokenizer", "model_revision", "tokenizer_revision",
                                                 "max_context", "device", "dtype"))
         pipeline = ForecastPipeline(kcfg, sampler=engines.get(key), calibrator=None)
         engines[key] = pipeline.sampler  # loads the engine once per checkpoint
         out.append(KronosForecaster(name, pipeline))
+    return out
+
+
+def kronos_configs(cfg: Any, kronos_settings: Sequence[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """(name, config) of each Kronos setting, without loading anything."""
+    out = []
+    for i, spec in enumerate(kronos_settings):
+        spec = dict(spec)
+        name = spec.pop("name", None) or f"kronos_{i + 1}"
+        out.append((name, cfg.replace(**spec)))
+    return out
+
+
+def describe_forecasters(cfg: Any, names: Sequence[str], kronos_settings: Sequence[dict[str, Any]]
+                         ) -> dict[str, dict[str, Any]]:
+    """What run.json pins of each forecaster, as build_forecasters' objects describe themselves, but without
+    loading a model (a Ray driver never needs one)."""
+    from evaluation.store import describe
+
+    out = {n: describe(BASELINES[n]()) for n in names if n in BASELINES}
+    for name, kcfg in kronos_configs(cfg, kronos_settings):
+        out[name] = {"kind": "kronos", **{k: getattr(kcfg, k) for k in KRONOS_KEYS}}
     return out

@@ -60,6 +60,8 @@ def frames_by_forecaster(records: dict[tuple[str, str], dict], horizon: int) -> 
         scalars = ["origin", "session", "horizon", "truncated", "now_close", "p_up", "p_hit_vwap", "exp_ret",
                    "zscore_mid", "vwap", "up", "hit_vwap", "repaired_share"]
         table = pd.DataFrame([{k: r.get(k) for k in scalars} for r in recs])
+        if any("symbol" in r for r in recs):  # a pooled many-symbol run
+            table.insert(0, "symbol", [r.get("symbol") for r in recs])
         table["origin"] = pd.to_datetime(table["origin"], utc=True)
         for k in scalars[4:]:
             table[k] = pd.to_numeric(table[k], errors="coerce").astype(float)
@@ -91,8 +93,20 @@ def probability_scores(p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
 def toy_rule(table: pd.DataFrame, p: np.ndarray, low: np.ndarray, realised: np.ndarray,
              settings: Any) -> dict[str, Any]:
     """Long at the origin's close when p >= rule_p_up and zscore_mid <= rule_z; out at the horizon's close or
-    at the stop (filled at the stop, or at the bar's open when it gaps through). One position at a time.
-    Net return = exit / entry - 1 with slippage on both fills and fees on both sides."""
+    at the stop (filled at the stop, or at the bar's open when it gaps through). One position at a time (per
+    symbol, in a pooled run). Net return = exit / entry - 1 with slippage on both fills and fees on both sides."""
+    if "symbol" in table.columns:
+        trades = []
+        for sym in dict.fromkeys(table["symbol"]):
+            sel = (table["symbol"] == sym).to_numpy()
+            part = _rule_trades(table[sel], p[sel], low[sel], realised[sel], settings)
+            trades += [{"symbol": sym, **t} for t in part]
+        return _rule_stats(sorted(trades, key=lambda t: t["origin"]))
+    return _rule_stats(_rule_trades(table, p, low, realised, settings))
+
+
+def _rule_trades(table: pd.DataFrame, p: np.ndarray, low: np.ndarray, realised: np.ndarray,
+                 settings: Any) -> list[dict[str, Any]]:
     slip, fee, stop = settings.slippage_bp / 1e4, settings.fee_bp / 1e4, settings.stop_bp / 1e4
     trades = []
     free_at = pd.Timestamp.min.tz_localize("UTC")
@@ -117,6 +131,10 @@ def toy_rule(table: pd.DataFrame, p: np.ndarray, low: np.ndarray, realised: np.n
         trades.append({"origin": row.origin.isoformat(), "exit": exit_time.isoformat(), "stopped": bool(hit.size),
                        "ret_bp": ret * 1e4})
         free_at = exit_time
+    return trades
+
+
+def _rule_stats(trades: list[dict[str, Any]]) -> dict[str, Any]:
     rets = np.array([t["ret_bp"] for t in trades])
     equity = np.cumsum(rets) if rets.size else np.zeros(0)
     peak = np.maximum.accumulate(np.concatenate([[0.0], equity]))[1:] if rets.size else np.zeros(0)
@@ -187,8 +205,9 @@ def evaluate(f: ForecasterFrame, settings: Any, baseline: ForecasterFrame | None
 
 def diebold_mariano_vs(f: ForecasterFrame, base: ForecasterFrame, settings: Any) -> dict[str, Any]:
     """DM tests on common origins: end-of-horizon CRPS and the Brier loss of p_up (negative = f is better)."""
-    a = f.table.assign(crps_end=_end(f.crps, f.table["horizon"].to_numpy(int))).set_index("origin")
-    b = base.table.assign(crps_end=_end(base.crps, base.table["horizon"].to_numpy(int))).set_index("origin")
+    keys = ["symbol", "origin"] if "symbol" in f.table.columns else "origin"
+    a = f.table.assign(crps_end=_end(f.crps, f.table["horizon"].to_numpy(int))).set_index(keys)
+    b = base.table.assign(crps_end=_end(base.crps, base.table["horizon"].to_numpy(int))).set_index(keys)
     common = a.index.intersection(b.index)
     a, b = a.loc[common], b.loc[common]
     h = math.ceil(settings.horizon / settings.every)  # windows overlap up to h origins apart
@@ -233,11 +252,15 @@ def per_origin_table(evals: dict[str, Evaluation]) -> pd.DataFrame:
             d[f"q{round(band.lo * 100):02d}_cal_end"] = qc_end[:, LEVELS.index(band.lo)]
             d[f"q{round(band.hi * 100):02d}_cal_end"] = qc_end[:, LEVELS.index(band.hi)]
         d["pit_end"], d["crps_end"] = _end(ev.f.pit, hz), _end(ev.f.crps, hz)
-        trades = {tr["origin"]: tr["ret_bp"] for tr in ev.report["toy_rule"]["raw"]["trades"]}
-        d["rule_trade_bp"] = [trades.get(o.isoformat(), np.nan) for o in t["origin"]]
+        trades = {(tr.get("symbol"), tr["origin"]): tr["ret_bp"] for tr in ev.report["toy_rule"]["raw"]["trades"]}
+        syms = t["symbol"] if "symbol" in t.columns else [None] * len(t)
+        d["rule_trade_bp"] = [trades.get((s, o.isoformat()), np.nan) for s, o in zip(syms, t["origin"])]
+        if "symbol" in t.columns:
+            d.insert(0, "symbol", t["symbol"].to_numpy())
         rows.append(d)
     out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
-    return out.sort_values(["origin_utc", "forecaster"], kind="stable") if len(out) else out
+    order = ["origin_utc", "symbol", "forecaster"] if "symbol" in out.columns else ["origin_utc", "forecaster"]
+    return out.sort_values(order, kind="stable") if len(out) else out
 
 
 def _fmt(x: Any, width: int, digits: int) -> str:
@@ -311,10 +334,12 @@ def build_report(records: dict[tuple[str, str], dict], settings: Any, out_dir: P
     reasons = pd.Series(kinds, dtype=object).value_counts().to_dict() if skipped else {}
     any_f = next(iter(frames.values()))
     resolved = any_f.table[np.isfinite(any_f.table["up"])]
+    sessions = resolved["session"].to_numpy() if "symbol" not in resolved.columns else \
+        (resolved["symbol"] + " " + resolved["session"]).to_numpy()  # pooled: windows of each symbol
     report: dict[str, Any] = {
         "settings": dataclasses.asdict(settings), "data": data or {}, "levels": list(LEVELS),
         "independent_windows": scoring.independent_windows(pd.DatetimeIndex(resolved["origin"]), settings.horizon,
-                                                           resolved["session"].to_numpy()),
+                                                           sessions),
         "overlap_h": math.ceil(settings.horizon / settings.every),
         "first_origin": any_f.table["origin"].min().isoformat(), "last_origin": any_f.table["origin"].max().isoformat(),
         "skipped_origins": {"n": len(skipped), "reasons": reasons},

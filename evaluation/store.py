@@ -3,6 +3,9 @@
 ``results.jsonl``: one JSON object per (forecaster, origin), appended a batch at a time with a single write on an
 O_APPEND descriptor and fsync'd. On load, duplicates are dropped (first wins) and a torn final line (a crash
 mid-write) is cut off, so an interrupted run resumes where it stopped and never counts a result twice.
+``parts/<name>.jsonl``: the records of one shard of a sharded (Ray) run, written whole and atomically by the one
+process that collects the shards; ``load`` merges the parts with ``results.jsonl``, so a run may resume in either
+mode and a finished shard is never redone.
 ``run.json`` pins the settings, the data and each forecaster's settings: resuming with others is refused.
 """
 from __future__ import annotations
@@ -18,6 +21,7 @@ from forecast.errors import SettingsError
 SKIP = "_skipped"  # pseudo-forecaster name of the records that say why an origin was skipped
 RESULTS = "results.jsonl"
 RUN_FILE = "run.json"
+PARTS = "parts"
 
 
 class RunMismatch(SettingsError):
@@ -29,18 +33,32 @@ class ResultStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.parts = self.path.parent / PARTS
 
     def load(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Every finished record: results.jsonl, then the shard parts in name order (duplicates: first wins)."""
         out: dict[tuple[str, str], dict[str, Any]] = {}
-        if not self.path.exists():
-            return out
-        with open(self.path, "rb") as fh:
-            for raw in fh:
-                if not raw.endswith(b"\n"):
-                    break  # a torn last line: that batch never finished
-                rec = json.loads(raw)
-                out.setdefault((rec["forecaster"], rec["origin"]), rec)
+        files = [self.path] + (sorted(self.parts.glob("*.jsonl")) if self.parts.is_dir() else [])
+        for path in files:
+            if not path.exists():
+                continue
+            with open(path, "rb") as fh:
+                for raw in fh:
+                    if not raw.endswith(b"\n"):
+                        break  # a torn last line: that batch never finished
+                    rec = json.loads(raw)
+                    out.setdefault((rec["forecaster"], rec["origin"]), rec)
         return out
+
+    def write_part(self, name: str, records: Sequence[dict[str, Any]]) -> Path:
+        """One shard's records as parts/<name>.jsonl, written whole (temporary file, fsync, rename) or not at all."""
+        from forecast.artifacts import atomic_write_text
+
+        self.parts.mkdir(parents=True, exist_ok=True)
+        path = self.parts / f"{name}.jsonl"
+        atomic_write_text(path, "".join(json.dumps(r, allow_nan=False, separators=(",", ":")) + "\n"
+                                        for r in records))
+        return path
 
     def _cut_torn_tail(self) -> None:
         if not self.path.exists() or self.path.stat().st_size == 0:
@@ -76,13 +94,16 @@ def describe(forecaster: Any) -> dict[str, Any]:
 
 
 def check_run_file(out_dir: Path, settings: dict[str, Any], data: dict[str, Any],
-                   forecasters: Sequence[Any]) -> None:
-    """Create or verify run.json; a resume must use the same settings, data and forecaster settings."""
+                   forecasters: Sequence[Any] | dict[str, dict[str, Any]]) -> None:
+    """Create or verify run.json; a resume must use the same settings, data and forecaster settings.
+    ``forecasters``: the objects, or their descriptions by name (``describe``). Other sections (the shard
+    timings of a Ray run) are kept."""
     path = out_dir / RUN_FILE
-    current = json.loads(json.dumps({"settings": settings, "data": data,
-                                     "forecasters": {f.name: describe(f) for f in forecasters}}))
+    described = forecasters if isinstance(forecasters, dict) else {f.name: describe(f) for f in forecasters}
+    current = json.loads(json.dumps({"settings": settings, "data": data, "forecasters": described}))
     if path.exists():
         old = json.loads(path.read_text())
+        current = {**old, **current}
         if old["settings"] != current["settings"] or old["data"] != current["data"]:
             changed = sorted(k for k in set(old["settings"]) | set(current["settings"])
                              if old["settings"].get(k) != current["settings"].get(k))
@@ -93,3 +114,11 @@ def check_run_file(out_dir: Path, settings: dict[str, Any], data: dict[str, Any]
                 raise RunMismatch(f"forecaster {name!r} ran with other settings in {out_dir}: rename it or --fresh")
         current["forecasters"] = {**old["forecasters"], **current["forecasters"]}
     atomic_write_json(path, current)
+
+
+def record_shards(out_dir: Path, timings: dict[str, dict[str, Any]]) -> None:
+    """Add finished shards' timings to run.json's "shards" section (the run record of a sharded run)."""
+    path = out_dir / RUN_FILE
+    run = json.loads(path.read_text())
+    run["shards"] = {**run.get("shards", {}), **timings}
+    atomic_write_json(path, run)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -99,25 +99,36 @@ def run_walk_forward(frame: pd.DataFrame, pipeline: ForecastPipeline, forecaster
     try:
         for start in range(0, len(origins), cfg.batch):
             batch = origins[start:start + cfg.batch]
-            keys = [t.isoformat() for t in batch]
-            if all((SKIP, k) in done or all((n, k) in done for n in names) for k in keys):
-                bar.update(len(batch))
-                continue
-            cases = [prepare_case(frame, t, pipeline) for t in batch]
-            skipped = [c for c in cases if c.skip and (SKIP, c.key) not in done]
-            store.append({"forecaster": SKIP, "origin": c.key, "session": c.session, "reason": c.skip}
-                         for c in skipped)
-            done |= {(SKIP, c.key) for c in skipped}
-            live = [c for c in cases if not c.skip]
-            for f in forecasters:
-                todo = [c for c in live if (f.name, c.key) not in done]
-                if not todo:
-                    continue
-                records = [scored_or_failed(f.name, c, p, pipeline)
-                           for c, p in zip(todo, sample_cases(f, todo, cfg))]
+            for records in batch_records(frame, batch, pipeline, forecasters, done):
                 store.append(records)  # one write per forecaster and batch: all of it or (after a crash) none
-                done |= {(f.name, c.key) for c in todo}
+                done |= {(r["forecaster"], r["origin"]) for r in records}
             bar.update(len(batch))
     finally:
         bar.close()
     return store.load()
+
+
+def origins_done(keys: Sequence[str], names: Sequence[str], done: set | dict) -> bool:
+    """Every origin either skipped or forecast by every forecaster named."""
+    return all((SKIP, k) in done or all((n, k) in done for n in names) for k in keys)
+
+
+def batch_records(frame: pd.DataFrame, batch: Sequence[pd.Timestamp], pipeline: ForecastPipeline,
+                  forecasters: Sequence[Any], done: set | dict) -> Iterator[list[dict[str, Any]]]:
+    """The records of one batch of origins that ``done`` lacks: first the skip records, then one list per
+    forecaster, each computed only when asked for (a caller stores each before the next is made). Every entry
+    point of the walk-forward (one process, a Ray shard) runs this same code."""
+    cfg = pipeline.cfg
+    names = [f.name for f in forecasters]
+    if origins_done([t.isoformat() for t in batch], names, done):
+        return
+    cases = [prepare_case(frame, t, pipeline) for t in batch]
+    skipped = [{"forecaster": SKIP, "origin": c.key, "session": c.session, "reason": c.skip}
+               for c in cases if c.skip and (SKIP, c.key) not in done]
+    if skipped:
+        yield skipped
+    live = [c for c in cases if not c.skip]
+    for f in forecasters:
+        todo = [c for c in live if (f.name, c.key) not in done]
+        if todo:
+            yield [scored_or_failed(f.name, c, p, pipeline) for c, p in zip(todo, sample_cases(f, todo, cfg))]
