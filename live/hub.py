@@ -28,6 +28,7 @@ from evaluation.outcome import realised_outcome
 from evaluation.scoring import band_coverage, brier_score
 from forecast.calibrator import band_score, ensemble_centre_scale
 from forecast.metrics import session_bars_of_last_day
+from marketdata import calendar as mcal
 from marketdata.frame import COLUMNS, ONE_MINUTE
 from marketdata.prepare import prepare_bars
 
@@ -260,7 +261,7 @@ class LiveHub:
         st = self._symbol(symbol)
         with self._lock:
             latest = st.latest
-            today = session_bars_of_last_day(st.bars) if not st.bars.empty else st.bars
+            today = _todays_bars(st.bars, None if latest is None else latest["summary"])
             candles = {"times": [_iso(t) for t in today.index],
                        **{c: [float(v) for v in today[c]] for c in ("open", "high", "low", "close")}}
             reliability = self._reliability(st)
@@ -400,6 +401,20 @@ class LiveHub:
                 "coverage_calibrated": _num(np.mean(inside_cal)) if inside_cal else None,
                 "coverage_all_minutes": _num(np.mean([r.outcome["inside_band_share"] for r in done]))
                 if done else None}
+
+
+def _todays_bars(bars: pd.DataFrame, summary: dict | None) -> pd.DataFrame:
+    """The bars of the last bar's session, in the window the forecasts use (regular hours unless the latest
+    summary says rth: false); the whole New York day before the first forecast."""
+    if bars.empty:
+        return bars
+    if summary is not None:
+        rth = bool((summary.get("settings") or {}).get("rth", True))
+        session = mcal.session_containing(bars.index[-1], rth)
+        if session is not None:
+            start, end = mcal.session_window(session, rth)
+            return bars[(bars.index >= start) & (bars.index < end)]
+    return session_bars_of_last_day(bars)
 
 
 def _offer(queue: asyncio.Queue, event: dict) -> None:
