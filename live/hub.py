@@ -13,6 +13,7 @@ re-implements a market rule.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import time
@@ -32,6 +33,7 @@ from marketdata import calendar as mcal
 from marketdata.frame import COLUMNS, ONE_MINUTE
 from marketdata.prepare import prepare_bars
 
+log = logging.getLogger(__name__)
 NEW_YORK = "America/New_York"
 PATHS_SHOWN = 20            # sample paths the page draws
 BARS_KEPT = pd.Timedelta(days=10)  # enough raw bars to rebuild a 3-session context across a long weekend
@@ -113,6 +115,7 @@ class LiveHub:
         self.history_size = int(history)
         self.started_at = time.time()
         self._lock = threading.RLock()
+        self.closed = False
         self._state = {s: _SymbolState(history=deque(maxlen=self.history_size)) for s in self.symbols}
         self._model: dict[str, Any] | None = None
         self._skips: Counter = Counter()
@@ -177,13 +180,18 @@ class LiveHub:
         closes = np.asarray(paths, dtype=float)
         if closes.ndim == 3:  # [N, H, 6] paths: keep the close
             closes = closes[:, :, 3]
-        record = self._record(symbol.upper(), summary, closes, float(latency_s), context)
+        try:
+            record = self._record(symbol.upper(), summary, closes, float(latency_s), context)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:  # the page then lacks it in the history only
+            record = None
+            log.warning("%s: forecast kept out of the history (%s: %s)", symbol, type(exc).__name__, exc)
         sample = closes[:PATHS_SHOWN]
         with self._lock:
             st.latest = {"summary": summary, "paths": [[_num(v) for v in row] for row in sample],
                          "latency_s": float(latency_s), "received_at": time.time()}
-            st.history.append(record)
-            self._reconcile(st)
+            if record is not None:
+                st.history.append(record)
+                self._reconcile(st)
         self._m_latency.labels(symbol.upper()).observe(float(latency_s))
         self._m_forecasts.labels(symbol.upper()).inc()
         self._publish({"event": "forecast", "symbol": symbol.upper()})
@@ -272,6 +280,13 @@ class LiveHub:
                     "candles": candles, "reliability": reliability, "freshness": fresh,
                     "model_loaded": self._model is not None}
 
+    def close(self) -> None:
+        """End every SSE stream now (call it before stopping the web server, which then stops at once instead of
+        waiting out its graceful-shutdown timeout for the open pages)."""
+        with self._lock:
+            self.closed = True
+        self._publish({"event": "close"})
+
     def subscribe(self) -> asyncio.Queue:
         """A queue of events for one SSE client; call on the web app's event loop."""
         queue: asyncio.Queue = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE)
@@ -299,7 +314,10 @@ class LiveHub:
         if loop is None or not queues or loop.is_closed():
             return
         for q in queues:
-            loop.call_soon_threadsafe(_offer, q, event)
+            try:
+                loop.call_soon_threadsafe(_offer, q, event)
+            except RuntimeError:  # the web server's loop closed meanwhile: nobody is listening any more
+                return
 
     def _record(self, symbol: str, summary: dict, closes: np.ndarray, latency_s: float, context: Any) -> _Record:
         times = pd.DatetimeIndex(pd.to_datetime(summary["future_times"], utc=True))
@@ -328,19 +346,23 @@ class LiveHub:
         for r in st.history:
             if r.outcome is not None or r.unresolved or st.bars.index[-1] < r.times[-1]:
                 continue
-            bars, new_session = self._context_of(r, st.bars)
-            r.context = None
-            if bars is None or bars.empty:
-                r.unresolved = "the forecast's context is no longer in the hub's bars"
-                continue
-            s = r.settings
-            out = realised_outcome(st.bars, bars, r.times, vwap_mode=s.get("vwap_mode", "moving"),
-                                   mid_window=int(s.get("mid_window", 20)), mid_kind=s.get("mid_kind", "sma"),
-                                   new_session=new_session)
-            if out is None:
-                continue
-            r.outcome = self._score(r, out)
-            done += 1
+            try:  # the page's bookkeeping must never stop the bars reaching the forecasting loop
+                bars, new_session = self._context_of(r, st.bars)
+                r.context = None
+                if bars is None or bars.empty:
+                    r.unresolved = "the forecast's context is no longer in the hub's bars"
+                    continue
+                s = r.settings
+                out = realised_outcome(st.bars, bars, r.times, vwap_mode=s.get("vwap_mode", "moving"),
+                                       mid_window=int(s.get("mid_window", 20)), mid_kind=s.get("mid_kind", "sma"),
+                                       new_session=new_session)
+                if out is None:
+                    continue
+                r.outcome = self._score(r, out)
+                done += 1
+            except Exception as exc:  # noqa: BLE001
+                r.unresolved = f"outcome failed: {type(exc).__name__}: {exc}"
+                log.warning("%s %s: %s", r.symbol, _iso(r.asof), r.unresolved)
         return done
 
     @staticmethod

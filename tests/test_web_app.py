@@ -129,5 +129,10 @@ def test_sse_stream_over_http(fed_hub):
                         data = json.loads(line[6:])
                         break
                     assert event != "skip"
+                hub.close()  # the service's shutdown: every stream ends, so uvicorn need not wait them out
+                rest = list(lines)
+                assert all(line in ("", ": ping") or not line.startswith("event: forecast") for line in rest)
+            r = client.get(f"/stream?token={TOKEN}")  # a stream opened after close ends at once
+            assert r.status_code == 200 and r.text == "retry: 3000\n\n"
     assert data["summary"] == summary2 and data["symbol"] == "QQQ"
     assert data["candles"]["times"][-1] == "2025-06-10T15:01:00Z"

@@ -169,3 +169,20 @@ def test_producer_thread_feeds_sse_subscriber(bars):
     assert _metric(hub, "kronos_forecast_latency_seconds_count", symbol="QQQ") == len(forecasts)
     assert _metric(hub, "kronos_forecast_latency_seconds_sum", symbol="QQQ") == pytest.approx(0.1 * 190)
     assert hub.health()["subscribers"] == 0
+
+
+def test_bad_input_never_reaches_the_producer(bars):
+    """A summary the history cannot read still becomes the latest (the page shows it), and a context that
+    cannot be rebuilt leaves the forecast unresolved with its reason; neither raises into the loop."""
+    hub = _hub()
+    hub.on_bars("QQQ", bars[bars.index < NOW], NOW)
+    summary, closes, ctx = synthetic_forecast(pipeline(), bars, NOW)
+    broken = {k: v for k, v in summary.items() if k != "future_times"}
+    hub.on_forecast("QQQ", broken, closes, 1.0)
+    assert hub.latest("QQQ") == broken and hub.history("QQQ") == []
+    hub2 = _hub()
+    hub2.on_forecast("QQQ", summary, closes, 1.0)         # no context given and no bars before it
+    end = ctx.times[-1]
+    hub2.on_bars("QQQ", bars[(bars.index >= NOW) & (bars.index <= end)], end + MINUTE)
+    [f] = hub2.history("QQQ")
+    assert f["outcome"] is None and "context" in f["unresolved"]

@@ -140,12 +140,14 @@ def create_app(hub: LiveHub, token: str | None = None) -> FastAPI:
         async def events() -> AsyncIterator[str]:
             try:
                 yield "retry: 3000\n\n"
-                while not await request.is_disconnected():
+                while not hub.closed and not await request.is_disconnected():
                     try:
                         event = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
                     except asyncio.TimeoutError:
                         yield ": ping\n\n"
                         continue
+                    if event["event"] == "close":
+                        return
                     message = _sse_message(hub, event, only)
                     if message is not None:
                         yield message
