@@ -3,6 +3,7 @@ last ``days`` sessions on start and of the minutes missed after a reconnect, and
 each minute while the stream is down. Every bar goes into the BarBook, where a corrected bar replaces the old."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import warnings
@@ -88,6 +89,8 @@ class AlpacaLiveSource:
         if stream is not None and getattr(stream, "_loop", None) is not None:
             try:
                 stream.stop()
+                # closing the socket ends the stream's wait for the next frame at once (else up to 5 s)
+                asyncio.run_coroutine_threadsafe(stream.close(), stream._loop).result(timeout=5)
             except Exception as exc:  # noqa: BLE001 - shutting down: nothing more to do about it
                 log.debug("stream stop: %s", exc)
         for thread in self._threads:
@@ -131,7 +134,7 @@ class AlpacaLiveSource:
             self._wake.clear()
             just_closed = self.clock.now().floor("min") - ONE_MINUTE
             in_session = mcal.session_containing(just_closed, self.rth) is not None
-            if not reconnected and (self.stream_up.is_set() or not in_session):
+            if not reconnected and (self.stream_up.is_set() or not in_session or self._have(just_closed)):
                 continue
             try:
                 changed = self.catch_up()
@@ -143,6 +146,10 @@ class AlpacaLiveSource:
                 message = f"REST {'backfill' if reconnected else 'poll'} failed: {first_line(exc)}"
                 log.warning(message)
                 self.hub.on_error(message)
+
+    def _have(self, minute: pd.Timestamp) -> bool:
+        """Every symbol already has a bar at or after ``minute``."""
+        return all((last := self.book.last_minute(s)) is not None and last >= minute for s in self.symbols)
 
     # ------------------------------------------------------------------------------------------- stream
 
