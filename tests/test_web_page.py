@@ -56,7 +56,7 @@ def test_page_in_headless_chromium(real_data_dir, tmp_path):
     bars = qqq_bars(str(real_data_dir))
     pipe = pipeline(horizon=30, n_samples=60, calibrated=True)
     hub = LiveHub(["QQQ"], horizon=30, percentiles=[10, 50, 90])
-    hub.set_model({"model": "tiny-random", "tokenizer": "tiny-tok", "device": "cpu", "dtype": "float32",
+    hub.set_model({"model": "synthetic paths (test)", "tokenizer": "none", "device": "cpu", "dtype": "float32",
                    "load_s": 0.1})
     # the morning's forecasts, most of them reconciled, so the reliability panel has numbers
     for k, t in enumerate(pd.date_range(NOW - pd.Timedelta(minutes=150), NOW - pd.Timedelta(minutes=5), freq="5min")):
