@@ -79,6 +79,8 @@ class ReplaySource:
                 if wait <= 0:
                     break
                 self.stop.wait(min(wait, 0.5))
+            if self.stop.is_set():
+                return
             for symbol, i in by_close[close]:
                 self.book.upsert(symbol, self.frames[symbol].iloc[i:i + 1])
         log.info("replay: every bar has been played (up to %s)", closes[-1].isoformat() if closes else "-")

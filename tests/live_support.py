@@ -11,7 +11,7 @@ from app.config import build_config
 from live.book import BarBook
 from live.hub import LiveHub
 from live.loop import ForecastLoop
-from live.outputs import Outputs
+from live.outputs import Outputs, RedisPublisher
 from test_cli import synthetic_bars
 
 
@@ -64,7 +64,7 @@ def serve_config(ckpt, out, **over):
     return build_config(values, {}, script="serve")
 
 
-def make_loop(cfg, symbols=("QQQ",), clock=None, redis=None, budget=None, sampler=None):
+def make_loop(cfg, symbols=("QQQ",), clock=None, budget=None, sampler=None):
     """The forecasting loop over a fresh book and hub, the pipelines sharing one (possibly wrapped) engine."""
     from forecast.pipeline import ForecastPipeline
 
@@ -75,6 +75,9 @@ def make_loop(cfg, symbols=("QQQ",), clock=None, redis=None, budget=None, sample
     base.load()
     engine = sampler(base.sampler) if sampler else base.sampler
     pipelines = {s: ForecastPipeline(cfg.replace(symbol=s), sampler=engine, calibrator=None) for s in symbols}
+    redis = None
+    if cfg.redis_url:  # short timeouts and back-off: the tests stop and restart the server
+        redis = RedisPublisher(cfg.redis_url, cfg.redis_prefix, hub, timeout_s=0.5, max_backoff_s=0.2)
     outputs = Outputs(cfg.live_out, hub, timestamped=cfg.timestamped_files, redis=redis)
     outputs.preflight(list(symbols))
     loop = ForecastLoop(pipelines, book, clock, outputs, hub, budget_s=budget or cfg.time_budget, rth=cfg.rth,
