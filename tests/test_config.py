@@ -94,3 +94,20 @@ def test_readme_config_reference_is_current():
     from app.config import reference_table
 
     assert reference_table() in (ROOT / "README.md").read_text(), "regenerate the README's config table"
+
+
+def test_readme_serve_keys_reference_is_current():
+    from app.config import reference_table
+
+    assert reference_table(SERVE_KEYS) in (ROOT / "README.md").read_text(), "regenerate the README's serve table"
+
+
+def test_serve_keys_are_validated():
+    cfg = build_config({"symbols": ["qqq", "SPY"], "port": 0}, {}, script="serve")
+    assert cfg.symbols == ["qqq", "SPY"] and cfg.port == 0 and cfg.redis_url is None
+    with pytest.raises(ConfigError, match="'redis_url'"):
+        build_config({"redis_url": "http://localhost:6379"}, {}, script="serve")
+    with pytest.raises(ConfigError, match="'port'"):
+        build_config({"port": 70000}, {}, script="serve")
+    with pytest.raises(ConfigError, match="'symbols'"):
+        build_config({"symbols": ["QQQ; rm"]}, {}, script="serve")
