@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="play bars files as if live (one per symbol, in --symbols order) instead of Alpaca")
     parser.add_argument("--from", dest="replay_from", default=None, metavar="T",
                         help="replay start (ISO 8601; naive means UTC): bars before it are history "
-                             "(default: the open of the file's last session but one)")
+                             "(default: the open of the file's last session)")
     parser.add_argument("--speed", type=float, default=60.0,
                         help="replay speed: market seconds per wall second (default 60: a minute a second)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")

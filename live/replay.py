@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 
 def load_replay(files: dict[str, str], start: pd.Timestamp | None, *, tz: str = "auto",
                 label: str = "auto") -> tuple[dict[str, pd.DataFrame], pd.Timestamp]:
-    """Each symbol's bars from its file, and the replay's start (default: the open of the file's last session
-    but one, so the page has a whole session to show). A DataError names a file that cannot be used."""
+    """Each symbol's bars from its file, and the replay's start (default: the open of the file's last
+    session, so the page shows a whole session with the sessions before it as context). A DataError names a
+    file that cannot be used."""
     frames = {}
     for symbol, path in files.items():
         frame = read_bars_file(path, tz=tz, label=label)
@@ -29,8 +30,7 @@ def load_replay(files: dict[str, str], start: pd.Timestamp | None, *, tz: str = 
     first = min(f.index[0] for f in frames.values())
     last = max(f.index[-1] for f in frames.values())
     if start is None:
-        sessions = mcal.recent_sessions(last, 2)
-        start = mcal.session_window(sessions[-1])[0]
+        start = mcal.session_window(mcal.recent_sessions(last, 1)[-1])[0]
     if not first < start <= last:
         raise DataError(f"--from {start.isoformat()} is outside the replay data "
                         f"({first.isoformat()} .. {last.isoformat()})")

@@ -31,7 +31,7 @@ REST_URL_ENV = "ALPACA_DATA_URL"
 @dataclass
 class Replay:
     files: dict[str, str]           # symbol -> bars file
-    start: pd.Timestamp | None      # --from (None: the open of the file's last session but one)
+    start: pd.Timestamp | None      # --from (None: the open of the file's last session)
     speed: float = 60.0
 
 
@@ -153,6 +153,7 @@ class Service:
             if thread.name == "forecast":
                 thread.join(timeout=30)
         if self.server is not None:
+            self.hub.close()  # ends the open SSE streams, so the server stops at once
             self.server.should_exit = True
         for thread in self.threads:
             thread.join(timeout=5)
@@ -212,7 +213,7 @@ def start_web(hub: Any, token: str | None, sock: socket.socket, threads: list[th
     from web.app import create_app
 
     server = uvicorn.Server(uvicorn.Config(create_app(hub, token), log_level="warning", access_log=False,
-                                           lifespan="on"))
+                                           lifespan="on", timeout_graceful_shutdown=3))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="web", daemon=True)
     thread.start()
     threads.append(thread)
