@@ -91,7 +91,7 @@ def test_an_inference_over_budget_is_skipped_not_published(ckpt, bars, tmp_path)
 
 
 def test_bars_arriving_during_a_forecast_leave_no_backlog(ckpt, bars, tmp_path):
-    cfg = serve_config(ckpt, tmp_path / "live")
+    cfg = serve_config(ckpt, tmp_path / "live", timestamped_files=True)
     clock = ManualClock(T_CLOSE)
     holder = {}
 
@@ -107,6 +107,14 @@ def test_bars_arriving_during_a_forecast_leave_no_backlog(ckpt, bars, tmp_path):
     assert engine.batches == [1, 1]  # two engine calls, not four
     assert [(m.strftime("%H:%M"), r.split(":")[0]) for _, m, r in loop.skips] == [("15:01", "superseded"),
                                                                                    ("15:02", "superseded")]
+    # with timestamped files on, each published forecast has its own, named in its JSON and the run log
+    out = tmp_path / "live"
+    assert sorted(p.name for p in out.glob("pred_summary_QQQ_2*.json")) == [
+        "pred_summary_QQQ_20250604T150100Z.json", "pred_summary_QQQ_20250604T150400Z.json"]
+    latest = json.loads((out / "pred_summary_QQQ_latest.json").read_text())
+    assert latest["artifacts"]["stamp"] == "20250604T150400Z"
+    assert (out / latest["artifacts"]["paths_close"]).exists()
+    assert (out / "runs_QQQ.csv").read_text().splitlines()[-1].count("pred_summary_QQQ_20250604T150400Z.json") == 1
 
 
 def test_several_symbols_share_one_batched_engine_call(ckpt, bars, tmp_path):
