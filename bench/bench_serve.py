@@ -46,8 +46,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def session_bars(path: Path | None, session: str):
-    """Bars of the session to replay and the three before it (history)."""
+def session_bars(path: Path | None, session: str, count: int = 1):
+    """Bars of ``count`` sessions from ``session`` on to replay, and the bars before them (history)."""
     import pandas as pd
 
     from marketdata import calendar as mcal
@@ -60,9 +60,10 @@ def session_bars(path: Path | None, session: str):
         session = "2025-06-05"
     else:
         frame = read_bars_file(path)
-    start, end = mcal.session_window(session)
-    minutes = frame[(frame.index >= start) & (frame.index < end)]
-    return frame[frame.index < start], minutes, session
+    labels = mcal.xnys().sessions_in_range(session, pd.Timestamp(session) + pd.Timedelta(days=3 * count + 7))[:count]
+    windows = [mcal.session_window(label) for label in labels]
+    inside = sum(((frame.index >= a) & (frame.index < b)) for a, b in windows).astype(bool)
+    return frame[frame.index < windows[0][0]], frame[inside], session
 
 
 def start_redis(tmp: Path):
@@ -87,11 +88,14 @@ def start_redis(tmp: Path):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--forecasts", type=int, default=390, help="bars of the session to play (390: all)")
+    parser.add_argument("--forecasts", type=int, default=390, help="bars of each session to play (390: all)")
     parser.add_argument("--n-samples", type=int, default=100)
     parser.add_argument("--shape", default="small", help="checkpoint shape: small (Kronos-small) or tiny")
     parser.add_argument("--bars", type=Path, default=None, help="bars file (default: synthetic sessions)")
     parser.add_argument("--session", default="2025-06-02", help="session of --bars to replay")
+    parser.add_argument("--lookback", type=int, default=480)
+    parser.add_argument("--sessions", type=int, default=1, help="consecutive sessions to replay")
+    parser.add_argument("--outputs", default="file,sse,redis", help="outputs to wait for and measure")
     args = parser.parse_args()
 
     import httpx
@@ -107,11 +111,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         model, tokenizer = write_checkpoint_pair(tmp / "ckpt", shape=args.shape, seed=0)
-        history, minutes, session = session_bars(args.bars, args.session)
-        minutes = minutes.iloc[:args.forecasts]
-        redis_proc, redis_url = start_redis(tmp)
+        history, minutes, session = session_bars(args.bars, args.session, args.sessions)
+        minutes = minutes.iloc[:args.forecasts * args.sessions]
+        wanted = args.outputs.split(",")
+        redis_proc, redis_url = start_redis(tmp) if "redis" in wanted else (None, None)
         cfg = build_config({"model": str(model), "tokenizer": str(tokenizer), "device": "cpu",
-                            "n_samples": args.n_samples, "seed": 0, "live_out": str(tmp / "live"),
+                            "n_samples": args.n_samples, "seed": 0, "live_out": str(tmp / "live"), "lookback": args.lookback,
                             "redis_url": redis_url, "time_budget": 600.0}, {}, script="serve")
         clock = ManualClock(minutes.index[0])
         loop, hub, book, _, _ = make_loop(cfg, clock=clock)
@@ -152,17 +157,20 @@ def main() -> None:
 
             sub = redis.Redis.from_url(redis_url).pubsub()
             sub.subscribe("kronos:QQQ")
-            for message in sub.listen():
-                if message["type"] == "message":
-                    mark(json.loads(message["data"])["asof"], "redis")
+            try:
+                for message in sub.listen():
+                    if message["type"] == "message":
+                        mark(json.loads(message["data"])["asof"], "redis")
+            except redis.ConnectionError:  # the bench stopped the server
+                pass
 
-        for target in (sse_client,) + ((redis_client,) if redis_url else ()):
+        for target in ((sse_client,) if "sse" in wanted else ()) + ((redis_client,) if redis_url else ()):
             threading.Thread(target=target, daemon=True).start()
-        while hub.health()["subscribers"] < 1:
+        while "sse" in wanted and hub.health()["subscribers"] < 1:
             time.sleep(0.01)
         time.sleep(0.3)  # the Redis subscription
 
-        outputs = ("file", "sse") + (("redis",) if redis_url else ())
+        outputs = ("file",) + (("sse",) if "sse" in wanted else ()) + (("redis",) if redis_url else ())
         book.upsert("QQQ", history)
         loop.done["QQQ"] = history.index[-1]  # history is context, not a bar to forecast
         runner = threading.Thread(target=loop.run, daemon=True)
@@ -178,7 +186,8 @@ def main() -> None:
             while True:
                 with lock:
                     got = dict(received.get(asof, {}))
-                if all(o in got for o in outputs) or len(loop.skips) > skips_before:
+                published = (hub.latest("QQQ") or {}).get("asof") == asof
+                if (published and all(o in got for o in outputs)) or len(loop.skips) > skips_before:
                     break
                 time.sleep(0.001)
             if len(loop.skips) > skips_before:
@@ -223,6 +232,8 @@ def main() -> None:
           f"60 s a minute allows; the whole session took {session_s / 60:.1f} min of wall time)")
     print(f"RSS: {rss[0]:.0f} MB before the first bar, {warm:.0f} MB after 10 forecasts, {rss[-1]:.0f} MB after "
           f"{len(rows)}: growth {rss[-1] - warm:+.1f} MB after warm-up ({rss[-1] - rss[0]:+.1f} MB in all)")
+    marks = [i for i in (10, 100, 200, 300, 350, 370, 390, 500, 600, 700, 740, 760) if i < len(rss) - 1] + [len(rss) - 1]
+    print("RSS (MB) after n bars: " + ", ".join(f"{i}: {rss[i]:.0f}" for i in marks))
     if skipped:
         reasons = sorted({r['skipped'].split(':')[0] for r in skipped})
         print(f"skipped: {len(skipped)} ({', '.join(reasons)}; the session's last minutes are shorter than "

@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 def write_files(out_dir: Path, symbol: str, fc: Any, timestamped: bool) -> tuple[dict[str, Path], bytes]:
     """The forecast's files, all or nothing, then its run-log row; returns them and the summary JSON bytes."""
     stamp = artifact_stamp(pd.Timestamp(fc.summary["asof"]).to_pydatetime())
-    files = run_files(symbol, stamp, fc.summary, fc.paths, iso_utc(fc.context.times), EXTRA_FIELDS)
+    # without timestamped files only the close paths are kept (their _latest copy): format nothing else
+    extra = EXTRA_FIELDS if timestamped else ()
+    files = run_files(symbol, stamp, fc.summary, fc.paths, iso_utc(fc.context.times), extra)
     if not timestamped:
         files = {k: v for k, v in files.items() if k.endswith("_latest")}
         block = {"stamp": stamp, "summary_latest": files["summary_latest"][0],
