@@ -2,7 +2,8 @@
 # Create or update .venv with everything the forecast needs; safe to run again (it only installs what is missing).
 #
 #   bash setup_venv.sh          runtime dependencies
-#   bash setup_venv.sh --test   plus the test dependencies and the reference Kronos package (test-only)
+#   bash setup_venv.sh --test   plus the test dependencies, the reference Kronos package (test-only) and the
+#                               Debian packages the tests start (redis-server, chromium, chromium-driver)
 #   bash setup_venv.sh --ray    plus Ray, for backtests on a cluster (backtest.py --ray); --test includes it
 #
 # Environment:
@@ -20,7 +21,7 @@ for arg in "$@"; do
   case "$arg" in
     --test) want_tests=1; want_ray=1 ;;
     --ray) want_ray=1 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "setup_venv.sh: unknown argument '$arg' (use --test, --ray or --help)" >&2; exit 2 ;;
   esac
 done
@@ -76,6 +77,17 @@ if [ "$want_tests" = 1 ]; then
   pip_install -r requirements-test.txt
   # The upstream Kronos code is the test oracle only; its own pins are too strict, hence --no-deps.
   pip_install --no-deps kronos-model-arch==0.1.0 einops==0.8.2
+  # Servers the tests start on 127.0.0.1: a real Redis, and a headless Chromium with its WebDriver (Debian).
+  missing=()
+  for pair in redis-server:redis-server chromium:chromium chromedriver:chromium-driver; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing ${missing[*]} (apt-get)"
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
 fi
 
 "$py" - <<'PY'

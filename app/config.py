@@ -165,6 +165,27 @@ BACKTEST_KEYS_BY_NAME = {k.name: k for k in BACKTEST_KEYS}
 
 # serve.py's own keys (the live service); it reads the forecast's keys too.
 SERVE_KEYS: tuple[Key, ...] = (
+    Key("symbols", list, [], "symbols the service forecasts together, one batched engine call (empty: `symbol`)",
+        check=lambda v: all(isinstance(s, str) and s.replace(".", "").isalnum() for s in v),
+        rule="a list of tickers (letters, digits and dots)"),
+    Key("host", str, "127.0.0.1", "address the web page and API listen on (any other than loopback needs "
+        "KRONOS_SERVE_TOKEN)", affects_results=False),
+    Key("port", int, 8765, "port of the web page and API (0 = any free port)", check=lambda v: 0 <= v <= 65535,
+        rule="0..65535", affects_results=False),
+    Key("live_out", str, "outputs/live", "the service's folder for the CLI's files (keep it apart from cron's "
+        "`out`)", affects_results=False),
+    Key("timestamped_files", bool, False, "also keep every forecast's timestamped files (the _latest copies "
+        "and the run log are always written)", affects_results=False),
+    Key("redis_url", str, None, "publish each summary to this Redis (redis://host:6379/0); null = no Redis",
+        check=lambda v: v.startswith(("redis://", "rediss://", "unix://")), rule="a redis://, rediss:// or "
+        "unix:// URL", affects_results=False),
+    Key("redis_prefix", str, "kronos", "Redis names: PUBLISH on <prefix>:<SYMBOL>, latest under "
+        "<prefix>:<SYMBOL>:latest", check=lambda v: bool(v) and " " not in v, rule="a name without spaces",
+        affects_results=False),
+    Key("poll_delay", float, 3.0, "seconds after each minute to poll Alpaca's REST API while the stream is down",
+        check=lambda v: 0 <= v <= 50, rule="0..50", affects_results=False),
+    Key("history", int, 500, "forecasts kept in memory for the page and /forecast/history", check=_positive,
+        rule=">= 1", affects_results=False),
 )
 
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from app.config import (ConfigError, KEYS, add_config_flags, build_config, load_config, overrides_from_args,
-                           read_yaml)
+from app.config import (ConfigError, KEYS, SERVE_KEYS, add_config_flags, build_config, load_config,
+                        overrides_from_args, read_yaml)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def test_shipped_config_matches_the_documented_defaults():
     assert cfg.model == "NeoQuasar/Kronos-small" and cfg.tokenizer == "NeoQuasar/Kronos-Tokenizer-base"
     assert cfg.percentiles == [10, 50, 90] and cfg.rth is True and cfg.feed == "iex"
     # The file sets every key, so a default changed in code alone would show up here.
-    assert set(read_yaml(ROOT / "config.yaml")) == {k.name for k in KEYS}
+    assert set(read_yaml(ROOT / "config.yaml")) == {k.name for k in KEYS + SERVE_KEYS}
 
 
 def test_every_key_has_a_command_line_flag():
@@ -94,3 +94,20 @@ def test_readme_config_reference_is_current():
     from app.config import reference_table
 
     assert reference_table() in (ROOT / "README.md").read_text(), "regenerate the README's config table"
+
+
+def test_readme_serve_keys_reference_is_current():
+    from app.config import reference_table
+
+    assert reference_table(SERVE_KEYS) in (ROOT / "README.md").read_text(), "regenerate the README's serve table"
+
+
+def test_serve_keys_are_validated():
+    cfg = build_config({"symbols": ["qqq", "SPY"], "port": 0}, {}, script="serve")
+    assert cfg.symbols == ["qqq", "SPY"] and cfg.port == 0 and cfg.redis_url is None
+    with pytest.raises(ConfigError, match="'redis_url'"):
+        build_config({"redis_url": "http://localhost:6379"}, {}, script="serve")
+    with pytest.raises(ConfigError, match="'port'"):
+        build_config({"port": 70000}, {}, script="serve")
+    with pytest.raises(ConfigError, match="'symbols'"):
+        build_config({"symbols": ["QQQ; rm"]}, {}, script="serve")

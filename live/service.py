@@ -1,0 +1,225 @@
+"""The live service put together: config -> the model, loaded once -> hub -> web app -> bar source -> the
+forecasting loop -> outputs. ``Service.start`` does everything that can fail before anything runs, so a bad
+setting, a missing checkpoint or a port in use ends the program with its one-line error and exit code."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from app.config import ConfigError
+from app.operation import run_lock
+from live.book import BarBook
+from live.clock import ReplayClock, WallClock
+from live.loop import ForecastLoop
+from live.outputs import Outputs, RedisPublisher, redacted
+
+log = logging.getLogger(__name__)
+TOKEN_ENV = "KRONOS_SERVE_TOKEN"
+STREAM_URL_ENV = "ALPACA_STREAM_URL"  # tests point the stream and REST clients at local fakes
+REST_URL_ENV = "ALPACA_DATA_URL"
+
+
+@dataclass
+class Replay:
+    files: dict[str, str]           # symbol -> bars file
+    start: pd.Timestamp | None      # --from (None: the open of the file's last session)
+    speed: float = 60.0
+
+
+@dataclass
+class Service:
+    cfg: Any
+    replay: Replay | None = None
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.symbols = symbols_of(self.cfg)
+        self.token = listen_token(self.cfg.host, self.environ)
+        self.threads: list[threading.Thread] = []
+        self.server: Any = None
+        self.source: Any = None
+        self.outputs: Outputs | None = None
+        self.port: int | None = None
+        self._lock = None
+
+    # --------------------------------------------------------------------------------------------- start
+
+    def start(self) -> None:
+        from forecast.pipeline import ForecastPipeline
+        from live.hub import LiveHub
+
+        cfg = self.cfg
+        sock = listen_socket(cfg.host, cfg.port)  # the port is taken before the model loads, or not at all
+        self.port = sock.getsockname()[1]
+        out = Path(cfg.live_out)
+        self.outputs_dir = out
+        frames, start = self._replay_frames()
+        base = ForecastPipeline(cfg.replace(symbol=self.symbols[0]))
+        pipelines = {s: ForecastPipeline(cfg.replace(symbol=s), sampler=None, calibrator=base.calibrator)
+                     for s in self.symbols}
+        pipelines[self.symbols[0]] = base
+        self.hub = hub = LiveHub(self.symbols, horizon=cfg.horizon, percentiles=cfg.percentiles,
+                                 history=cfg.history)
+        redis = RedisPublisher(cfg.redis_url, cfg.redis_prefix, hub) if cfg.redis_url else None
+        self.outputs = Outputs(out, hub, timestamped=cfg.timestamped_files, redis=redis)
+        self.outputs.preflight(self.symbols)
+        self._lock = run_lock(out / ".serve.lock")  # one service per folder (exit 6 for a second one)
+        self._lock.__enter__()
+
+        load_s = base.load()
+        for p in pipelines.values():
+            p._sampler = base.sampler  # one engine, shared: the model is loaded once
+        hub.set_model({**base.engine_info(), "load_s": round(load_s, 3)})
+        log.info("model %s loaded on %s in %.1f s", cfg.model, base.sampler.device, load_s)
+
+        self.server = start_web(hub, self.token, sock, self.threads)
+        log.info("web page on http://%s:%d/%s", cfg.host, self.port, "" if self.token is None else
+                 " (token required)")
+        if redis is not None:
+            log.info("publishing to Redis %s on %s:<SYMBOL>", redacted(cfg.redis_url), cfg.redis_prefix)
+
+        self.clock = WallClock() if frames is None else ReplayClock(start, self.replay.speed)
+        self.book = BarBook(self.symbols, on_change=lambda s, f: hub.on_bars(s, f, self.clock.now()), days=cfg.days)
+        provenance = self._provenance()
+        if frames is None:
+            self.source = self._alpaca_source()
+        else:
+            from live.replay import ReplaySource
+
+            self.source = ReplaySource(frames, self.book, self.clock, cfg.rth, self.stop)
+            log.info("replaying from %s at %gx", start.isoformat(), self.replay.speed)
+        self.source.start()
+        self.loop = ForecastLoop(pipelines, self.book, self.clock, self.outputs, hub, budget_s=cfg.time_budget,
+                                 rth=cfg.rth, provenance=provenance, stop=self.stop)
+        thread = threading.Thread(target=self.loop.run, name="forecast", daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def _replay_frames(self) -> tuple[dict[str, pd.DataFrame] | None, pd.Timestamp | None]:
+        if self.replay is None:
+            return None, None
+        from live.replay import load_replay
+
+        return load_replay(self.replay.files, self.replay.start, tz=self.cfg.csv_tz, label=self.cfg.csv_label)
+
+    def _provenance(self) -> dict[str, dict[str, Any]]:
+        if self.replay is not None:
+            return {s: {"source": "replay", "file": os.path.abspath(self.replay.files[s]), "feed": None,
+                        "delayed": False, "speed": self.replay.speed} for s in self.symbols}
+        return {s: {"source": "alpaca-stream", "feed": self.cfg.feed, "delayed": False} for s in self.symbols}
+
+    def _alpaca_source(self) -> Any:
+        from live.sources import AlpacaLiveSource
+        from marketdata.alpaca import credentials_from_env
+        from marketdata.frame import DataError
+
+        credentials = credentials_from_env(self.environ)
+        if credentials is None:
+            raise DataError("no Alpaca keys: set ALPACA_KEY_ID and ALPACA_SECRET_KEY (or APCA_API_KEY_ID and "
+                            "APCA_API_SECRET_KEY), or try it offline with --replay FILE")
+        cfg = self.cfg
+        return AlpacaLiveSource(self.symbols, self.book, self.clock, self.hub, credentials, feed=cfg.feed,
+                                sip_fallback=cfg.sip_fallback, days=cfg.days, rth=cfg.rth, stop=self.stop,
+                                rest_url=self.environ.get(REST_URL_ENV) or None,
+                                stream_url=self.environ.get(STREAM_URL_ENV) or None,
+                                poll_delay_s=cfg.poll_delay)
+
+    # --------------------------------------------------------------------------------------------- run, stop
+
+    def wait(self) -> None:
+        """Block until stopped (Ctrl-C or SIGTERM arrive here as KeyboardInterrupt) or a worker died."""
+        while not self.stop.wait(0.5):
+            dead = [t.name for t in self.threads if not t.is_alive()]
+            if dead:
+                raise RuntimeError(f"the {', '.join(dead)} thread stopped unexpectedly")
+
+    def close(self) -> None:
+        self.stop.set()
+        if getattr(self, "book", None) is not None:
+            self.book.poke()
+        if self.source is not None and hasattr(self.source, "close"):
+            self.source.close()
+        for thread in self.threads:
+            if thread.name == "forecast":
+                thread.join(timeout=30)
+        if self.server is not None:
+            self.hub.close()  # ends the open SSE streams, so the server stops at once
+            self.server.should_exit = True
+        for thread in self.threads:
+            thread.join(timeout=5)
+        if self.outputs is not None:
+            self.outputs.close()
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+            self._lock = None
+
+
+def symbols_of(cfg: Any) -> list[str]:
+    symbols = [s.upper() for s in (cfg.symbols or [cfg.symbol])]
+    if len(set(symbols)) != len(symbols):
+        raise ConfigError(f"config key 'symbols' lists a ticker twice: {', '.join(symbols)}")
+    return symbols
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def listen_token(host: str, environ: Mapping[str, str]) -> str | None:
+    """The API token from the environment; required (ConfigError) when listening beyond this machine."""
+    token = (environ.get(TOKEN_ENV) or "").strip() or None
+    if token is None and not is_loopback(host):
+        raise ConfigError(f"listening on {host} exposes the page beyond this machine: set {TOKEN_ENV} to a long "
+                          "random token (clients send 'Authorization: Bearer <token>'), or keep host 127.0.0.1")
+    if token is not None and len(token) < 16:
+        raise ConfigError(f"{TOKEN_ENV} is too short ({len(token)} characters); use at least 16 random ones")
+    return token
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port or "
+                          "--host") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def start_web(hub: Any, token: str | None, sock: socket.socket, threads: list[threading.Thread]) -> Any:
+    """uvicorn serving web.app.create_app(hub, token) on the bound socket, on its own thread."""
+    import uvicorn
+
+    from web.app import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(hub, token), log_level="warning", access_log=False,
+                                           lifespan="on", timeout_graceful_shutdown=3))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="web", daemon=True)
+    thread.start()
+    threads.append(thread)
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not server.started:
+        raise RuntimeError("the web server did not start")
+    return server

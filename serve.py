@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""The live service: the model loaded once, a forecast for every closed minute, the JSON in files, on Redis and
+on a web page that updates itself.
+
+    python serve.py                                   # live: Alpaca keys from the environment, page on :8765
+    python serve.py --replay bars.csv --from 2025-06-02T13:30:00Z --speed 60    # offline, no keys
+    python serve.py --symbols QQQ,SPY --redis-url redis://127.0.0.1:6379/0
+
+Exit codes as in the README (0 stopped cleanly, 2 bad input, 4 data source, 5 model, 6 locked).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from app.config import ConfigError, add_config_flags, load_config, overrides_from_args
+from app.exits import ExitCode
+from app.operation import install_program_handlers, report_failure
+
+log = logging.getLogger("kronos_serve")
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=None,
+                        help=f"YAML settings (default: {DEFAULT_CONFIG.name} beside this script)")
+    parser.add_argument("--replay", nargs="+", metavar="FILE", default=None,
+                        help="play bars files as if live (one per symbol, in --symbols order) instead of Alpaca")
+    parser.add_argument("--from", dest="replay_from", default=None, metavar="T",
+                        help="replay start (ISO 8601; naive means UTC): bars before it are history "
+                             "(default: the open of the file's last session)")
+    parser.add_argument("--speed", type=float, default=60.0,
+                        help="replay speed: market seconds per wall second (default 60: a minute a second)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only on stderr")
+    add_config_flags(parser, script="serve")
+    return parser.parse_args(argv)
+
+
+def replay_of(args: argparse.Namespace, symbols: list[str]):
+    from live.service import Replay
+
+    if args.replay is None:
+        if args.replay_from is not None:
+            raise ConfigError("--from needs --replay FILE")
+        return None
+    if len(args.replay) != len(symbols):
+        raise ConfigError(f"--replay got {len(args.replay)} file(s) for {len(symbols)} symbol(s) "
+                          f"({', '.join(symbols)}); give one file per symbol")
+    if not args.speed > 0:
+        raise ConfigError(f"--speed must be > 0, got {args.speed:g}")
+    for path in args.replay:
+        if not Path(path).is_file():
+            raise ConfigError(f"--replay: file not found: {path}")
+    start = None
+    if args.replay_from is not None:
+        from cli_kronos_prob_qqq import parse_asof
+
+        start = parse_asof(args.replay_from)
+    return Replay(dict(zip(symbols, args.replay)), start, args.speed)
+
+
+def main(argv: list[str] | None = None, program: bool = False) -> int:
+    args = parse_args(argv)
+    if program:
+        install_program_handlers(verbose=args.verbose, quiet=args.quiet)
+    service = None
+    try:
+        config_path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+        cfg = load_config(config_path, overrides_from_args(args), script="serve")
+        from live.service import Service, symbols_of
+
+        service = Service(cfg, replay_of(args, symbols_of(cfg)))
+        service.start()
+        service.wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (systemd's stop): a clean stop
+        log.info("stopping")
+    except BaseException as exc:  # noqa: BLE001 - every failure ends in one line and a documented code
+        if service is not None:
+            service.close()
+        return report_failure(exc, log)
+    if service is not None:
+        service.close()
+    return ExitCode.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main(program=True))

@@ -1,0 +1,110 @@
+"""The live Alpaca source against fakes on 127.0.0.1: alpaca-py's real StockDataStream talks to a fake stream
+server (handshake, auth, subscription, a bar, its corrected bar, a dropped connection) and the real REST client
+to a fake bars endpoint (backfill on start, polling while the stream is down, backfill after the reconnect)."""
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fake_alpaca import FakeAlpaca
+from fake_alpaca_stream import FakeAlpacaStream, bar_message
+from live.book import BarBook
+from live.clock import ReplayClock
+from live.hub import LiveHub
+from live.sources import AlpacaLiveSource
+from marketdata.alpaca import Credentials
+from test_cli import synthetic_bars
+
+KEY, SECRET = "PKTEST0000KEY1234", "secret-not-for-logs-5678"
+
+
+def wait_for(condition, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def bars():
+    frame = synthetic_bars()
+    frame.index = pd.DatetimeIndex(pd.to_datetime(frame.pop("timestamp"), utc=True), name="timestamp")
+    return frame
+
+
+@pytest.fixture
+def rest(bars):
+    """Alpaca's bars endpoint over the synthetic bars: start and end inclusive, as Alpaca answers."""
+    def respond(query):
+        start, end = pd.Timestamp(query["start"]), pd.Timestamp(query["end"])
+        rows = bars[(bars.index >= start) & (bars.index <= end)]
+        return 200, {"bars": {"QQQ": [{"t": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "o": r.open, "h": r.high,
+                                       "l": r.low, "c": r.close, "v": r.volume, "n": 1, "vw": r.close}
+                                      for t, r in rows.iterrows()]}, "next_page_token": None}
+    fake = FakeAlpaca(respond)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def stream():
+    fake = FakeAlpacaStream(KEY, SECRET)
+    yield fake
+    fake.close()
+
+
+def test_stream_bars_corrections_and_backfill_after_a_dropped_connection(bars, rest, stream):
+    clock = ReplayClock(pd.Timestamp("2025-06-04T15:00:05Z"), speed=60)  # a market minute each wall second
+    hub = LiveHub(["QQQ"], horizon=30, percentiles=[10, 50, 90])
+    book = BarBook(["QQQ"], on_change=lambda s, f: hub.on_bars(s, f, clock.now()))
+    stop = threading.Event()
+    source = AlpacaLiveSource(["QQQ"], book, clock, hub, Credentials(KEY, SECRET), feed="iex", sip_fallback="iex",
+                              days=3, rth=True, stop=stop, rest_url=rest.url, stream_url=stream.url,
+                              poll_delay_s=0.5, reconnect_backoff_s=(0.05, 0.1))
+    try:
+        source.start()
+        # backfill on start: the three sessions up to the last closed minute, exactly the REST bars
+        start = book.frame("QQQ")
+        expected = bars[bars.index < pd.Timestamp("2025-06-04T15:00Z")]
+        assert start.index.equals(expected.index)
+        np.testing.assert_array_equal(start.to_numpy(), expected.to_numpy())
+        assert rest.requests[0]["query"]["start"].startswith("2025-06-02T13:30:00")
+
+        stream.wait_subscribed()
+        assert stream.auths[0] == {"action": "auth", "key": KEY, "secret": SECRET}
+        assert stream.subscriptions[0]["bars"] == ["QQQ"] and stream.subscriptions[0]["updatedBars"] == ["QQQ"]
+
+        minute = pd.Timestamp("2025-06-04T15:00Z")
+        stream.send(bar_message("b", "QQQ", minute, 501.0, 502.0, 500.5, 501.5, 1000.0))
+        wait_for(lambda: book.last_minute("QQQ") == minute, what="the streamed bar")
+        assert book.frame("QQQ").loc[minute].tolist() == [501.0, 502.0, 500.5, 501.5, 1000.0]
+        stream.send(bar_message("u", "QQQ", minute, 501.0, 502.5, 500.5, 502.25, 1300.0))  # a late trade
+        wait_for(lambda: book.frame("QQQ").loc[minute, "close"] == 502.25, what="the corrected bar")
+        assert book.frame("QQQ").loc[minute].tolist() == [501.0, 502.5, 500.5, 502.25, 1300.0]
+        assert book.corrections == 1 and (book.frame("QQQ").index == minute).sum() == 1
+        wait_for(lambda: hub.page_state("QQQ")["candles"]["close"][-1] == 502.25, what="the hub's corrected bar")
+
+        # the connection drops and stays down: REST is polled a few seconds after each minute
+        stream.refuse.set()
+        stream.drop()
+        wait_for(lambda: source.polls >= 1, what="a REST poll while the stream is down")
+        assert not source.stream_up.is_set()
+        starts = [r["query"]["start"] for r in rest.requests[1:]]
+        assert any(s.startswith("2025-06-04T15:01:00") for s in starts), starts
+        polled = book.last_minute("QQQ")
+        assert polled >= pd.Timestamp("2025-06-04T15:01Z")
+        # the stream comes back: the reconnect is counted and the minutes since the last bar are backfilled
+        stream.refuse.clear()
+        wait_for(lambda: hub.health()["stream_reconnects"] == 1, what="the reconnect")
+        wait_for(lambda: source.backfills >= 2 + source.polls, what="the backfill after the reconnect")
+        assert len(stream.subscriptions) == 2 and source.stream_up.is_set()
+        frame = book.frame("QQQ")
+        after = frame[frame.index > minute]
+        assert len(after) >= 1
+        np.testing.assert_array_equal(after.to_numpy(), bars.loc[after.index].to_numpy())
+        assert frame.loc[minute, "close"] == 502.25  # the backfill starts after the streamed minute
+    finally:
+        source.close()

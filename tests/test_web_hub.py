@@ -1,0 +1,188 @@
+"""live.hub.LiveHub: outcomes by the backtest's rule, health, skips, metrics, and producer calls from a thread."""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from evaluation.outcome import realised_outcome
+from live.hub import LiveHub, skip_category
+from web_forecasts import pipeline, qqq_bars, synthetic_forecast
+
+NOW = pd.Timestamp("2025-06-10 15:00", tz="UTC")   # a regular Tuesday session in the QQQ file
+MINUTE = pd.Timedelta(minutes=1)
+
+
+@pytest.fixture
+def bars(real_data_dir):
+    return qqq_bars(str(real_data_dir))
+
+
+def _hub() -> LiveHub:
+    return LiveHub(["qqq"], horizon=10, percentiles=[10, 50, 90], history=50)
+
+
+def _metric(hub: LiveHub, name: str, **labels) -> float:
+    for family in text_string_to_metric_families(generate_latest(hub.registry).decode()):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    raise AssertionError(f"{name} {labels} not in /metrics")
+
+
+@pytest.mark.parametrize("with_context", [True, False])
+def test_outcome_equals_the_backtest_rule(bars, with_context):
+    """The hub's outcome of a forecast equals evaluation.outcome's, computed here from the pipeline's context;
+    without a context the hub rebuilds it from its own bars and must get the same."""
+    pipe = pipeline(calibrated=True)
+    hub = _hub()
+    hub.on_bars("QQQ", bars[bars.index < NOW], NOW)
+    summary, closes, ctx = synthetic_forecast(pipe, bars, NOW, seed=3)
+    hub.on_forecast("QQQ", summary, closes, 0.8, context=ctx if with_context else None)
+    end = ctx.times[-1]
+
+    hub.on_bars("QQQ", bars[(bars.index >= NOW) & (bars.index < end)], end)  # the last minute still open
+    assert hub.history("QQQ")[-1]["outcome"] is None
+    hub.on_bars("QQQ", bars[bars.index == end], end + MINUTE)
+    got = hub.history("QQQ")[-1]["outcome"]
+
+    cfg = pipe.cfg
+    want = realised_outcome(bars, ctx.bars, ctx.times, vwap_mode=cfg.vwap_mode, mid_window=cfg.mid_window,
+                            mid_kind=cfg.mid_kind, new_session=ctx.plan.next_session)
+    assert got["realised_close"] == want.close[-1] == bars.loc[end, "close"]
+    assert got["up"] == want.up == float(bars.loc[end, "close"] > ctx.now_close)
+    assert got["hit_vwap"] == want.hit_vwap and got["hit_mid"] == want.hit_mid
+    # scores by hand: Brier of the raw and calibrated P(up), the p10-p90 band at the end, the band z-score
+    h = summary["horizon_min"]
+    p_up, p_cal = summary["summary"][f"p_up_{h}m"], summary["calibrated"][f"p_up_{h}m"]
+    assert got["brier"] == pytest.approx((p_up - want.up) ** 2)
+    assert got["brier_calibrated"] == pytest.approx((p_cal - want.up) ** 2)
+    lo, hi = summary["summary"]["percentiles"]["p10"][-1], summary["summary"]["percentiles"]["p90"][-1]
+    assert got["inside_band_end"] == (lo <= want.close[-1] <= hi)
+    r = np.log(closes[:, -1] / ctx.now_close)
+    q10, q50, q90 = np.quantile(r, [0.1, 0.5, 0.9])
+    assert got["band_z_end"] == pytest.approx((np.log(want.close[-1] / ctx.now_close) - q50) / ((q90 - q10) / 2.5631))
+
+
+def test_reliability_panel_of_the_day(bars):
+    """Brier and coverage over the day's reconciled forecasts, recomputed by hand from /forecast/history."""
+    pipe = pipeline()
+    hub = _hub()
+    origins = [NOW + k * 3 * MINUTE for k in range(6)]
+    for k, t in enumerate(origins):
+        hub.on_bars("QQQ", bars[bars.index < t], t)
+        summary, closes, ctx = synthetic_forecast(pipe, bars, t, seed=k, drift=(k - 2) * 2e-4)
+        hub.on_forecast("QQQ", summary, closes, 1.0, context=ctx)
+    cut = origins[3] + 10 * MINUTE  # the first four windows are over, the last two are not
+    hub.on_bars("QQQ", bars[bars.index < cut], cut)
+    hist = hub.history("QQQ")
+    done = [f for f in hist if f["outcome"] is not None]
+    assert len(done) == 4 and len(hist) == 6
+    panel = hub.page_state("QQQ")["reliability"]
+    assert panel["n"] == 4 and panel["pending"] == 2 and panel["brier_reference"] == 0.25
+    assert panel["brier"] == pytest.approx(np.mean([(f["p_up"] - f["outcome"]["up"]) ** 2 for f in done]))
+    inside = [f["band"]["lo_end"] <= f["outcome"]["realised_close"] <= f["band"]["hi_end"] for f in done]
+    assert panel["coverage"] == pytest.approx(np.mean(inside))
+    assert panel["nominal"] == pytest.approx(0.8) and panel["band"] == "p10-p90"
+
+
+def test_health_bars_skips_errors(bars):
+    hub = _hub()
+    h = hub.health()
+    assert h["model_loaded"] is False and h["symbols"]["QQQ"]["last_bar"] is None
+    hub.set_model({"model": "m", "tokenizer": "t", "device": "cpu", "dtype": "float32", "load_s": 0.5})
+    now = NOW + pd.Timedelta(seconds=4.5)
+    hub.on_bars("QQQ", bars[bars.index < NOW], now)
+    # a corrected bar for a minute already held replaces it
+    fixed = bars[bars.index == NOW - MINUTE].copy()
+    fixed["close"] += 0.5
+    hub.on_bars("QQQ", fixed, now + pd.Timedelta(seconds=1))
+    candles = hub.page_state("QQQ")["candles"]
+    assert candles["close"][-1] == fixed["close"].iloc[0] and candles["times"][-1] == "2025-06-10T14:59:00Z"
+    assert len(candles["times"]) == len(bars[(bars.index < NOW) & (bars.index >= "2025-06-10 08:00")])
+    hub.on_skip("QQQ", NOW, "overrun: 61.0 s > budget 50 s")
+    hub.on_skip("QQQ", NOW + MINUTE, "overrun: 55.0 s > budget 50 s")
+    hub.on_skip("qqq", NOW + 2 * MINUTE, "gap: 12 of the last 30 bars filled")
+    hub.on_error("stream: connection refused")
+    hub.on_reconnect()
+    hub.on_output_error("redis", "Connection refused")
+    hub.on_output_error("redis", "Connection refused")
+    h = hub.health()
+    sym = h["symbols"]["QQQ"]
+    assert h["model_loaded"] and h["model"]["load_s"] == 0.5 and h["status"] == "ok"
+    assert sym["last_bar"] == "2025-06-10T14:59:00Z"
+    assert sym["last_bar_lag_s"] == pytest.approx(5.5)  # the 14:59 bar closed at 15:00:00, seen at 15:00:05.5
+    assert h["skipped"] == {"overrun": 2, "gap": 1} and h["skipped_total"] == 3
+    assert h["recent_skips"][-1]["reason"] == "gap: 12 of the last 30 bars filled"
+    assert h["last_error"]["message"] == "stream: connection refused"
+    assert h["stream_reconnects"] == 1 and h["output_errors"]["redis"]["count"] == 2
+    assert _metric(hub, "kronos_skips_total", reason="overrun") == 2
+    assert _metric(hub, "kronos_skips_total", reason="gap") == 1
+    assert _metric(hub, "kronos_stream_reconnects_total") == 1
+    assert _metric(hub, "kronos_output_errors_total", output="redis") == 2
+    assert _metric(hub, "kronos_model_loaded") == 1
+    with pytest.raises(KeyError, match="unknown symbol 'SPY'"):
+        hub.latest("SPY")
+    assert skip_category("no colon here") == "no colon here" and skip_category(": x") == "unknown"
+
+
+def test_producer_thread_feeds_sse_subscriber(bars):
+    """Forecasts and skips handed in from another thread reach an asyncio subscriber, all and in order, while
+    the event loop reads the hub's state at the same time."""
+    pipe = pipeline(n_samples=20)
+    forecasts = [synthetic_forecast(pipe, bars, NOW + k * MINUTE, seed=k) for k in range(20)]
+    hub = _hub()
+
+    async def main() -> list[dict]:
+        hub.attach_loop(asyncio.get_running_loop())
+        queue = hub.subscribe()
+
+        def produce() -> None:
+            for k, (summary, closes, ctx) in enumerate(forecasts):
+                t = NOW + k * MINUTE
+                hub.on_bars("QQQ", bars[(bars.index >= t - 60 * MINUTE) & (bars.index < t)], t)
+                hub.on_forecast("QQQ", summary, closes, 0.1 * k, context=ctx)
+                hub.on_skip("QQQ", t, f"test: {k}")
+
+        thread = threading.Thread(target=produce)
+        thread.start()
+        got: list[dict] = []
+        while sum(e["event"] in ("forecast", "skip") for e in got) < 2 * len(forecasts):
+            got.append(await asyncio.wait_for(queue.get(), 10))
+            hub.page_state("QQQ"), hub.history("QQQ", 5)  # readers on the loop meanwhile
+        thread.join()
+        hub.unsubscribe(queue)
+        return got
+
+    events = asyncio.run(main())
+    kinds = [e["event"] for e in events if e["event"] in ("forecast", "skip")]
+    assert kinds == ["forecast", "skip"] * len(forecasts)
+    assert [e["reason"] for e in events if e["event"] == "skip"] == [f"test: {k}" for k in range(len(forecasts))]
+    assert any(e["event"] == "outcome" for e in events)  # windows that ended during the run were scored
+    assert hub.latest("QQQ") == forecasts[-1][0]
+    assert _metric(hub, "kronos_forecasts_total", symbol="QQQ") == len(forecasts)
+    assert _metric(hub, "kronos_forecast_latency_seconds_count", symbol="QQQ") == len(forecasts)
+    assert _metric(hub, "kronos_forecast_latency_seconds_sum", symbol="QQQ") == pytest.approx(0.1 * 190)
+    assert hub.health()["subscribers"] == 0
+
+
+def test_bad_input_never_reaches_the_producer(bars):
+    """A summary the history cannot read still becomes the latest (the page shows it), and a context that
+    cannot be rebuilt leaves the forecast unresolved with its reason; neither raises into the loop."""
+    hub = _hub()
+    hub.on_bars("QQQ", bars[bars.index < NOW], NOW)
+    summary, closes, ctx = synthetic_forecast(pipeline(), bars, NOW)
+    broken = {k: v for k, v in summary.items() if k != "future_times"}
+    hub.on_forecast("QQQ", broken, closes, 1.0)
+    assert hub.latest("QQQ") == broken and hub.history("QQQ") == []
+    hub2 = _hub()
+    hub2.on_forecast("QQQ", summary, closes, 1.0)         # no context given and no bars before it
+    end = ctx.times[-1]
+    hub2.on_bars("QQQ", bars[(bars.index >= NOW) & (bars.index <= end)], end + MINUTE)
+    [f] = hub2.history("QQQ")
+    assert f["outcome"] is None and "context" in f["unresolved"]

@@ -1,0 +1,123 @@
+"""The page in a real headless Chromium (Debian's chromium + chromium-driver, via Selenium), served by uvicorn.
+
+It must load with no console errors, draw the band and path traces, show the JSON's P(up), and take the next
+forecast from the SSE stream without a reload. The screenshot is kept under pytest's tmp dir, and written to
+docs/serve_page.png when KRONOS_KEEP_SCREENSHOT=1."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from live.hub import LiveHub
+from web.app import create_app
+from web_forecasts import ServerThread, pipeline, qqq_bars, synthetic_forecast
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+NOW = pd.Timestamp("2025-06-10 17:45", tz="UTC")   # 13:45 New York: most of the session drawn
+TOKEN = "page-token-123"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _driver():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail("chromium and chromium-driver are needed (apt-get install chromium chromium-driver; .ci/run "
+                    "installs them)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1250", "--disable-extensions", "--no-first-run"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
+
+
+def _wait(driver, script: str, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {script}")
+        time.sleep(0.05)
+
+
+def test_page_in_headless_chromium(real_data_dir, tmp_path):
+    bars = qqq_bars(str(real_data_dir))
+    pipe = pipeline(horizon=30, n_samples=60, calibrated=True)
+    hub = LiveHub(["QQQ"], horizon=30, percentiles=[10, 50, 90])
+    hub.set_model({"model": "synthetic paths (test)", "tokenizer": "none", "device": "cpu", "dtype": "float32",
+                   "load_s": 0.1})
+    # the morning's forecasts, most of them reconciled, so the reliability panel has numbers
+    for k, t in enumerate(pd.date_range(NOW - pd.Timedelta(minutes=150), NOW - pd.Timedelta(minutes=5), freq="5min")):
+        s, c, ctx = synthetic_forecast(pipe, bars, t, seed=100 + k)
+        hub.on_bars("QQQ", bars[bars.index < t], t)
+        hub.on_forecast("QQQ", s, c, 1.1, context=ctx)
+    hub.on_bars("QQQ", bars[bars.index < NOW], NOW + pd.Timedelta(seconds=2))
+    first, c1, ctx1 = synthetic_forecast(pipe, bars, NOW, seed=1, drift=-6e-5)
+    hub.on_forecast("QQQ", first, c1, 1.3, context=ctx1)
+    later = NOW + pd.Timedelta(minutes=1)
+    second, c2, ctx2 = synthetic_forecast(pipe, bars, later, seed=2, drift=8e-5)
+    p1, p2 = first["summary"]["p_up_30m"], second["summary"]["p_up_30m"]
+    assert f"{p1:.1%}" != f"{p2:.1%}"  # the update must be visible
+
+    with ServerThread(create_app(hub, token=TOKEN)) as server:
+        shown = httpx.get(f"{server.url}/forecast", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        assert shown == first
+        driver = _driver()
+        try:
+            driver.get(f"{server.url}/?token={TOKEN}")
+            _wait(driver, "return document.getElementById('p-up').dataset.value !== undefined")
+            _wait(driver, "return document.getElementById('conn').textContent === 'live'")
+            p_up = driver.find_element("id", "p-up")
+            assert p_up.text == f"{shown['summary']['p_up_30m'] * 100:.1f}%"
+            assert float(p_up.get_attribute("data-value")) == shown["summary"]["p_up_30m"]
+            cal = driver.find_element("id", "p-up-cal")
+            assert cal.text == f"{shown['calibrated']['p_up_30m'] * 100:.1f}%"
+            traces = driver.execute_script(
+                "return document.getElementById('chart').data.map(t => ({name: t.name, type: t.type, "
+                "n: (t.y || t.close).length, y: t.y}))")
+            by_name = {t["name"]: t for t in traces}
+            assert by_name["bars"]["type"] == "candlestick"
+            session = bars[(bars.index >= "2025-06-10 13:30") & (bars.index < NOW)]  # 09:30 NY to now
+            assert by_name["bars"]["n"] == len(session)
+            band = by_name["p10–p90 band"]
+            assert band["y"][1:] == pytest.approx(shown["summary"]["percentiles"]["p90"])
+            assert by_name["median"]["y"][1:] == pytest.approx(shown["summary"]["percentiles"]["p50"])
+            assert by_name["p10"]["y"][1:] == pytest.approx(shown["summary"]["percentiles"]["p10"])
+            assert by_name["paths (20 of 60)"]["n"] == 20 * (30 + 2)  # 20 paths of now + 30 minutes, gaps between
+            assert any(n.startswith("VWAP ") for n in by_name) and any(n.startswith("mid band ") for n in by_name)
+            rel = driver.find_element("id", "reliability").text
+            panel = hub.page_state("QQQ")["reliability"]
+            assert panel["n"] > 10 and f"{panel['brier']:.3f}" in rel and "coin flip 0.25" in rel
+            assert "last bar 13:44 NY" in driver.find_element("id", "freshness").text
+
+            driver.execute_script("window.__noReload = 'still here'")
+            hub.on_bars("QQQ", bars[bars.index < later], later)
+            hub.on_forecast("QQQ", second, c2, 1.2, context=ctx2)
+            _wait(driver, f"return parseFloat(document.getElementById('p-up').dataset.value) === {p2!r}")
+            assert driver.find_element("id", "p-up").text == f"{p2 * 100:.1f}%"
+            assert driver.execute_script("return window.__noReload") == "still here"
+            median = driver.execute_script(
+                "return document.getElementById('chart').data.find(t => t.name === 'median').y")
+            assert median[1:] == pytest.approx(second["summary"]["percentiles"]["p50"])
+
+            errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+            assert errors == []
+            shot = tmp_path / "serve_page.png"
+            driver.save_screenshot(str(shot))
+            assert shot.stat().st_size > 10_000
+            if os.environ.get("KRONOS_KEEP_SCREENSHOT") == "1":
+                shutil.copyfile(shot, REPO / "docs" / "serve_page.png")
+        finally:
+            driver.quit()

@@ -1,0 +1,217 @@
+// The live page: draws /state once, then redraws from the server-sent events of /stream (no reload).
+"use strict";
+(function () {
+  var token = window.KRONOS_TOKEN;
+  var params = new URLSearchParams(location.search);
+  var symbol = (params.get("symbol") || "").toUpperCase();
+  var lastState = null;
+  var receivedAt = null;   // browser time when the last bar was received by the service
+  var nyFormat = new Intl.DateTimeFormat("en-CA", {
+    timeZone: "America/New_York", year: "numeric", month: "2-digit", day: "2-digit",
+    hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23"
+  });
+
+  function ny(iso) {  // "2025-06-10T14:00:00Z" -> "2025-06-10 10:00:00" (New York wall clock, for Plotly)
+    var p = {};
+    nyFormat.formatToParts(new Date(iso)).forEach(function (x) { p[x.type] = x.value; });
+    return p.year + "-" + p.month + "-" + p.day + " " + p.hour + ":" + p.minute + ":" + p.second;
+  }
+  function pct(x, digits) { return x === null || x === undefined ? "—" : (x * 100).toFixed(digits === undefined ? 1 : digits) + "%"; }
+  function num(x, digits) { return x === null || x === undefined ? "—" : Number(x).toFixed(digits === undefined ? 2 : digits); }
+  function el(id) { return document.getElementById(id); }
+  function url(path) {
+    var q = new URLSearchParams();
+    if (symbol) q.set("symbol", symbol);
+    return path + (q.toString() ? "?" + q : "");
+  }
+  function rows(table, items) {
+    table.innerHTML = "";
+    items.forEach(function (it) {
+      var tr = document.createElement("tr");
+      var a = document.createElement("td"); a.textContent = it[0];
+      var b = document.createElement("td"); b.textContent = it[1];
+      if (it[2]) b.className = it[2];
+      tr.appendChild(a); tr.appendChild(b); table.appendChild(tr);
+    });
+  }
+
+  function fetchJSON(path) {
+    var headers = token ? { Authorization: "Bearer " + token } : {};
+    return fetch(url(path), { headers: headers, cache: "no-store" }).then(function (r) {
+      if (!r.ok) throw new Error(path + ": HTTP " + r.status);
+      return r.json();
+    });
+  }
+
+  function traces(s) {
+    var data = [];
+    var c = s.candles;
+    data.push({ type: "candlestick", name: "bars", x: c.times.map(ny), open: c.open, high: c.high, low: c.low,
+                close: c.close, increasing: { line: { color: "#26a69a" } }, decreasing: { line: { color: "#ef5350" } },
+                showlegend: false });
+    var sum = s.summary;
+    if (!sum) return data;
+    var m = sum.summary;
+    var start = ny(sum.last_bar);
+    var x = [start].concat(sum.future_times.map(ny));
+    var keys = Object.keys(m.percentiles).sort(function (a, b) { return parseFloat(a.slice(1)) - parseFloat(b.slice(1)); });
+    var lo = keys[0], hi = keys[keys.length - 1];
+    var mid = keys.indexOf("p50") >= 0 ? "p50" : keys[Math.floor(keys.length / 2)];
+    var now = sum.now_close;
+    if (s.paths && s.paths.length) {
+      var px = [], py = [];
+      s.paths.forEach(function (path) { px = px.concat(x, [null]); py = py.concat([now], path, [null]); });
+      data.push({ type: "scatter", mode: "lines", name: "paths (" + s.paths.length + " of " + sum.n_samples + ")",
+                  x: px, y: py, line: { color: "rgba(160,170,190,0.35)", width: 1 }, hoverinfo: "skip" });
+    }
+    data.push({ type: "scatter", mode: "lines", name: lo, x: x, y: [now].concat(m.percentiles[lo]),
+                line: { color: "rgba(88,166,255,0.6)", width: 1 }, showlegend: false });
+    data.push({ type: "scatter", mode: "lines", name: lo + "–" + hi + " band", x: x, y: [now].concat(m.percentiles[hi]),
+                fill: "tonexty", fillcolor: "rgba(88,166,255,0.18)", line: { color: "rgba(88,166,255,0.6)", width: 1 } });
+    data.push({ type: "scatter", mode: "lines", name: "median", x: x, y: [now].concat(m.percentiles[mid]),
+                line: { color: "#58a6ff", width: 2 } });
+    var cal = sum.calibrated && sum.calibrated.percentiles;
+    if (cal && cal[lo] && cal[hi]) {
+      data.push({ type: "scatter", mode: "lines", name: "calibrated " + lo + "–" + hi, x: x.concat([null], x),
+                  y: [now].concat(cal[lo], [null], [now], cal[hi]), line: { color: "#d2a8ff", width: 1, dash: "dot" } });
+    }
+    var end = x[x.length - 1];
+    if (m.vwap !== null && m.vwap !== undefined) {
+      data.push({ type: "scatter", mode: "lines", name: "VWAP " + num(m.vwap), x: [start, end], y: [m.vwap, m.vwap],
+                  line: { color: "#e3b341", width: 1.5, dash: "dash" } });
+    }
+    if (m.mid_band !== null && m.mid_band !== undefined) {
+      data.push({ type: "scatter", mode: "lines", name: "mid band " + num(m.mid_band), x: [start, end],
+                  y: [m.mid_band, m.mid_band], line: { color: "#f778ba", width: 1.5, dash: "dash" } });
+    }
+    return data;
+  }
+
+  function layout() {
+    return { paper_bgcolor: "#161b22", plot_bgcolor: "#161b22", font: { color: "#e6e6e6" },
+             margin: { l: 55, r: 20, t: 10, b: 40 }, xaxis: { rangeslider: { visible: false }, gridcolor: "#30363d",
+             title: { text: "New York time" } }, yaxis: { gridcolor: "#30363d" }, legend: { orientation: "h", y: 1.06 },
+             uirevision: "keep-zoom" };
+  }
+
+  function render(s) {
+    lastState = s;
+    el("symbol").textContent = s.symbol;
+    var sum = s.summary;
+    Plotly.react("chart", traces(s), layout(), { displaylogo: false, responsive: true });
+    renderFreshness(s.freshness);
+    renderReliability(s.reliability);
+    if (!sum) return;
+    var m = sum.summary, h = sum.horizon_min;
+    var pUp = m["p_up_" + h + "m"];
+    el("last-close").textContent = num(sum.now_close);
+    el("p-up-label").textContent = "P(up " + h + "m)";
+    var node = el("p-up");
+    node.textContent = pct(pUp);
+    node.dataset.value = pUp;
+    node.className = "value " + (pUp > 0.5 ? "up" : pUp < 0.5 ? "down" : "");
+    var cal = sum.calibrated || {};
+    var pCal = cal["p_up_" + h + "m"];
+    var calNode = el("p-up-cal");
+    calNode.textContent = pct(pCal === undefined ? null : pCal);
+    calNode.dataset.value = pCal === undefined ? "" : pCal;
+    el("cal-method").textContent = sum.calibrated ? cal.method + " calibrator" : "no calibrator configured";
+    el("exp-ret").textContent = pct(m["exp_ret_" + h + "m"], 3);
+    el("asof").textContent = "as of " + ny(sum.asof) + " NY, " + sum.n_samples + " paths";
+    var r = m["ret_percentiles_" + h + "m"] || {};
+    var rk = Object.keys(r);
+    rows(el("risk"), [
+      ["return " + rk.join(" / "), rk.map(function (k) { return pct(r[k], 2); }).join(" / ")],
+      ["drawdown p50 / p90 / p95", [50, 90, 95].map(function (q) { return pct(m["drawdown_p" + q + "_" + h + "m"], 2); }).join(" / ")],
+      ["run-up p50 / p90 / p95", [50, 90, 95].map(function (q) { return pct(m["runup_p" + q + "_" + h + "m"], 2); }).join(" / ")],
+      ["P(touch VWAP " + num(m.vwap) + ")", pct(m["p_hit_vwap_" + h + "m"])],
+      ["P(touch mid band " + num(m.mid_band) + ")", pct(m["p_hit_mid_" + h + "m"])],
+      ["z-score to mid band", num(m.zscore_mid)],
+      ["P(path vol > recent " + m.vol_window + "m)", pct(m["p_vol_exceeds_recent_" + h + "m"])],
+      ["recent 1-min vol", pct(m.recent_vol_1m, 3)],
+      ["forecast latency", s.latency_s === null ? "—" : num(s.latency_s, 2) + " s"]
+    ]);
+    var notes = el("notes");
+    notes.innerHTML = "";
+    (sum.notes || []).concat((sum.events_in_window || []).map(function (e) { return "event in window: " + e; }))
+      .forEach(function (n) { var li = document.createElement("li"); li.textContent = n; notes.appendChild(li); });
+  }
+
+  function renderFreshness(f) {
+    if (!f || !f.last_bar) return;
+    receivedAt = Date.now() - 1000 * (f.received_s_ago || 0);
+    el("freshness").dataset.lastBar = f.last_bar;
+    el("freshness").dataset.lag = f.last_bar_lag_s;
+    tick();
+  }
+
+  function tick() {
+    var f = el("freshness");
+    if (!receivedAt || !f.dataset.lastBar) return;
+    var ago = Math.round((Date.now() - receivedAt) / 1000);
+    f.textContent = "last bar " + ny(f.dataset.lastBar).slice(11, 16) + " NY · arrived " +
+      num(f.dataset.lag, 1) + " s after its close · " + ago + " s ago";
+    f.className = ago > 120 ? "bad" : "muted";
+  }
+
+  function renderReliability(r) {
+    if (!r || !r.n) {
+      rows(el("reliability"), [["reconciled today", r ? "0 (" + (r.pending || 0) + " pending)" : "0"]]);
+      return;
+    }
+    var ref = r.brier_reference;
+    rows(el("reliability"), [
+      ["reconciled " + r.date, r.n + " (" + r.pending + " pending)"],
+      ["Brier raw (coin flip " + num(ref) + ")", num(r.brier, 3), r.brier < ref ? "good" : "bad"],
+      ["Brier calibrated", num(r.brier_calibrated, 3), r.brier_calibrated === null ? "" : r.brier_calibrated < ref ? "good" : "bad"],
+      [r.band + " coverage at the end (nominal " + pct(r.nominal, 0) + ")", pct(r.coverage)],
+      ["coverage, every minute", pct(r.coverage_all_minutes)],
+      ["calibrated band coverage", pct(r.coverage_calibrated)],
+      ["share of ups", pct(r.up_rate)]
+    ]);
+  }
+
+  function renderService(h) {
+    var sym = h.symbols[symbol] || {};
+    var model = h.model ? h.model.model + " (" + h.model.device + ", " + h.model.dtype + ")" : "loading…";
+    var skipped = Object.keys(h.skipped).map(function (k) { return k + " " + h.skipped[k]; }).join(", ") || "none";
+    rows(el("service"), [
+      ["model", model],
+      ["forecasts kept", String(sym.forecasts_kept || 0)],
+      ["skipped minutes", skipped],
+      ["stream reconnects", String(h.stream_reconnects)],
+      ["output errors", Object.keys(h.output_errors).map(function (k) { return k + " " + h.output_errors[k].count; }).join(", ") || "none",
+       Object.keys(h.output_errors).length ? "bad" : ""],
+      ["last error", h.last_error ? h.last_error.message : "none", h.last_error ? "bad" : ""]
+    ]);
+  }
+
+  function refresh() {
+    return Promise.all([fetchJSON("state"), fetchJSON("health")]).then(function (both) {
+      if (!symbol) symbol = both[0].symbol;
+      render(both[0]);
+      renderService(both[1]);
+    });
+  }
+
+  function connect() {
+    var q = new URLSearchParams();
+    if (symbol) q.set("symbol", symbol);
+    if (token) q.set("token", token);   // EventSource cannot send headers
+    var es = new EventSource("stream?" + q);
+    var conn = el("conn");
+    es.onopen = function () { conn.textContent = "live"; conn.className = "pill live"; };
+    es.onerror = function () { conn.textContent = "reconnecting"; conn.className = "pill down"; };
+    ["forecast", "outcome"].forEach(function (kind) {
+      es.addEventListener(kind, function (e) { render(JSON.parse(e.data)); window.KRONOS_EVENTS = (window.KRONOS_EVENTS || 0) + 1; });
+    });
+    ["skip", "error", "health"].forEach(function (kind) {
+      es.addEventListener(kind, function () { fetchJSON("health").then(renderService).catch(function () {}); });
+    });
+    window.KRONOS_STREAM = es;
+  }
+
+  refresh().then(connect).catch(function (err) { el("freshness").textContent = String(err); connect(); });
+  setInterval(tick, 1000);
+  setInterval(function () { fetchJSON("health").then(renderService).catch(function () {}); }, 10000);
+})();
