@@ -208,7 +208,7 @@ def main() -> None:
     done = [r for r in rows if "sample" in r]
     skipped = [r for r in rows if "skipped" in r]
     load = os.getloadavg()[0]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {load:.1f} "
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {load:.1f} at the end "
           f"| torch {torch.__version__}, {torch.get_num_threads()} threads | device cpu | N = {args.n_samples}, "
           f"lookback {cfg.lookback}, horizon {cfg.horizon}, Kronos-{args.shape} shapes (random weights) | "
           f"session {session}, {len(rows)} bars: {len(done)} forecasts, {len(skipped)} skipped\n")
