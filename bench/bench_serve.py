@@ -116,7 +116,8 @@ def main() -> None:
         wanted = args.outputs.split(",")
         redis_proc, redis_url = start_redis(tmp) if "redis" in wanted else (None, None)
         cfg = build_config({"model": str(model), "tokenizer": str(tokenizer), "device": "cpu",
-                            "n_samples": args.n_samples, "seed": 0, "live_out": str(tmp / "live"), "lookback": args.lookback,
+                            "n_samples": args.n_samples, "seed": 0, "live_out": str(tmp / "live"),
+                            "lookback": args.lookback,
                             "redis_url": redis_url, "time_budget": 600.0}, {}, script="serve")
         clock = ManualClock(minutes.index[0])
         loop, hub, book, _, _ = make_loop(cfg, clock=clock)
@@ -208,7 +209,8 @@ def main() -> None:
     done = [r for r in rows if "sample" in r]
     skipped = [r for r in rows if "skipped" in r]
     load = os.getloadavg()[0]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {load:.1f} "
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"load average {load:.1f} at the end "
           f"| torch {torch.__version__}, {torch.get_num_threads()} threads | device cpu | N = {args.n_samples}, "
           f"lookback {cfg.lookback}, horizon {cfg.horizon}, Kronos-{args.shape} shapes (random weights) | "
           f"session {session}, {len(rows)} bars: {len(done)} forecasts, {len(skipped)} skipped\n")
@@ -232,7 +234,8 @@ def main() -> None:
           f"60 s a minute allows; the whole session took {session_s / 60:.1f} min of wall time)")
     print(f"RSS: {rss[0]:.0f} MB before the first bar, {warm:.0f} MB after 10 forecasts, {rss[-1]:.0f} MB after "
           f"{len(rows)}: growth {rss[-1] - warm:+.1f} MB after warm-up ({rss[-1] - rss[0]:+.1f} MB in all)")
-    marks = [i for i in (10, 100, 200, 300, 350, 370, 390, 500, 600, 700, 740, 760) if i < len(rss) - 1] + [len(rss) - 1]
+    marks = [i for i in (10, 100, 200, 300, 350, 370, 390, 500, 600, 700, 740, 760) if i < len(rss) - 1]
+    marks.append(len(rss) - 1)
     print("RSS (MB) after n bars: " + ", ".join(f"{i}: {rss[i]:.0f}" for i in marks))
     if skipped:
         reasons = sorted({r['skipped'].split(':')[0] for r in skipped})
