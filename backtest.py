@@ -25,7 +25,7 @@ import pandas as pd
 import yaml
 
 from app.config import (ConfigError, add_config_flags, load_config, overrides_from_args,
-                        parse_setting_spec)
+                        parse_setting_spec, script_parser)
 from app.exits import ExitCode
 from app.operation import install_program_handlers, report_failure
 
@@ -34,10 +34,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None,
-                   help="the forecast CLI's settings; default: config.yaml beside this script")
+    p = script_parser(__doc__, DEFAULT_CONFIG, "the forecast CLI's settings and the backtest's own")
     p.add_argument("--kronos", action="append", default=[], metavar="SPEC",
                    help="a Kronos setting, e.g. name=k_p10,top_p=1.0,time_label=end (config keys: model, "
                         "tokenizer, top_p, top_k, temperature, lookback, time_label, max_context...); repeatable")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from app.config import ConfigError, add_config_flags, load_config, overrides_from_args
+from app.config import ConfigError, add_config_flags, load_config, overrides_from_args, script_parser
 from app.exits import ExitCode
 from app.operation import install_program_handlers, report_failure, run_lock, time_budget
 from forecast.errors import Skipped
@@ -30,10 +30,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=None,
-                        help=f"YAML settings (default: {DEFAULT_CONFIG.name} beside this script)")
+    parser = script_parser(__doc__, DEFAULT_CONFIG)
     parser.add_argument("--asof", default=None,
                         help="replay: forecast as of this instant (ISO 8601; naive means UTC), using only bars "
                              "closed by then")
@@ -96,8 +93,7 @@ def main(argv: list[str] | None = None, program: bool = False) -> int:
         install_program_handlers(verbose=args.verbose, quiet=args.quiet)
     written: list = []
     try:
-        config_path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-        cfg = load_config(config_path, overrides_from_args(args))
+        cfg = load_config(args.config, overrides_from_args(args))
         asof = parse_asof(args.asof)
         from forecast.publish import preflight
 

@@ -17,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from app.config import add_config_flags, load_config, overrides_from_args
+from app.config import add_config_flags, load_config, overrides_from_args, script_parser
 from app.operation import install_program_handlers, report_failure
 
 log = logging.getLogger("finetune")
@@ -25,10 +25,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None,
-                   help="settings (the forecast's keys and fine-tuning's own); default: config.yaml beside this script")
+    p = script_parser(__doc__, DEFAULT_CONFIG, "settings (the forecast's keys and fine-tuning's own)")
     p.add_argument("--out", type=Path, default=Path("outputs/finetune"), help="run folder")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming the run in --out")
     p.add_argument("--ab", action="store_true", help="only run the A/B backtest of the run in --out")

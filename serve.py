@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from app.config import ConfigError, add_config_flags, load_config, overrides_from_args
+from app.config import ConfigError, add_config_flags, load_config, overrides_from_args, script_parser
 from app.exits import ExitCode
 from app.operation import install_program_handlers, report_failure
 
@@ -24,10 +24,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=None,
-                        help=f"YAML settings (default: {DEFAULT_CONFIG.name} beside this script)")
+    parser = script_parser(__doc__, DEFAULT_CONFIG)
     parser.add_argument("--replay", nargs="+", metavar="FILE", default=None,
                         help="play bars files as if live (one per symbol, in --symbols order) instead of Alpaca")
     parser.add_argument("--from", dest="replay_from", default=None, metavar="T",
@@ -70,8 +67,7 @@ def main(argv: list[str] | None = None, program: bool = False) -> int:
         install_program_handlers(verbose=args.verbose, quiet=args.quiet)
     service = None
     try:
-        config_path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-        cfg = load_config(config_path, overrides_from_args(args), script="serve")
+        cfg = load_config(args.config, overrides_from_args(args), script="serve")
         from live.service import Service, symbols_of
 
         service = Service(cfg, replay_of(args, symbols_of(cfg)))

@@ -414,6 +414,16 @@ def _check_combination(cfg: Config) -> None:
                               f"like 2026-12-10T14:00:00-05:00; got {text!r}")
 
 
+def script_parser(doc: str | None, default_config: Path, config_help: str = "YAML settings") -> argparse.ArgumentParser:
+    """The parser every script starts from: its docstring's first paragraph as description, and --config, which
+    defaults to ``default_config`` (config.yaml beside the scripts) when that file exists, else to no file."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=default_config if default_config.exists() else None,
+                        help=f"{config_help} (default: {default_config.name} beside this script)")
+    return parser
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

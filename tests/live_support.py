@@ -83,3 +83,12 @@ def make_loop(cfg, symbols=("QQQ",), clock=None, budget=None, sampler=None):
     loop = ForecastLoop(pipelines, book, clock, outputs, hub, budget_s=budget or cfg.time_budget, rth=cfg.rth,
                         provenance={s: {"source": "test"} for s in symbols}, stop=threading.Event())
     return loop, hub, book, clock, engine
+
+
+def wait_for(condition, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll until condition() is true; fail the test after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)

@@ -12,7 +12,7 @@ import redis as redis_py
 
 from kronos_checkpoints import write_checkpoint_pair
 from live.outputs import redacted
-from live_support import ManualClock, canonical_bars, make_loop, serve_config
+from live_support import ManualClock, canonical_bars, make_loop, serve_config, wait_for
 
 T_CLOSE = pd.Timestamp("2025-06-04T15:01:00Z")
 
@@ -45,14 +45,6 @@ def start_redis(port: int, tmp_path) -> subprocess.Popen:
 def stop_redis(proc: subprocess.Popen) -> None:
     proc.terminate()
     proc.wait(10)
-
-
-def wait_for(condition, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 server (handshake, auth, subscription, a bar, its corrected bar, a dropped connection) and the real REST client
 to a fake bars endpoint (backfill on start, polling while the stream is down, backfill after the reconnect)."""
 import threading
-import time
 
 import numpy as np
 import pandas as pd
@@ -14,18 +13,11 @@ from live.book import BarBook
 from live.clock import ReplayClock
 from live.hub import LiveHub
 from live.sources import AlpacaLiveSource
+from live_support import wait_for
 from marketdata.alpaca import Credentials
 from test_cli import synthetic_bars
 
 KEY, SECRET = "PKTEST0000KEY1234", "secret-not-for-logs-5678"
-
-
-def wait_for(condition, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture
