@@ -434,6 +434,9 @@ def test_hub_download_failure_is_one_line(tiny, tmp_path, monkeypatch):
 SIGNAL_RUNS = """
 import importlib, json, os, signal, sys
 import cli_kronos_prob_qqq as cli
+# A job started in the background by a non-interactive shell (CI runners do this) inherits SIGINT ignored, and
+# Python then keeps it ignored; Ctrl-C's handler is what this test is about, so put it back.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 codes = []
 for module, owner, name, sig, argv in json.loads(sys.argv[1]):
     target = eval(owner, {{"target": importlib.import_module(module)}})
