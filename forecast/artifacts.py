@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -196,14 +197,32 @@ def check_targets(out_dir: Path, names: Sequence[str]) -> None:
 
 @contextlib.contextmanager
 def held_signals() -> Iterator[None]:
-    """Ctrl-C, SIGTERM and the time budget's alarm wait until the block is done (they are delivered after it),
-    so a set of renames is never split."""
-    blocked = {signal.SIGINT, signal.SIGTERM, signal.SIGALRM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    """Ctrl-C, SIGTERM and the time budget's alarm wait until the block is done (then they take effect), so a set
+    of renames is never split.
+
+    Python runs signal handlers in the main thread, whichever thread the kernel hands the signal to (torch's
+    worker threads do not block it), so masking the main thread alone would not hold them: the main thread swaps
+    in handlers that only record, and replays what arrived once the block is done. In another thread (the live
+    service's writer) there is nothing to hold: the handlers run in the main thread, not here."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
+    previous = {signum: signal.getsignal(signum) for signum in held}
+    for signum in held:
+        signal.signal(signum, lambda signum, frame: arrived.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        for signum in dict.fromkeys(arrived):  # each signal once, in the order it came
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler in (signal.SIG_DFL, None):
+                signal.raise_signal(signum)
 
 
 def stage_files(out_dir: Path, files: Mapping[str, tuple[str, bytes]]) -> list[tuple[str, str, Path]]:

@@ -7,7 +7,9 @@ import datetime as dt
 import fcntl
 import json
 import os
+import signal
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -271,3 +273,20 @@ def test_run_log_of_an_older_version_keeps_its_columns(tmp_path: Path) -> None:
     assert rows[0] == list(old) and len(rows) == 3 and all(len(r) == len(old) for r in rows)
     frame = runlog.read_run_log(log)
     assert frame["p_up"].tolist() == [0.5, 0.6] and "bad_bars" not in frame.columns
+
+
+def test_held_signals_hold_a_signal_that_another_thread_receives():
+    """The kernel may hand SIGTERM to any thread that does not block it (torch's workers do not), and Python then
+    runs the handler in the main thread: holding must not depend on which thread received it."""
+    handled = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: handled.append(signum))
+    try:
+        with a.held_signals():
+            sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM))
+            sender.start()
+            sender.join()
+            time.sleep(0.05)  # a pending handler would run here, between bytecodes of the main thread
+            assert handled == [], "the signal was handled inside the block"
+        assert handled == [signal.SIGTERM], "the held signal was lost"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
