@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 import simulated
-from evaluation import baselines
 from evaluation import calibration as cal, scoring
 from forecast import calibrator as fcal
 

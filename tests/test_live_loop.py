@@ -4,7 +4,6 @@ several symbols, and the calendar (bars outside the session windows are never fo
 import json
 import logging
 
-import numpy as np
 import pandas as pd
 import pytest
 
