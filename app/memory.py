@@ -30,3 +30,20 @@ def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
     if not ok:
         log.debug("mallopt(M_MMAP_THRESHOLD) refused")
     return ok
+
+
+# Bounded kernel caches. torch's oneDNN glue (ideep) keeps every linear it has run, keyed by its input shape, in an
+# LRU of 1024 entries, and oneDNN its primitives in another; each holds a few hundred kB of compiled kernels. The
+# tokenizer decoder's row count changes with the horizon, so the session's close adds ~25 new shapes and ~100 MB
+# that stay. One forecast uses a few dozen entries, so these bounds keep its own set warm.
+KERNEL_CACHES = {"LRU_CACHE_CAPACITY": "32", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}
+
+
+def bound_kernel_caches(environ: dict | None = None) -> None:
+    """Set the cache bounds unless the user set them. Call before torch runs its first kernel (the libraries read
+    them once)."""
+    import os
+
+    env = os.environ if environ is None else environ
+    for key, value in KERNEL_CACHES.items():
+        env.setdefault(key, value)

@@ -100,6 +100,9 @@ def main() -> None:
                              "only the session's last 40 minutes)")
     parser.add_argument("--outputs", default="file,sse,redis", help="outputs to wait for and measure")
     args = parser.parse_args()
+    from app.memory import bound_kernel_caches
+
+    bound_kernel_caches()  # as serve.py does, before torch runs a kernel
 
     import httpx
     import pandas as pd

@@ -39,3 +39,11 @@ print(heap, ok, mapped)
 def test_pinned_threshold_mmaps_large_blocks_again():
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["0", "True", "1"]
+
+
+def test_kernel_cache_bounds_leave_the_users_own_alone():
+    from app.memory import KERNEL_CACHES, bound_kernel_caches
+
+    env = {"LRU_CACHE_CAPACITY": "7"}
+    bound_kernel_caches(env)
+    assert env == {**KERNEL_CACHES, "LRU_CACHE_CAPACITY": "7"}
