@@ -17,6 +17,7 @@ from pathlib import Path
 
 from app.config import ConfigError, add_config_flags, load_config, overrides_from_args, script_parser
 from app.exits import ExitCode
+from app.memory import bound_kernel_caches
 from app.operation import install_program_handlers, report_failure
 
 log = logging.getLogger("kronos_serve")
@@ -63,6 +64,7 @@ def replay_of(args: argparse.Namespace, symbols: list[str]):
 
 def main(argv: list[str] | None = None, program: bool = False) -> int:
     args = parse_args(argv)
+    bound_kernel_caches()  # before torch runs a kernel: its caches read the bounds once (see app/memory.py)
     if program:
         install_program_handlers(verbose=args.verbose, quiet=args.quiet)
     service = None

@@ -95,8 +95,14 @@ def main() -> None:
     parser.add_argument("--session", default="2025-06-02", help="session of --bars to replay")
     parser.add_argument("--lookback", type=int, default=480)
     parser.add_argument("--sessions", type=int, default=1, help="consecutive sessions to replay")
+    parser.add_argument("--skip", type=int, default=0,
+                        help="first bars of the (first) session to hand in as context, not forecast (e.g. 350: "
+                             "only the session's last 40 minutes)")
     parser.add_argument("--outputs", default="file,sse,redis", help="outputs to wait for and measure")
     args = parser.parse_args()
+    from app.memory import bound_kernel_caches
+
+    bound_kernel_caches()  # as serve.py does, before torch runs a kernel
 
     import httpx
     import pandas as pd
@@ -113,6 +119,7 @@ def main() -> None:
         model, tokenizer = write_checkpoint_pair(tmp / "ckpt", shape=args.shape, seed=0)
         history, minutes, session = session_bars(args.bars, args.session, args.sessions)
         minutes = minutes.iloc[:args.forecasts * args.sessions]
+        history, minutes = pd.concat([history, minutes.iloc[:args.skip]]), minutes.iloc[args.skip:]
         wanted = args.outputs.split(",")
         redis_proc, redis_url = start_redis(tmp) if "redis" in wanted else (None, None)
         cfg = build_config({"model": str(model), "tokenizer": str(tokenizer), "device": "cpu",

@@ -143,6 +143,9 @@ def to_path_layout(x: Tensor, n_origins: int) -> Tensor:
     return x.view(n_origins, b // n_origins, t, h, e).permute(0, 3, 1, 2, 4)
 
 
+CACHE_BUCKET = 32  # per-path cache positions are allocated in multiples of this (see KVCache.start_paths)
+
+
 class KVCache:
     """One attention layer's keys/values: the context (prefix) once per origin, and each path's new positions."""
 
@@ -154,8 +157,12 @@ class KVCache:
 
     def start_paths(self, n_paths: int, max_new: int) -> None:
         o, h, _, e = self.pk.shape
-        self.k = self.pk.new_empty(o, h, n_paths, max_new, e)
-        self.v = self.pv.new_empty(o, h, n_paths, max_new, e)
+        # Slots for a whole bucket of positions: every horizon of a bucket allocates the same blocks, so a session
+        # whose horizon shrinks toward the close reuses the freed blocks instead of fragmenting the heap with new
+        # sizes. Only the first `length` positions are ever read, so results do not depend on the bucket.
+        slots = -(-max_new // CACHE_BUCKET) * CACHE_BUCKET
+        self.k = self.pk.new_empty(o, h, n_paths, slots, e)
+        self.v = self.pv.new_empty(o, h, n_paths, slots, e)
         self.length = 0
 
     def append(self, k: Tensor, v: Tensor) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from app.memory import fix_mmap_threshold
 from forecast.errors import ModelError, Skipped
 from forecast.pipeline import Context, ForecastPipeline
 from live.book import BarBook
@@ -64,6 +65,7 @@ class ForecastLoop:
     # --------------------------------------------------------------------------------------------- running
 
     def run(self) -> None:
+        fix_mmap_threshold()  # a process that forecasts for days: keep the engine's large blocks off the heap
         version = -1
         while not self.stop.is_set():
             if self.step():

@@ -110,3 +110,24 @@ def test_fusion_keeps_state_dict_and_memory():
     attn = pred.transformer[0].self_attn
     # q/k/v weights are views of the fused matrix: fusing did not copy the weights twice
     assert attn.q_proj.weight.untyped_storage().data_ptr() == attn.qkv_weight.untyped_storage().data_ptr()
+
+
+def test_per_path_slots_are_allocated_in_buckets():
+    """Every horizon of a bucket gets the same cache blocks (the heap sees one size all session), and only the
+    filled positions are read."""
+    from kronos.layers import CACHE_BUCKET, KVCache
+
+    prefix = torch.zeros(O, 4, P, 16)
+    shapes = set()
+    for horizon in range(1, CACHE_BUCKET + 1):
+        cache = KVCache(prefix, prefix)
+        cache.start_paths(N, horizon)
+        shapes.add(tuple(cache.k.shape))
+    assert shapes == {(O, 4, N, CACHE_BUCKET, 16)}
+    cache = KVCache(prefix, prefix)
+    cache.start_paths(N, CACHE_BUCKET + 1)
+    assert cache.k.shape[3] == 2 * CACHE_BUCKET
+    cache.k.fill_(float("nan")), cache.v.fill_(float("nan"))  # unfilled slots must never reach the output
+    k = torch.randn(O * N, 3, 4, 16)
+    cache.append(k, k)
+    assert torch.isfinite(cache.attend(torch.randn(O, 4, N, 3, 16))).all()
