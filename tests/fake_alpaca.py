@@ -38,3 +38,12 @@ class FakeAlpaca:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def window_bars(frame, query: dict) -> list[dict]:
+    """The rows of a canonical bar frame inside the request's [start, end], as Alpaca's bar objects."""
+    import pandas as pd
+
+    rows = frame[(frame.index >= pd.Timestamp(query["start"])) & (frame.index <= pd.Timestamp(query["end"]))]
+    return [{"t": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "o": r.open, "h": r.high, "l": r.low, "c": r.close,
+             "v": r.volume, "n": 1, "vw": r.close} for t, r in zip(rows.index, rows.itertuples())]

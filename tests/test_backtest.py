@@ -297,14 +297,12 @@ def test_fit_a_calibrator_from_the_forecast_run_log(tmp_path: Path) -> None:
 
 def test_alpaca_history_source(tmp_path: Path, monkeypatch) -> None:
     """backtest.py without a file asks Alpaca (the real client, a fake endpoint) for the range plus history."""
-    from fake_alpaca import FakeAlpaca
+    from fake_alpaca import FakeAlpaca, window_bars
 
     frame = simulated.simulate_bars("2025-03-03", 5, seed=26)
 
     def respond(query):
-        rows = frame[(frame.index >= pd.Timestamp(query["start"])) & (frame.index <= pd.Timestamp(query["end"]))]
-        bars = [{"t": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "o": r.open, "h": r.high, "l": r.low, "c": r.close,
-                 "v": r.volume, "n": 1, "vw": r.close} for t, r in zip(rows.index, rows.itertuples())]
+        bars = window_bars(frame, query)
         return 200, {"bars": {"QQQ": bars} if bars else {}, "next_page_token": None}
 
     fake = FakeAlpaca(respond)

@@ -176,7 +176,7 @@ def test_alpaca_bars_are_fetched_once_per_symbol_and_cached_per_session(tmp_path
     """Without --data-dir: one request per symbol (the real client, a fake endpoint), one Parquet file per
     symbol and session; a second run reads the cache and asks again only for the symbol that failed."""
     import simulated
-    from fake_alpaca import FakeAlpaca
+    from fake_alpaca import FakeAlpaca, window_bars
 
     frames = {"QQQ": simulated.simulate_bars("2025-03-03", 5, seed=31),
               "SPY": simulated.simulate_bars("2025-03-03", 5, price=400.0, seed=32)}
@@ -185,9 +185,7 @@ def test_alpaca_bars_are_fetched_once_per_symbol_and_cached_per_session(tmp_path
         frame = frames.get(query["symbols"])
         if frame is None:
             return 500, {"message": "internal error"}
-        rows = frame[(frame.index >= pd.Timestamp(query["start"])) & (frame.index <= pd.Timestamp(query["end"]))]
-        bars = [{"t": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "o": r.open, "h": r.high, "l": r.low, "c": r.close,
-                 "v": r.volume, "n": 1, "vw": r.close} for t, r in zip(rows.index, rows.itertuples())]
+        bars = window_bars(frame, query)
         return 200, {"bars": {query["symbols"]: bars} if bars else {}, "next_page_token": None}
 
     fake = FakeAlpaca(respond)

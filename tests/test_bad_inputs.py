@@ -170,12 +170,12 @@ def alpaca(respond, keys: bool = True):
 
 
 def bars_body(edit: Callable[[list], None] | None = None):
+    from fake_alpaca import window_bars
+
     f = frame()
 
     def respond(query):
-        rows = f[(f.index >= pd.Timestamp(query["start"])) & (f.index <= pd.Timestamp(query["end"]))]
-        bars = [{"t": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "o": r.open, "h": r.high, "l": r.low, "c": r.close,
-                 "v": r.volume, "n": 10, "vw": r.close} for t, r in zip(rows.index, rows.itertuples())]
+        bars = window_bars(f, query)
         if edit is not None:
             edit(bars)
         return 200, {"bars": {"QQQ": bars}, "next_page_token": None}

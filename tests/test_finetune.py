@@ -252,7 +252,7 @@ def test_readme_documents_the_finetune_keys():
 def test_bars_from_alpaca_the_last_sessions(tiny, tmp_path, monkeypatch):
     """--source alpaca: the last K sessions up to now, fetched through alpaca-py from a fake server."""
     import simulated
-    from fake_alpaca import FakeAlpaca
+    from fake_alpaca import FakeAlpaca, window_bars
     from marketdata import calendar as mcal
 
     now = pd.Timestamp.now(tz="UTC")
@@ -260,9 +260,7 @@ def test_bars_from_alpaca_the_last_sessions(tiny, tmp_path, monkeypatch):
     frame = simulated.simulate_bars(sessions[0].date().isoformat(), 6, seed=5)
 
     def respond(query):
-        rows = frame[(frame.index >= pd.Timestamp(query["start"])) & (frame.index <= pd.Timestamp(query["end"]))]
-        bars = [{"t": t.isoformat().replace("+00:00", "Z"), "o": r.open, "h": r.high, "l": r.low, "c": r.close,
-                 "v": r.volume, "n": 10, "vw": r.close} for t, r in zip(rows.index, rows.itertuples())]
+        bars = window_bars(frame, query)
         return 200, {"bars": {"QQQ": bars} if bars else {}, "next_page_token": None}
 
     fake = FakeAlpaca(respond)

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fake_alpaca import FakeAlpaca
+from fake_alpaca import FakeAlpaca, window_bars
 from fake_alpaca_stream import FakeAlpacaStream, bar_message
 from live.book import BarBook
 from live.clock import ReplayClock
@@ -31,11 +31,7 @@ def bars():
 def rest(bars):
     """Alpaca's bars endpoint over the synthetic bars: start and end inclusive, as Alpaca answers."""
     def respond(query):
-        start, end = pd.Timestamp(query["start"]), pd.Timestamp(query["end"])
-        rows = bars[(bars.index >= start) & (bars.index <= end)]
-        return 200, {"bars": {"QQQ": [{"t": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "o": r.open, "h": r.high,
-                                       "l": r.low, "c": r.close, "v": r.volume, "n": 1, "vw": r.close}
-                                      for t, r in rows.iterrows()]}, "next_page_token": None}
+        return 200, {"bars": {"QQQ": window_bars(bars, query)}, "next_page_token": None}
     fake = FakeAlpaca(respond)
     yield fake
     fake.close()
