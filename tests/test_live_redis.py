@@ -26,7 +26,7 @@ def free_port() -> int:
 def start_redis(port: int, tmp_path) -> subprocess.Popen:
     server = shutil.which("redis-server")
     if server is None:
-        pytest.fail("redis-server is not installed (.ci/run installs Debian's redis-server)")
+        pytest.fail("redis-server is not installed (bash setup_venv.sh --test installs Debian's redis-server)")
     proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = redis_py.Redis(port=port, socket_connect_timeout=0.2)

@@ -30,7 +30,7 @@ def _driver():
     from selenium.webdriver.chrome.service import Service
 
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail("chromium and chromium-driver are needed (apt-get install chromium chromium-driver; .ci/run "
+        pytest.fail("chromium and chromium-driver are needed (apt-get install chromium chromium-driver; bash setup_venv.sh --test "
                     "installs them)")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
