@@ -30,8 +30,8 @@ def _driver():
     from selenium.webdriver.chrome.service import Service
 
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail("chromium and chromium-driver are needed (apt-get install chromium chromium-driver; bash setup_venv.sh --test "
-                    "installs them)")
+        pytest.fail("chromium and chromium-driver are needed (apt-get install chromium chromium-driver; "
+                    "bash setup_venv.sh --test installs them)")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
