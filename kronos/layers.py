@@ -147,29 +147,45 @@ CACHE_BUCKET = 32  # per-path cache positions are allocated in multiples of this
 
 
 class KVCache:
-    """One attention layer's keys/values: the context (prefix) once per origin, and each path's new positions."""
+    """One attention layer's keys/values: the context (prefix) once per origin, and each path's new positions.
+
+    Two ways to fill the per-path slots. Dynamic (default): `length` is a Python int and attention reads only the
+    filled slots. Static (start_paths(static=True)): the count of filled slots lives on the device (`filled`),
+    writes land at that count and attention reads every slot with the unfilled ones masked, so each decode step
+    has the same shapes and no host-side index, which is what a CUDA graph needs (kronos.graphs).
+    """
 
     def __init__(self, k: Tensor, v: Tensor):
         self.pk, self.pv = k, v  # [O, h, P, e]
         self.k: Tensor | None = None  # [O, h, n, S_max, e]
         self.v: Tensor | None = None
-        self.length = 0  # per-path positions filled so far
+        self.length = 0  # per-path positions filled so far (dynamic mode)
+        self.filled: Tensor | None = None  # the same count as a [1] device tensor (static mode)
+        self.slot_ids: Tensor | None = None  # [S_max] 0..S_max-1 (static mode)
 
-    def start_paths(self, n_paths: int, max_new: int) -> None:
+    def start_paths(self, n_paths: int, max_new: int, static: bool = False) -> None:
         o, h, _, e = self.pk.shape
         # Slots for a whole bucket of positions: every horizon of a bucket allocates the same blocks, so a session
         # whose horizon shrinks toward the close reuses the freed blocks instead of fragmenting the heap with new
-        # sizes. Only the first `length` positions are ever read, so results do not depend on the bucket.
+        # sizes. Only the filled positions are ever read (or weigh anything), so results do not depend on the bucket.
         slots = -(-max_new // CACHE_BUCKET) * CACHE_BUCKET
-        self.k = self.pk.new_empty(o, h, n_paths, slots, e)
-        self.v = self.pv.new_empty(o, h, n_paths, slots, e)
+        # static mode multiplies unfilled slots by a zero weight: they must hold numbers, not stale NaN bits
+        alloc = self.pk.new_zeros if static else self.pk.new_empty
+        self.k, self.v = alloc(o, h, n_paths, slots, e), alloc(o, h, n_paths, slots, e)
         self.length = 0
+        self.filled = torch.zeros(1, dtype=torch.long, device=self.pk.device) if static else None
+        self.slot_ids = torch.arange(slots, device=self.pk.device) if static else None
 
     def append(self, k: Tensor, v: Tensor) -> None:
-        """k/v [B, T, h, e] of the paths' next T positions."""
+        """k/v [B, T, h, e] of the paths' next T positions (T = 1 in static mode)."""
         assert self.k is not None and self.v is not None, "start_paths() first"
-        end = self.length + k.shape[1]
         o = self.pk.shape[0]
+        if self.filled is not None:
+            self.k.index_copy_(3, self.filled, to_path_layout(k, o))
+            self.v.index_copy_(3, self.filled, to_path_layout(v, o))
+            self.filled.add_(1)
+            return
+        end = self.length + k.shape[1]
         self.k[:, :, :, self.length : end] = to_path_layout(k, o)
         self.v[:, :, :, self.length : end] = to_path_layout(v, o)
         self.length = end
@@ -181,12 +197,17 @@ class KVCache:
         The n*T queries of an origin meet its prefix in one matmul, so the prefix is read, never repeated per path.
         """
         o, h, n, t, e = q.shape
-        p, s = self.pk.shape[2], self.length
+        p = self.pk.shape[2]
+        static = self.filled is not None
+        s = self.k.shape[3] if static else self.length  # type: ignore[union-attr]
         scores = q.reshape(o, h, n * t, e) @ self.pk.transpose(-1, -2)  # [O, h, nT, P]
         if s:
             k, v = self.k[:, :, :, :s], self.v[:, :, :, :s]  # type: ignore[index]
             own = q @ k.transpose(-1, -2)  # [O, h, n, T, S]
-            if t > 1:  # query i sits at new position s - t + i (bottom-right aligned causal mask)
+            if static:  # one query per path (t == 1): the filled slots only
+                assert t == 1, "static caches take one position per step"
+                own = own.masked_fill(self.slot_ids >= self.filled, float("-inf"))  # type: ignore[operator]
+            elif t > 1:  # query i sits at new position s - t + i (bottom-right aligned causal mask)
                 allowed = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
                 own = own.masked_fill(~allowed, float("-inf"))
             scores = torch.cat([scores, own.view(o, h, n * t, s)], dim=-1)
@@ -195,6 +216,10 @@ class KVCache:
         if s:
             out += (weights[..., p:].view(o, h, n, t, s) @ v).view(o, h, n * t, e)
         return out.view(o, h, n, t, e)
+
+    def position(self) -> Tensor | int:
+        """Index of the next per-path position: an int, or a [1] device tensor in static mode."""
+        return self.filled if self.filled is not None else self.length
 
 
 class Attention(nn.Module):

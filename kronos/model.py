@@ -209,10 +209,11 @@ class Kronos(nn.Module):
         self.prefix_len = s1.shape[1]
         return h[:, -1]
 
-    def setup_paths(self, n_paths: int, max_new: int) -> None:
-        """Empty per-path cache slots for n_paths paths per origin and up to max_new new tokens each."""
+    def setup_paths(self, n_paths: int, max_new: int, static: bool = False) -> None:
+        """Empty per-path cache slots for n_paths paths per origin and up to max_new new tokens each (static:
+        fixed shapes and device-side positions for every step, see KVCache)."""
         for c in caches(self):
-            c.start_paths(n_paths, max_new)
+            c.start_paths(n_paths, max_new, static)
         p = self.prefix_len
         cos, sin = self.rope(p + max_new, self.head.proj_s1.weight.device)
         self.rope_new = (cos[p:], sin[p:])
@@ -227,8 +228,11 @@ class Kronos(nn.Module):
     def step(self, s1: Tensor, s2: Tensor, stamp: Tensor) -> Tensor:
         """Feed each path's next token pair s1, s2 [B] with its bar's stamp [B, 5] -> its hidden state [B, d]."""
         assert self.rope_new is not None, "setup_paths() first"
-        i = self.dep_layer.cross_attn.cache.length  # type: ignore[union-attr]
-        cos, sin = (r[i : i + 1] for r in self.rope_new)
+        i = self.dep_layer.cross_attn.cache.position()  # type: ignore[union-attr]
+        if isinstance(i, int):
+            cos, sin = (r[i : i + 1] for r in self.rope_new)
+        else:  # static caches: the position stays on the device
+            cos, sin = (r.index_select(0, i) for r in self.rope_new)
         x = self.embed(s1[:, None], s2[:, None], stamp[:, None])
         h = self.norm(self.transformer.paths(x, cos, sin))
         self.dep_layer.cross_attn.cache.append(*self.dep_layer.keys_values(h))  # type: ignore[union-attr]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Sequence
 
 import numpy as np
@@ -15,13 +16,17 @@ import torch
 from torch import Tensor
 
 from .config import default_context
+from .graphs import DecodePlans
 from .inputs import check_sampling, check_seeds, check_stamps, check_values, normalise
 from .layers import clear_caches
 from .loading import load_pair, to_dtype
 from .model import Kronos, KronosTokenizer
 
 NUCLEUS_K0 = 64  # first partial selection for top-p; grows x4 only for rows whose kept mass is not reached
-TOKENIZER_ROWS = 768  # new tokens per tokenizer-decoder call (see decode_paths)
+# New tokens per tokenizer-decoder call (see decode_paths): few on a CPU, where the attention scores should stay in
+# cache; many on a GPU, where each call is a few dozen kernel launches.
+TOKENIZER_ROWS = 768
+TOKENIZER_ROWS_CUDA = 16384
 # Cumulative masses this close to top_p are decided by float32 rounding, which depends on the summation order of
 # the softmax; such rows go through the full sort so that the kept set is exactly the full-sort rule's.
 NUCLEUS_GUARD = 1e-4
@@ -67,13 +72,14 @@ def filter_logits_full_sort(x: Tensor, top_p: float) -> Tensor:
     return x.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
 
 
-def keep_mask(x: Tensor, probs: Tensor, top_k: int, top_p: float) -> Tensor | None:
-    """Tokens that survive filtering (None: all). top_k > 0 keeps ties of the k-th value and ignores top_p."""
+def keep_mask(x: Tensor, probs: Tensor, top_k: int, top_p: float, full_sort: bool = False) -> Tensor | None:
+    """Tokens that survive filtering (None: all). top_k > 0 keeps ties of the k-th value and ignores top_p.
+    full_sort: the nucleus through the full sort (the same set, with no host-side checks: CUDA graphs)."""
     if top_k > 0:
         kth = x.topk(min(top_k, x.shape[-1]), dim=-1).values[:, -1:]
         return x >= kth
     if top_p < 1.0:
-        return nucleus_keep(x, probs, top_p)
+        return filter_logits_full_sort(x, top_p) > float("-inf") if full_sort else nucleus_keep(x, probs, top_p)
     return None
 
 
@@ -84,13 +90,14 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
     return logits if keep is None else logits.masked_fill(~keep, float("-inf"))
 
 
-def sample_tokens(logits: Tensor, u: Tensor, temperature: float, top_k: int, top_p: float) -> Tensor:
+def sample_tokens(logits: Tensor, u: Tensor, temperature: float, top_k: int, top_p: float,
+                  full_sort: bool = False) -> Tensor:
     """Draw one token per row of logits [B, V] by inverting the filtered CDF (index order) at uniforms u [B]."""
     x = logits.float()
     if temperature != 1.0:
         x = x / temperature
     probs = x.softmax(-1)
-    keep = keep_mask(x, probs, top_k, top_p)
+    keep = keep_mask(x, probs, top_k, top_p, full_sort)
     if keep is not None:
         probs.mul_(keep)  # renormalised by the CDF's total below
     cdf = probs.cumsum_(-1)
@@ -107,27 +114,37 @@ class Generated:
 
 
 def decode_paths(model: Kronos, tokenizer: KronosTokenizer, h0: Tensor, y_stamp: Tensor, u: Tensor,
-                 temperature: float, top_k: int, top_p: float) -> Generated:
+                 temperature: float, top_k: int, top_p: float, static: bool = False, graph: bool = False,
+                 plans: DecodePlans | None = None) -> Generated:
     """Sample n paths per origin after prefill. h0 [O, d]: last context hidden state; y_stamp [O, H, 5]: stamps
-    of the bars to predict (a bar's stamp is fed only once that bar is context); u [O, n, H, 2] uniforms."""
+    of the bars to predict (a bar's stamp is fed only once that bar is context); u [O, n, H, 2] uniforms.
+    static: fixed-shape decode steps (kronos.graphs); graph: also replay them from a CUDA graph; plans: where
+    such decodes are kept for the next call of the same shapes."""
     o, n, horizon, _ = u.shape
     b = o * n
-    model.setup_paths(n, horizon)
     h = h0.repeat_interleave(n, dim=0)
     stamp = y_stamp.repeat_interleave(n, dim=0)  # [B, H, 5]
     u = u.reshape(b, horizon, 2)
-    s1_all = torch.empty(b, horizon, dtype=torch.long, device=u.device)
-    s2_all = torch.empty_like(s1_all)
-    for i in range(horizon):
-        s1 = sample_tokens(model.s1_logits(h), u[:, i, 0], temperature, top_k, top_p)
-        s2 = sample_tokens(model.s2_logits(s1, h), u[:, i, 1], temperature, top_k, top_p)
-        s1_all[:, i], s2_all[:, i] = s1, s2
-        if i + 1 < horizon:
-            h = model.step(s1, s2, stamp[:, i])
+    if static or graph:
+        draw = partial(sample_tokens, temperature=temperature, top_k=top_k, top_p=top_p, full_sort=True)
+        key = (o, n, horizon, model.prefix_len, h.dtype, h.device, temperature, top_k, top_p)
+        decode = (plans if plans is not None else DecodePlans(0)).decode(key, model, h, stamp, u, draw, n)
+        s1_all, s2_all = (x.clone() for x in decode.run(graph))  # the plan's buffers are reused by the next call
+    else:
+        model.setup_paths(n, horizon)
+        s1_all = torch.empty(b, horizon, dtype=torch.long, device=u.device)
+        s2_all = torch.empty_like(s1_all)
+        for i in range(horizon):
+            s1 = sample_tokens(model.s1_logits(h), u[:, i, 0], temperature, top_k, top_p)
+            s2 = sample_tokens(model.s2_logits(s1, h), u[:, i, 1], temperature, top_k, top_p)
+            s1_all[:, i], s2_all[:, i] = s1, s2
+            if i + 1 < horizon:
+                h = model.step(s1, s2, stamp[:, i])
     s1_all, s2_all = s1_all.view(o, n, horizon), s2_all.view(o, n, horizon)
     # The tokenizer's decoder is causal too: each path's new tokens attend to the cached context. A few paths at
-    # a time keep its attention scores ([paths x H, P + H] per head) small enough to stay in cache.
-    step = max(1, TOKENIZER_ROWS // (o * horizon))
+    # a time keep its attention scores ([paths x H, P + H] per head) small enough to stay in cache (CPU).
+    rows = TOKENIZER_ROWS_CUDA if u.device.type == "cuda" else TOKENIZER_ROWS
+    step = max(1, rows // (o * horizon))
     values = torch.cat([tokenizer.decode_paths(s1_all[:, j : j + step].reshape(-1, horizon),
                                                s2_all[:, j : j + step].reshape(-1, horizon)).view(o, -1, horizon, 6)
                         for j in range(0, n, step)], dim=1)
@@ -183,16 +200,23 @@ class KronosPathSampler:
     lookback + horizon must be at most max_context, otherwise ValueError (upstream would re-encode a sliding
     window, which a KV cache cannot reproduce). Origins and paths are split into groups/chunks sized from
     memory_budget (bytes; default 1 GiB on CPU/MPS, half the free memory on CUDA; the estimate is rough).
+    On CUDA each decode step after the first is replayed from a CUDA graph (cuda_graphs=False turns that off:
+    the same sampling rule, launched step by step).
     """
 
     def __init__(self, model: Kronos, tokenizer: KronosTokenizer, *, device: torch.device,
-                 dtype: torch.dtype = torch.float32, max_context: int = 512, memory_budget: int | None = None):
+                 dtype: torch.dtype = torch.float32, max_context: int = 512, memory_budget: int | None = None,
+                 cuda_graphs: bool | None = None):
         """model and tokenizer as kronos.loading.load_pair returns them: fused, on device, model in dtype."""
         if dtype != torch.float32 and device.type != "cuda":
             raise ValueError(f"dtype {dtype} is only supported on CUDA; use float32 on {device.type}")
+        if cuda_graphs and device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs a CUDA device, not {device.type}")
         self.device, self.dtype, self.max_context = device, dtype, int(max_context)
         self.model, self.tokenizer = model, tokenizer
         self.memory_budget = memory_budget
+        self.cuda_graphs = device.type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
+        self.plans = DecodePlans()  # CUDA graphs and their buffers, kept for the next call of the same shapes
         self.model_source: Any = None
         self.tokenizer_source: Any = None
         self.model_revision: str | None = None
@@ -203,7 +227,7 @@ class KronosPathSampler:
                         tokenizer: str | os.PathLike = "NeoQuasar/Kronos-Tokenizer-base", device: Any = None,
                         max_context: int | None = None, model_revision: str | None = None,
                         tokenizer_revision: str | None = None, dtype: str | torch.dtype = "float32",
-                        memory_budget: int | None = None) -> "KronosPathSampler":
+                        memory_budget: int | None = None, cuda_graphs: bool | None = None) -> "KronosPathSampler":
         """Load from hub repo ids (through the huggingface_hub cache) or local directories.
 
         Raises CheckpointError when weights cannot be found, read, validated or fitted; ValueError for a bad
@@ -214,7 +238,8 @@ class KronosPathSampler:
             raise ValueError(f"dtype {torch_dtype} is only supported on CUDA; use float32 on {dev.type}")
         net, tok, model_rev, tok_rev = load_pair(model, tokenizer, model_revision, tokenizer_revision, dev, torch_dtype)
         ctx = max_context if max_context is not None else default_context(str(model), net.cfg)
-        sampler = cls(net, tok, device=dev, dtype=torch_dtype, max_context=ctx, memory_budget=memory_budget)
+        sampler = cls(net, tok, device=dev, dtype=torch_dtype, max_context=ctx, memory_budget=memory_budget,
+                      cuda_graphs=cuda_graphs)
         sampler.model_source, sampler.tokenizer_source = model, tokenizer
         sampler.model_revision, sampler.tokenizer_revision = model_rev, tok_rev
         return sampler
@@ -272,7 +297,8 @@ class KronosPathSampler:
                 self.tokenizer.decode_prefix(s1, s2)
                 ys = y_stamp[o0:o1].to(dev)
                 row = [decode_paths(self.model, self.tokenizer, h0, ys, u[o0:o1, p0 : p0 + chunk].to(dev),
-                                    temperature, top_k, top_p) for p0 in range(0, n_paths, chunk)]
+                                    temperature, top_k, top_p, graph=self.cuda_graphs, plans=self.plans)
+                       for p0 in range(0, n_paths, chunk)]
                 parts.append(Generated(*(torch.cat([getattr(g, f).float() if f == "values" else getattr(g, f)
                                                     for g in row], dim=1).cpu() for f in ("values", "s1", "s2"))))
         finally:
