@@ -19,3 +19,18 @@ def real_data_dir() -> Path:
     if not path.is_dir():
         pytest.fail(f"TEST_DATA_DIR={value} is not a directory")
     return path
+
+
+@pytest.fixture(scope="session")
+def engine_device() -> str:
+    """Where the engine tests run our sampler: the CPU, or a GPU with KRONOS_TEST_DEVICE=cuda (bench/gpu_checks.sh).
+
+    CI has no GPU; the CUDA run is made on a lent GPU machine and its results are in the README.
+    """
+    device = os.environ.get("KRONOS_TEST_DEVICE", "cpu")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.fail(f"KRONOS_TEST_DEVICE={device} but torch sees no CUDA device")
+    return device

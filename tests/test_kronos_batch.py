@@ -15,9 +15,9 @@ LOOKBACK, HORIZON, PATHS = 60, 5, 7
 
 
 @pytest.fixture(scope="module")
-def sampler(tmp_path_factory):
+def sampler(tmp_path_factory, engine_device):
     pair = write_checkpoint_pair(tmp_path_factory.mktemp("kronos_batch"), "mini", seed=4)
-    return KronosPathSampler.from_pretrained(*pair, device="cpu")
+    return KronosPathSampler.from_pretrained(*pair, device=engine_device)
 
 
 def origins(count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -81,5 +81,6 @@ def test_tokenizer_decode_in_path_chunks_changes_nothing(sampler, monkeypatch):
 
     values, xs, ys = origins(2)
     whole = sampler.sample_batch(values, xs, ys, n_paths=PATHS, seeds=[1, 2])
-    monkeypatch.setattr(kronos.sampler, "TOKENIZER_ROWS", 2 * HORIZON)  # one path of each origin per call
+    for name in ("TOKENIZER_ROWS", "TOKENIZER_ROWS_CUDA"):  # one path of each origin per call
+        monkeypatch.setattr(kronos.sampler, name, 2 * HORIZON)
     np.testing.assert_allclose(sampler.sample_batch(values, xs, ys, n_paths=PATHS, seeds=[1, 2]), whole, rtol=1e-5)

@@ -80,10 +80,10 @@ def checkpoints(tmp_path_factory):
 
 
 @pytest.mark.parametrize("shape", list(CASES))
-def test_greedy_paths_equal_reference_on_real_bars(checkpoints, shape, real_data_dir, monkeypatch):
+def test_greedy_paths_equal_reference_on_real_bars(checkpoints, shape, real_data_dir, monkeypatch, engine_device):
     values, stamps = qqq_bars(str(real_data_dir / QQQ))
     model_dir, tok_dir = checkpoints[shape]
-    sampler = KronosPathSampler.from_pretrained(model_dir, tok_dir, device="cpu")
+    sampler = KronosPathSampler.from_pretrained(model_dir, tok_dir, device=engine_device)
     for i, (lookback, horizon, count) in enumerate(CASES[shape]):
         x, xs, ys = contexts(values, stamps, lookback, horizon, count, seed=100 * list(CASES).index(shape) + i)
         x_norm, mean, scale = normalise(x)

@@ -100,7 +100,7 @@ def mini(tmp_path_factory):
     return write_checkpoint_pair(tmp_path_factory.mktemp("kronos_sampling"), "mini", seed=2)
 
 
-def test_path_distribution_matches_reference(mini):
+def test_path_distribution_matches_reference(mini, engine_device):
     """Mean of many of our paths vs the reference's average over its own paths, at T=1, top_p=0.9."""
     from model import Kronos, KronosPredictor, KronosTokenizer
 
@@ -113,7 +113,7 @@ def test_path_distribution_matches_reference(mini):
         torch.manual_seed(123)
         ref_mean = ref.predict(df, x_ts, y_ts, pred_len=horizon, T=1.0, top_k=0, top_p=0.9, sample_count=n_ref,
                                verbose=False).to_numpy()
-    sampler = KronosPathSampler.from_pretrained(model_dir, tok_dir, device="cpu")
+    sampler = KronosPathSampler.from_pretrained(model_dir, tok_dir, device=engine_device)
     paths = sampler.sample(*frame_inputs(df, x_ts, y_ts), n_paths=n_ours, temperature=1.0, top_k=0, top_p=0.9, seed=7)
     mean, std = paths.mean(0), paths.std(0)
     assert (std > 0).all(), "paths do not vary: the test would have no power"
@@ -121,10 +121,10 @@ def test_path_distribution_matches_reference(mini):
     assert np.abs(z).max() < 5, f"max |z| {np.abs(z).max():.2f}"
 
 
-def test_seed_chunking_and_global_rng(mini):
+def test_seed_chunking_and_global_rng(mini, engine_device):
     model_dir, tok_dir = mini
     inputs = frame_inputs(*make_bars(40, 6, seed=9))
-    sampler = KronosPathSampler.from_pretrained(model_dir, tok_dir, device="cpu")
+    sampler = KronosPathSampler.from_pretrained(model_dir, tok_dir, device=engine_device)
     rng_before = torch.get_rng_state()
     a = sampler.sample(*inputs, n_paths=24, seed=11)
     assert torch.equal(torch.get_rng_state(), rng_before), "the global RNG was touched"
