@@ -45,27 +45,42 @@ def bars(lookback: int, horizon: int):
     return frame, frame_inputs(*frame)
 
 
-def matmul_rates(size: int = 2048, repeats: int = 3) -> dict[str, float]:
-    """GFLOP/s of a size^3 float32 matmul: torch.mm (MKL here) and oneDNN's linear (what we use on CPU)."""
+def matmul_rates(device: str, size: int = 2048, repeats: int = 3) -> dict[str, float]:
+    """GFLOP/s of a size^3 matmul. CPU: float32 through torch.mm (MKL) and oneDNN's linear (what we use on CPU).
+    CUDA (8192^3): float32 (TF32 off, torch's default, as the engine runs) and bfloat16."""
     import torch
 
     from kronos.layers import onednn_available, onednn_linear
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    runs = {"torch.mm": lambda: a @ b}
-    if onednn_available():
-        runs["oneDNN"] = lambda: onednn_linear(a, b, None)
+    if device.startswith("cuda"):
+        size = 8192
+        runs = {}
+        for name, dtype in (("cuBLAS fp32", torch.float32), ("cuBLAS bf16", torch.bfloat16)):
+            a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+            runs[name] = lambda a=a, b=b: a @ b
+    else:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        runs = {"torch.mm": lambda: a @ b}
+        if onednn_available():
+            runs["oneDNN"] = lambda: onednn_linear(a, b, None)
     rates = {}
     for name, fn in runs.items():
         fn()
-        best = min(timed_once(fn) for _ in range(repeats))
+        best = min(timed_once(fn, device) for _ in range(repeats))
         rates[name] = 2 * size**3 / best / 1e9
     return rates
 
 
-def timed_once(fn) -> float:
+def timed_once(fn, device: str = "cpu") -> float:
+    import torch
+
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     fn()
+    if cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -79,31 +94,30 @@ def worker(args: argparse.Namespace) -> None:
     cuda = args.device.startswith("cuda")
 
     def timed(fn):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return timed_once(fn, args.device)
 
     extra: dict = {}
     if args.worker == "ours":
         from kronos import KronosPathSampler
 
         start = time.perf_counter()
-        sampler = KronosPathSampler.from_pretrained(args.model, args.tokenizer, device=args.device, dtype=args.dtype)
+        graphs = False if args.no_graphs else None
+        sampler = KronosPathSampler.from_pretrained(args.model, args.tokenizer, device=args.device, dtype=args.dtype,
+                                                    cuda_graphs=graphs)
+        extra["graphs"] = sampler.cuda_graphs
         extra["load_s"] = time.perf_counter() - start
         run = lambda n: sampler.sample(values, x_stamp, y_stamp, n_paths=n, top_p=0.9, seed=0)  # noqa: E731
         first = timed(lambda: run(min(args.n, 2)))  # warm-up: allocator, kernels, thread pool
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        floor_run = args.n == args.floor_n and not cuda
+        floor_run = args.n == args.floor_n
         if floor_run:
-            extra["rates_before"] = matmul_rates()
-        times = [timed(lambda: run(args.n)) for _ in range(args.repeats if args.n <= 100 else 1)]
+            extra["rates_before"] = matmul_rates(args.device)
+        repeats = args.repeats if args.n <= 100 or (cuda and args.n <= 1000) else 1
+        times = [timed(lambda: run(args.n)) for _ in range(repeats)]
+        extra["times"] = times
         if floor_run:
-            extra["rates_after"] = matmul_rates()
+            extra["rates_after"] = matmul_rates(args.device)
             from kronos_flops import sampler_flops
 
             extra["flops"] = sampler_flops(sampler.model.cfg, sampler.tokenizer.cfg, args.lookback, args.horizon,
@@ -116,6 +130,8 @@ def worker(args: argparse.Namespace) -> None:
         first = 0.0
         times = [timed(lambda: ref.predict(df, x_ts, y_ts, pred_len=args.horizon, T=1.0, top_p=0.9,
                                            sample_count=args.n, verbose=False))]
+    if cuda:
+        extra["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
     print(json.dumps({"best": min(times), "first": first, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
                       "threads": torch.get_num_threads(), "torch": torch.__version__} | extra))
@@ -125,7 +141,7 @@ def measure(args: argparse.Namespace, impl: str, n: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", impl, "--n", str(n), "--model", str(args.model),
            "--tokenizer", str(args.tokenizer), "--device", args.device, "--dtype", args.dtype,
            "--lookback", str(args.lookback), "--horizon", str(args.horizon), "--repeats", str(args.repeats),
-           "--threads", str(args.threads), "--floor-n", str(args.floor_n)]
+           "--threads", str(args.threads), "--floor-n", str(args.floor_n)] + (["--no-graphs"] if args.no_graphs else [])
     out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
     if out.returncode:
         raise SystemExit(f"{impl} N={n} failed:\n{out.stderr[-3000:]}")
@@ -153,6 +169,7 @@ def main() -> None:
     p.add_argument("--horizon", type=int, default=30)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--no-graphs", action="store_true", help="CUDA: launch each decode step from Python")
     p.add_argument("--model", default=None, help="predictor directory (default: random Kronos-small weights)")
     p.add_argument("--tokenizer", default=None)
     p.add_argument("--worker", choices=["ours", "ref"], help=argparse.SUPPRESS)
@@ -177,7 +194,8 @@ def main() -> None:
     info = next(iter(ours.values()))
     ref_per_path = ref[max(ref)]["best"] / max(ref) if ref else None
 
-    print(f"Machine: {cpu_name()}, {os.cpu_count()} CPUs; device {args.device}; torch {info['torch']}; "
+    gpu = f" ({info['gpu']}, CUDA graphs {'on' if info['graphs'] else 'off'})" if "gpu" in info else ""
+    print(f"Machine: {cpu_name()}, {os.cpu_count()} CPUs; device {args.device}{gpu}; torch {info['torch']}; "
           f"{info['threads']} threads; dtype {args.dtype}; lookback {args.lookback}, horizon {args.horizon}; "
           f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
     mem_col = "peak CUDA MB" if args.device.startswith("cuda") else "peak RSS MB"
@@ -193,6 +211,9 @@ def main() -> None:
               f"so N=100 would take about {100 * ref_per_path:.0f} s and N=1000 about {1000 * ref_per_path:.0f} s.")
     firsts = ", ".join(f"N={n}: {r['first']:.2f} s" for n, r in ours.items())
     print(f"Ours: best of the timed calls after one warm-up call of N<=2 (warm-up call times: {firsts}).")
+    if any(r.get("graphs") for r in ours.values()):
+        captures = ", ".join(f"N={n}: {r['times'][0]:.3f} s" for n, r in ours.items())
+        print(f"First timed call of each N, which captures its CUDA graph (later calls replay it): {captures}.")
     loads = ", ".join(f"{r['load_s']:.2f}" for r in ours.values())
     print(f"Load time (from_pretrained: read, validate, build on the meta device, fuse), per worker: {loads} s")
     if args.floor_n in ours and "flops" in ours[args.floor_n]:
@@ -206,7 +227,8 @@ def print_floor(n: int, r: dict) -> None:
     for part, f in flops.items():
         print(f"| {part} | {f / 1e9:.1f} |")
     print(f"| total | {total / 1e9:.1f} |")
-    print("\nfp32 matmul rate, 2048^3, same process (before / after the timed calls), and the floor FLOPs / rate:\n")
+    size = "8192^3 on the GPU" if any(k.startswith("cuBLAS") for k in r["rates_before"]) else "2048^3"
+    print(f"\nmatmul rate, {size}, same process (before / after the timed calls), and the floor FLOPs / rate:\n")
     print("| matmul | GFLOP/s before | GFLOP/s after | floor s (best rate) | our time s | multiple of floor |")
     print("|---|---|---|---|---|---|")
     for name in r["rates_before"]:
