@@ -1,0 +1,182 @@
+"""How the live forecasts have done: each published forecast kept as a record, its outcome filled in once its last
+minute has a bar, and the day's reliability (Brier against the coin flip, band coverage against nominal).
+
+Realised outcomes use the backtest's own rule (``evaluation.outcome.realised_outcome``); band scores use
+``forecast.calibrator``; Brier and coverage ``evaluation.scoring``. Nothing here re-implements a market rule.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from evaluation.outcome import realised_outcome
+from evaluation.scoring import band_coverage, brier_score
+from forecast.calibrator import band_score, ensemble_centre_scale
+from marketdata.frame import ONE_MINUTE
+from marketdata.prepare import prepare_bars
+
+log = logging.getLogger(__name__)
+NEW_YORK = "America/New_York"
+COIN_FLIP_BRIER = 0.25
+
+
+def utc(t: Any) -> pd.Timestamp:
+    """A timestamp in UTC (naive means UTC)."""
+    t = pd.Timestamp(t)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+def iso(t: pd.Timestamp | None) -> str | None:
+    """ISO 8601 in UTC with a Z, as the JSON API writes times."""
+    return None if t is None else utc(t).isoformat().replace("+00:00", "Z")
+
+
+def num(x: Any) -> float | None:
+    """A JSON-safe float: NaN and infinities become None (JSON has no NaN)."""
+    return None if x is None or not math.isfinite(float(x)) else float(x)
+
+
+@dataclass
+class ForecastRecord:
+    """One forecast as the history keeps it; ``outcome`` fills in once its last minute has a bar."""
+    symbol: str
+    asof: pd.Timestamp
+    last_bar: pd.Timestamp
+    times: pd.DatetimeIndex
+    now_close: float
+    horizon_min: int
+    p_up: float | None
+    p_up_cal: float | None
+    band: dict[str, Any]            # lo/hi keys, nominal coverage, per-minute lo/hi (raw and calibrated)
+    centre: np.ndarray              # ensemble log-return median and 10-90 scale per minute (band score)
+    scale: np.ndarray
+    settings: dict[str, Any]
+    latency_s: float
+    context: Any = None             # the forecast's prepared bars (dropped once reconciled)
+    outcome: dict[str, Any] | None = None
+    unresolved: str | None = None   # why the outcome cannot be computed, if so
+
+    def to_dict(self) -> dict[str, Any]:
+        b = self.band
+        return {"symbol": self.symbol, "asof": iso(self.asof), "last_bar": iso(self.last_bar),
+                "horizon_min": self.horizon_min, "end": iso(self.times[-1]), "now_close": self.now_close,
+                "p_up": self.p_up, "p_up_calibrated": self.p_up_cal, "latency_s": round(self.latency_s, 4),
+                "band": {"lo": b["lo_key"], "hi": b["hi_key"], "nominal": b["nominal"],
+                         "lo_end": num(b["lo"][-1]), "hi_end": num(b["hi"][-1])},
+                "outcome": self.outcome, "unresolved": self.unresolved}
+
+
+def make_record(symbol: str, summary: dict, closes: np.ndarray, latency_s: float, context: Any) -> ForecastRecord:
+    """A published forecast as the history keeps it: its band, centre and scale for the band score, settings."""
+    times = pd.DatetimeIndex(pd.to_datetime(summary["future_times"], utc=True))
+    h = int(summary["horizon_min"])
+    block = summary["summary"]
+    pct = block["percentiles"]
+    keys = sorted(pct, key=lambda k: float(k[1:]))
+    lo_key, hi_key = keys[0], keys[-1]
+    cal = summary.get("calibrated") or {}
+    cal_pct = cal.get("percentiles") or {}
+    band = {"lo_key": lo_key, "hi_key": hi_key, "nominal": (float(hi_key[1:]) - float(lo_key[1:])) / 100,
+            "lo": np.array(pct[lo_key], float), "hi": np.array(pct[hi_key], float),
+            "lo_cal": np.array(cal_pct[lo_key], float) if lo_key in cal_pct else None,
+            "hi_cal": np.array(cal_pct[hi_key], float) if hi_key in cal_pct else None}
+    now_close = float(summary["now_close"])
+    centre, scale = ensemble_centre_scale(closes, now_close)
+    return ForecastRecord(symbol, utc(summary["asof"]), utc(summary["last_bar"]), times, now_close, h,
+                   num(block.get(f"p_up_{h}m")), num(cal.get(f"p_up_{h}m")), band, centre, scale,
+                   dict(summary.get("settings") or {}), latency_s, context)
+
+
+
+def reconcile(history: Iterable[ForecastRecord], raw: pd.DataFrame) -> int:
+    """Fill in the outcomes of the forecasts whose last minute now has a bar in ``raw``; -> how many."""
+    if raw.empty:
+        return 0
+    done = 0
+    for r in history:
+        if r.outcome is not None or r.unresolved or raw.index[-1] < r.times[-1]:
+            continue
+        try:  # the page's bookkeeping must never stop the bars reaching the forecasting loop
+            bars, new_session = context_of(r, raw)
+            r.context = None
+            if bars is None or bars.empty:
+                r.unresolved = "the forecast's context is no longer in the hub's bars"
+                continue
+            s = r.settings
+            out = realised_outcome(raw, bars, r.times, vwap_mode=s.get("vwap_mode", "moving"),
+                                   mid_window=int(s.get("mid_window", 20)), mid_kind=s.get("mid_kind", "sma"),
+                                   new_session=new_session)
+            if out is None:
+                continue
+            r.outcome = score(r, out)
+            done += 1
+        except Exception as exc:  # noqa: BLE001
+            r.unresolved = f"outcome failed: {type(exc).__name__}: {exc}"
+            log.warning("%s %s: %s", r.symbol, iso(r.asof), r.unresolved)
+    return done
+
+
+def context_of(r: ForecastRecord, raw: pd.DataFrame) -> tuple[pd.DataFrame | None, bool]:
+    """The prepared bars the forecast saw, and whether it covered the next session's start."""
+    ctx = r.context
+    if ctx is not None and hasattr(ctx, "bars"):
+        return ctx.bars, bool(ctx.plan.next_session)
+    if isinstance(ctx, pd.DataFrame):
+        bars = ctx
+    else:  # the same preparation the pipeline ran, at the instant its data ended
+        s = r.settings
+        bars, _ = prepare_bars(raw[raw.index <= r.last_bar], r.last_bar + ONE_MINUTE,
+                               days=int(s.get("days", 3)), rth=bool(s.get("rth", True)))
+        if bars.empty or bars.index[-1] != r.last_bar:
+            return None, False
+    # next_session means the plan's minutes begin on a later New York date than the last bar
+    new_session = r.times[0].tz_convert(NEW_YORK).date() != bars.index[-1].tz_convert(NEW_YORK).date()
+    return bars, new_session
+
+
+def score(r: ForecastRecord, out: Any) -> dict[str, Any]:
+    """The outcome block of a forecast: realised close, hits, band score and coverage, Brier."""
+    real = out.close
+    z = band_score(real, r.now_close, r.centre, r.scale)
+    inside = band_coverage(r.band["lo"][None], r.band["hi"][None], real[None])
+    res = {"realised_close": float(real[-1]), "up": out.up, "hit_vwap": out.hit_vwap, "hit_mid": out.hit_mid,
+           "band_z_end": num(z[-1]), "inside_band_end": bool(inside[-1] > 0.5),
+           "inside_band_share": float(np.nanmean(inside)),
+           "brier": None if r.p_up is None else (r.p_up - out.up) ** 2,
+           "brier_calibrated": None if r.p_up_cal is None else (r.p_up_cal - out.up) ** 2}
+    if r.band["lo_cal"] is not None and r.band["hi_cal"] is not None:
+        cal = band_coverage(r.band["lo_cal"][None], r.band["hi_cal"][None], real[None])
+        res["inside_band_calibrated_end"] = bool(cal[-1] > 0.5)
+    return res
+
+
+def reliability(history: Iterable[ForecastRecord]) -> dict[str, Any]:
+    """The day's reconciled forecasts: Brier against the coin flip and band coverage against nominal."""
+    records = list(history)
+    if not records:
+        return {"n": 0, "pending": 0, "brier_reference": COIN_FLIP_BRIER}
+    day = records[-1].asof.tz_convert(NEW_YORK).date()
+    today = [r for r in records if r.asof.tz_convert(NEW_YORK).date() == day]
+    done = [r for r in today if r.outcome is not None]
+    up = np.array([r.outcome["up"] for r in done], float)
+    p = np.array([np.nan if r.p_up is None else r.p_up for r in done], float)
+    p_cal = np.array([np.nan if r.p_up_cal is None else r.p_up_cal for r in done], float)
+    inside = [r.outcome["inside_band_end"] for r in done]
+    inside_cal = [r.outcome["inside_band_calibrated_end"] for r in done
+                  if "inside_band_calibrated_end" in r.outcome]
+    band = today[-1].band
+    return {"date": day.isoformat(), "n": len(done), "pending": len(today) - len(done),
+            "brier": num(brier_score(p, up)) if done else None,
+            "brier_calibrated": num(brier_score(p_cal, up)) if done and np.isfinite(p_cal).any() else None,
+            "brier_reference": COIN_FLIP_BRIER,
+            "up_rate": num(up.mean()) if done else None,
+            "band": f"{band['lo_key']}-{band['hi_key']}", "nominal": band["nominal"],
+            "coverage": num(np.mean(inside)) if inside else None,
+            "coverage_calibrated": num(np.mean(inside_cal)) if inside_cal else None,
+            "coverage_all_minutes": num(np.mean([r.outcome["inside_band_share"] for r in done]))
+            if done else None}
