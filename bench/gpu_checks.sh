@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks in one run, most important first: the sampler bench (float32, CUDA graphs), the engine tests on
-# CUDA, the CLI in float32 and bfloat16, then the bfloat16 bench, a profile of N = 100 and the no-graph bench. Each step has a time limit and its
-# output goes to OUT_DIR/gpu_checks.log; a failing step is reported and the next one still runs.
+# CUDA, the CLI in float32 and bfloat16, then the bfloat16 bench, a profile of N = 100 and the no-graph bench.
+# Each step has a time limit and its output goes to OUT_DIR/gpu_checks.log; a failing step is reported and the
+# next one still runs.
 #
 #   TEST_DATA_DIR=../shared/data bash bench/gpu_checks.sh [OUT_DIR]     (default: outputs/gpu_checks)
 #
