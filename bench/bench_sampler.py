@@ -4,11 +4,13 @@
     .venv/bin/python bench/bench_sampler.py --device cuda --ns 1,100,1000,10000
 
 Each (implementation, N) runs in a fresh subprocess so its peak RSS is its own. Ours is timed after one
-small warm-up call (best of --repeats for N <= 100); the reference once per N, and its per-path time (its cost
-is linear in N: it recomputes the whole window for every path at every step) is extrapolated to larger N.
-For N = --floor-n (100) the worker also measures the machine's fp32 matmul rate (2048^3, torch.mm and oneDNN's
-linear, before and after the timed calls) and the analytic FLOPs of the run (bench/kronos_flops.py),
-so the floor FLOPs / rate and our time as a multiple of it come from the same run.
+small warm-up call (best of --repeats for N <= 100, or N <= 1000 on CUDA, where the first timed call also
+captures the CUDA graph and is printed apart); the reference once per N, and its per-path time (its cost is
+linear in N: it recomputes the whole window for every path at every step) is extrapolated to larger N.
+For N = --floor-n (100) the worker also measures the machine's matmul rate before and after the timed calls
+(CPU: fp32 2048^3 through torch.mm and oneDNN's linear; CUDA: 8192^3 through cuBLAS in fp32 and bf16) and the
+analytic FLOPs of the run (bench/kronos_flops.py), so the floor FLOPs / rate and our time as a multiple of it
+come from the same run.
 Random weights come from tests/kronos_checkpoints.py (needs the test-only reference package), unless
 --model/--tokenizer point at real checkpoint directories.
 """

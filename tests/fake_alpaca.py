@@ -47,3 +47,10 @@ def window_bars(frame, query: dict) -> list[dict]:
     rows = frame[(frame.index >= pd.Timestamp(query["start"])) & (frame.index <= pd.Timestamp(query["end"]))]
     return [{"t": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "o": r.open, "h": r.high, "l": r.low, "c": r.close,
              "v": r.volume, "n": 1, "vw": r.close} for t, r in zip(rows.index, rows.itertuples())]
+
+
+def bars_page(frame, query: dict) -> tuple[int, dict]:
+    """Alpaca's whole answer to a bars request over one symbol's frame: one page, and no symbol key when the
+    window holds no bars (as Alpaca answers)."""
+    bars = window_bars(frame, query)
+    return 200, {"bars": {query["symbols"]: bars} if bars else {}, "next_page_token": None}

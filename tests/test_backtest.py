@@ -297,15 +297,11 @@ def test_fit_a_calibrator_from_the_forecast_run_log(tmp_path: Path) -> None:
 
 def test_alpaca_history_source(tmp_path: Path, monkeypatch) -> None:
     """backtest.py without a file asks Alpaca (the real client, a fake endpoint) for the range plus history."""
-    from fake_alpaca import FakeAlpaca, window_bars
+    from fake_alpaca import FakeAlpaca, bars_page
 
     frame = simulated.simulate_bars("2025-03-03", 5, seed=26)
 
-    def respond(query):
-        bars = window_bars(frame, query)
-        return 200, {"bars": {"QQQ": bars} if bars else {}, "next_page_token": None}
-
-    fake = FakeAlpaca(respond)
+    fake = FakeAlpaca(lambda query: bars_page(frame, query))
     try:
         monkeypatch.setenv("ALPACA_KEY_ID", "AKFAKE0001")
         monkeypatch.setenv("ALPACA_SECRET_KEY", "fake-secret")

@@ -176,7 +176,7 @@ def test_alpaca_bars_are_fetched_once_per_symbol_and_cached_per_session(tmp_path
     """Without --data-dir: one request per symbol (the real client, a fake endpoint), one Parquet file per
     symbol and session; a second run reads the cache and asks again only for the symbol that failed."""
     import simulated
-    from fake_alpaca import FakeAlpaca, window_bars
+    from fake_alpaca import FakeAlpaca, bars_page
 
     frames = {"QQQ": simulated.simulate_bars("2025-03-03", 5, seed=31),
               "SPY": simulated.simulate_bars("2025-03-03", 5, price=400.0, seed=32)}
@@ -185,8 +185,7 @@ def test_alpaca_bars_are_fetched_once_per_symbol_and_cached_per_session(tmp_path
         frame = frames.get(query["symbols"])
         if frame is None:
             return 500, {"message": "internal error"}
-        bars = window_bars(frame, query)
-        return 200, {"bars": {query["symbols"]: bars} if bars else {}, "next_page_token": None}
+        return bars_page(frame, query)
 
     fake = FakeAlpaca(respond)
     monkeypatch.setenv("ALPACA_KEY_ID", "AKFAKE0001")

@@ -252,18 +252,14 @@ def test_readme_documents_the_finetune_keys():
 def test_bars_from_alpaca_the_last_sessions(tiny, tmp_path, monkeypatch):
     """--source alpaca: the last K sessions up to now, fetched through alpaca-py from a fake server."""
     import simulated
-    from fake_alpaca import FakeAlpaca, window_bars
+    from fake_alpaca import FakeAlpaca, bars_page
     from marketdata import calendar as mcal
 
     now = pd.Timestamp.now(tz="UTC")
     sessions = mcal.recent_sessions(now, 6, True)
     frame = simulated.simulate_bars(sessions[0].date().isoformat(), 6, seed=5)
 
-    def respond(query):
-        bars = window_bars(frame, query)
-        return 200, {"bars": {"QQQ": bars} if bars else {}, "next_page_token": None}
-
-    fake = FakeAlpaca(respond)
+    fake = FakeAlpaca(lambda query: bars_page(frame, query))
     try:
         monkeypatch.setenv("ALPACA_KEY_ID", "AKFAKE0003")
         monkeypatch.setenv("ALPACA_SECRET_KEY", "fake-secret-finetune")
