@@ -32,15 +32,17 @@ def _stream_class() -> type:
         from alpaca.data.live import StockDataStream
 
     class ObservedStream(StockDataStream):
-        """StockDataStream that tells its owner when a connection is up (authenticated) and when it drops."""
+        """StockDataStream that tells its owner when a connection is up (authenticated and subscribed) and when
+        it drops."""
 
         def __init__(self, owner: "AlpacaLiveSource", *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._owner = owner
 
-        async def _start_ws(self) -> None:
-            await super()._start_ws()
-            self._owner._connected()
+        async def _send_subscribe_msg(self) -> None:
+            await super()._send_subscribe_msg()
+            if not self._running:  # a new connection's subscription: only now is every later bar streamed
+                self._owner._connected()
 
         async def close(self) -> None:
             had = self._ws is not None

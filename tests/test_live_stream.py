@@ -87,8 +87,11 @@ def test_stream_bars_corrections_and_backfill_after_a_dropped_connection(bars, r
         # the stream comes back: the reconnect is counted and the minutes since the last bar are backfilled
         stream.refuse.clear()
         wait_for(lambda: hub.health()["stream_reconnects"] == 1, what="the reconnect")
+        # (counted once the new connection's subscription is sent, so the stream_up flag is set by then)
+        assert source.stream_up.is_set()
+        stream.wait_subscribed(2)
         wait_for(lambda: source.backfills >= 2 + source.polls, what="the backfill after the reconnect")
-        assert len(stream.subscriptions) == 2 and source.stream_up.is_set()
+        assert len(stream.subscriptions) == 2
         frame = book.frame("QQQ")
         after = frame[frame.index > minute]
         assert len(after) >= 1
