@@ -47,6 +47,20 @@ def stream():
 def test_stream_bars_corrections_and_backfill_after_a_dropped_connection(bars, rest, stream):
     clock = ReplayClock(pd.Timestamp("2025-06-04T15:00:05Z"), speed=60)  # a market minute each wall second
     hub = LiveHub(["QQQ"], horizon=30, percentiles=[10, 50, 90])
+    # A reconnect is announced on the stream's own event loop. Waiting there for the server to hold the new
+    # connection's subscription proves it was sent first: the backfill it triggers then misses no streamed bar.
+    subscribed_before_reconnect = []
+    announce = hub.on_reconnect
+
+    def on_reconnect() -> None:
+        try:
+            stream.wait_subscribed(2, timeout=3)
+            subscribed_before_reconnect.append(True)
+        except TimeoutError:
+            subscribed_before_reconnect.append(False)
+        announce()
+
+    hub.on_reconnect = on_reconnect
     book = BarBook(["QQQ"], on_change=lambda s, f: hub.on_bars(s, f, clock.now()))
     stop = threading.Event()
     source = AlpacaLiveSource(["QQQ"], book, clock, hub, Credentials(KEY, SECRET), feed="iex", sip_fallback="iex",
@@ -87,9 +101,7 @@ def test_stream_bars_corrections_and_backfill_after_a_dropped_connection(bars, r
         # the stream comes back: the reconnect is counted and the minutes since the last bar are backfilled
         stream.refuse.clear()
         wait_for(lambda: hub.health()["stream_reconnects"] == 1, what="the reconnect")
-        # (counted once the new connection's subscription is sent, so the stream_up flag is set by then)
-        assert source.stream_up.is_set()
-        stream.wait_subscribed(2)
+        assert subscribed_before_reconnect == [True] and source.stream_up.is_set()
         wait_for(lambda: source.backfills >= 2 + source.polls, what="the backfill after the reconnect")
         assert len(stream.subscriptions) == 2
         frame = book.frame("QQQ")
