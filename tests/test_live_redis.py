@@ -93,6 +93,8 @@ def test_published_json_equals_the_api_and_survives_an_outage(ckpt, tmp_path):
         proc = start_redis(port, tmp_path)
         wait_for(lambda: redis_py.Redis(port=port).get("kronos:QQQ:latest") is not None, what="the retry")
         assert json.loads(redis_py.Redis(port=port).get("kronos:QQQ:latest")) == hub.latest("QQQ")
+        # the publisher counts a batch just after Redis took it
+        wait_for(lambda: publisher.sent >= 2, what="the retried message counted")
         assert publisher.sent == 2
     finally:
         if publisher is not None:
