@@ -40,7 +40,7 @@ class StaticDecode:
 
     def __init__(self, model: Kronos, h0: Tensor, stamp: Tensor, u: Tensor, sample: SampleFn):
         b, horizon = u.shape[:2]
-        self.model, self.stamp, self.u, self.sample = model, stamp, u, sample
+        self.model, self.stamp, self.u, self.sample = model, stamp, u.clone(), sample  # u may be the caller's view
         self.horizon = horizon
         self.t = torch.zeros(1, dtype=torch.long, device=u.device)  # the token pair being drawn
         self.h = h0.clone()
@@ -119,6 +119,11 @@ class DecodePlans:
         if plan is not None:
             self.plans.move_to_end(key)
             return plan.reload(model, h0, stamp, u)
+        # This plan's own cache objects, sharing the prefix tensors (every reload copies the prefix in): one
+        # prefill decoded in chunks of two sizes makes two plans, and the second must not resize the first's slots
+        for m in model.modules():
+            if isinstance(m, Attention) and m.cache is not None:
+                m.cache = KVCache(m.cache.pk, m.cache.pv)
         model.setup_paths(n_paths, u.shape[1], static=True)
         decode = StaticDecode(model, h0, stamp, u, sample)
         self.plans[key] = DecodePlan(model, decode)

@@ -93,3 +93,19 @@ def test_a_kept_plan_serves_later_calls_with_other_inputs(sampler, real_data_dir
         assert torch.equal(static.s1, growing.s1) and torch.equal(static.s2, growing.s2)
         torch.testing.assert_close(static.values, growing.values, rtol=1e-5, atol=1e-6)
     assert len(sampler.plans.plans) == 1 and kept[0] is kept[1] is kept[2], "the plan was not reused"
+
+
+def test_plans_of_uneven_chunks_keep_their_own_caches(sampler, real_data_dir, monkeypatch):
+    """One prefill decoded in chunks of 3, 3 and 2 paths makes two plans from the same prefilled caches; the second
+    must not take over the first's per-path slots (which the first's graph reads), on this call or the next."""
+    values, stamps = qqq_bars(str(real_data_dir / QQQ))
+    sampler.plans.clear()
+    monkeypatch.setattr(sampler, "plan", lambda *shape: (1, 3))  # as a memory budget for 3 paths would
+    for seed in (11, 12):  # the second call: another context, through both kept plans
+        x, xs, ys = contexts(values, stamps, 120, 10, 1, seed=seed)
+        args = (torch.from_numpy(normalise(x)[0].astype(np.float32)), torch.from_numpy(xs), torch.from_numpy(ys),
+                uniforms([seed], 8, 10), 0, 0.9)
+        static = run(sampler, monkeypatch, *args, static=True)
+        growing = run(sampler, monkeypatch, *args)
+        assert torch.equal(static.s1, growing.s1) and torch.equal(static.s2, growing.s2)
+    assert len(sampler.plans.plans) == 2
