@@ -43,7 +43,6 @@ class Linear(nn.Linear):
     """
 
     onednn = False
-    fused_away = False  # its rows live in a fused matrix of the parent module; not used on its own
 
     def reset_parameters(self) -> None:
         if not self.weight.is_meta:  # built on the meta device to be loaded: nothing to initialise
@@ -76,8 +75,6 @@ def fuse_rows(parent: nn.Module, linears: list[Linear], weight_name: str, bias_n
             rows = getattr(lin, attr).shape[0]
             setattr(lin, attr, nn.Parameter(fused[start : start + rows], requires_grad=False))
             start += rows
-    for lin in linears:
-        lin.fused_away = True
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
