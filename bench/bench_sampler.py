@@ -4,13 +4,14 @@
     .venv/bin/python bench/bench_sampler.py --device cuda --ns 1,100,1000,10000
 
 Each (implementation, N) runs in a fresh subprocess so its peak RSS is its own. Ours is timed after one
-small warm-up call (best of --repeats for N <= 100, or N <= 1000 on CUDA, where the first timed call also
-captures the CUDA graph and is printed apart); the reference once per N, and its per-path time (its cost is
+small warm-up call of min(N, 2) paths (best of --repeats for N <= 100, or N <= 1000 on CUDA, where the first
+timed call of N > 2 also captures the CUDA graph and is printed apart); the reference once per N, and its per-path time (its cost is
 linear in N: it recomputes the whole window for every path at every step) is extrapolated to larger N.
 For N = --floor-n (100) the worker also measures the machine's matmul rate before and after the timed calls
 (CPU: fp32 2048^3 through torch.mm and oneDNN's linear; CUDA: 8192^3 through cuBLAS in fp32 and bf16) and the
 analytic FLOPs of the run (bench/kronos_flops.py), so the floor FLOPs / rate and our time as a multiple of it
-come from the same run.
+come from the same run. Peak CUDA memory is that of the timed calls; peak RSS is the process's, so on the
+floor run it includes the CPU rate check's operands (3 x 16 MB).
 Random weights come from tests/kronos_checkpoints.py (needs the test-only reference package), unless
 --model/--tokenizer point at real checkpoint directories.
 """
@@ -110,14 +111,16 @@ def worker(args: argparse.Namespace) -> None:
         extra["load_s"] = time.perf_counter() - start
         run = lambda n: sampler.sample(values, x_stamp, y_stamp, n_paths=n, top_p=0.9, seed=0)  # noqa: E731
         first = timed(lambda: run(min(args.n, 2)))  # warm-up: allocator, kernels, thread pool
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
         floor_run = args.n == args.floor_n
         if floor_run:
             extra["rates_before"] = matmul_rates(args.device)
+        if cuda:  # the peak of the timed calls only, not of the rate check's operands (about 1 GB at 8192^2)
+            torch.cuda.reset_peak_memory_stats()
         repeats = args.repeats if args.n <= 100 or (cuda and args.n <= 1000) else 1
         times = [timed(lambda: run(args.n)) for _ in range(repeats)]
         extra["times"] = times
+        if cuda:
+            extra["cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
         if floor_run:
             extra["rates_after"] = matmul_rates(args.device)
             from kronos_flops import sampler_flops
@@ -135,7 +138,7 @@ def worker(args: argparse.Namespace) -> None:
     if cuda:
         extra["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
     print(json.dumps({"best": min(times), "first": first, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+                      "cuda_mb": None,
                       "threads": torch.get_num_threads(), "torch": torch.__version__} | extra))
 
 
@@ -215,7 +218,8 @@ def main() -> None:
     print(f"Ours: best of the timed calls after one warm-up call of N<=2 (warm-up call times: {firsts}).")
     if any(r.get("graphs") for r in ours.values()):
         captures = ", ".join(f"N={n}: {r['times'][0]:.3f} s" for n, r in ours.items())
-        print(f"First timed call of each N, which captures its CUDA graph (later calls replay it): {captures}.")
+        print(f"First timed call of each N, which captures its CUDA graph for N > 2 (later calls replay it; "
+              f"the warm-up call captured N <= 2's): {captures}.")
     loads = ", ".join(f"{r['load_s']:.2f}" for r in ours.values())
     print(f"Load time (from_pretrained: read, validate, build on the meta device, fuse), per worker: {loads} s")
     if args.floor_n in ours and "flops" in ours[args.floor_n]:
