@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Fan chart PNG from a run's artifacts (summary JSON + paths CSV).
 
-  python plot_paths.py                         # out/pred_summary_QQQ_latest.json
-  python plot_paths.py --dir out --symbol QQQ --out fan.png
-  python plot_paths.py --summary out/pred_summary_QQQ_20250501T140000Z.json
+  python plot_paths.py                         # outputs/pred_summary_QQQ_latest.json
+  python plot_paths.py --dir outputs --symbol QQQ --out fan.png
+  python plot_paths.py --summary outputs/pred_summary_QQQ_20250501T140000Z.json
   python plot_paths.py --history-csv bars.csv  # time column first, then a close column
 
 Errors print one line on stderr and exit with status 2.
