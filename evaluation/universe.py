@@ -114,7 +114,7 @@ def from_alpaca(source: Any, symbol: str, cfg: Any, cache_dir: Path, now: pd.Tim
                 _write_parquet(fresh[s], _cache_path(cache_dir, symbol, cfg.feed, s))
     parts = [fresh[s] if s in fresh else canonical(pd.read_parquet(_cache_path(cache_dir, symbol, cfg.feed, s)))
              for s in sessions]
-    frame = canonical(pd.concat(parts)) if parts else None
+    frame = canonical(pd.concat(parts))  # sessions is not empty
     data = {"source": "alpaca", "symbol": symbol, "feed": cfg.feed, "from": windows[sessions[0]][0].isoformat(),
             "to": windows[sessions[-1]][1].isoformat()}
     return _usable(SymbolData(symbol, frame, data), cfg)
