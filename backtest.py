@@ -150,17 +150,6 @@ def run_sharded(jobs: list, data: dict[str, dict], cfg: Any, names: list[str], s
             ray_runner.import_ray().shutdown()
 
 
-def check_names(names: list[str], specs: list[dict]) -> None:
-    """Known baselines; every forecaster's name unique (as build_forecasters names them)."""
-    from evaluation.forecasters import check_baseline_names
-    from evaluation.store import SKIP
-
-    check_baseline_names(names)
-    every = names + [s.get("name") or f"kronos_{i + 1}" for i, s in enumerate(specs)]
-    if len(set(every)) != len(every) or SKIP in every:
-        raise ConfigError(f"forecaster names must be unique and not {SKIP!r}: {every}")
-
-
 def run_universe(args: argparse.Namespace, cfg: Any, names: list[str], specs: list[dict]) -> int:
     """--symbols: every usable symbol in out/<SYMBOL>/, in this process or on Ray; the pooled report."""
     import time
@@ -210,7 +199,7 @@ def run_universe(args: argparse.Namespace, cfg: Any, names: list[str], specs: li
 
 def run(args: argparse.Namespace) -> int:
     from evaluation import report as rep
-    from evaluation.forecasters import build_forecasters
+    from evaluation.forecasters import build_forecasters, forecaster_names
     from evaluation.store import RESULTS, ResultStore
     from evaluation.walkforward import run_walk_forward
     from forecast.pipeline import ForecastPipeline
@@ -226,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
         return fit_run_log(args, cfg)
     specs = kronos_settings(args, cfg.forecasters)
     names = [n for n in cfg.forecasters if n != "kronos"]
-    check_names(names, specs)
+    forecaster_names(names, specs)  # known baselines, no name twice
     lookback = max([cfg.lookback] + [s.get("lookback", cfg.lookback) for s in specs])
     cfg = cfg.replace(lookback=lookback)  # every forecaster sees the origins the longest context allows
     if cfg.symbols:
