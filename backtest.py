@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,58 +64,20 @@ def kronos_settings(args: argparse.Namespace, forecasters: list[str]) -> list[di
     return specs
 
 
-def load_frame(cfg: Any) -> tuple[pd.DataFrame, dict]:
-    """All bars of the sessions start..end (New York dates) and the history before them, from the file or from
-    Alpaca, with what identifies them for a resume."""
-    from marketdata import calendar as mcal
-    from marketdata.alpaca import AlpacaBarSource, credentials_from_env
-    from marketdata.files import read_bars_file
-    from marketdata.frame import DataError
-
-    if cfg.source == "csv":
-        frame = read_bars_file(cfg.csv, tz=cfg.csv_tz, label=cfg.csv_label)
-        return frame, {"source": "csv", "file": os.path.abspath(cfg.csv), "bytes": os.path.getsize(cfg.csv)}
-    if cfg.start is None or cfg.end is None:
-        raise DataError("with Alpaca, give --start and --end")
-    creds = credentials_from_env(os.environ)
-    if creds is None:
-        raise DataError("no bars file and no Alpaca keys (ALPACA_KEY_ID / ALPACA_SECRET_KEY)")
-    cal = mcal.xnys()
-    first_open = mcal.session_window(cal.date_to_session(mcal.to_session_label(cfg.start), "next"), cfg.rth)[0]
-    first = mcal.recent_sessions(first_open, cfg.days + 1, cfg.rth)[0]  # history for the first origins too
-    lo = mcal.session_window(first, cfg.rth)[0]
-    hi = mcal.session_window(cal.date_to_session(mcal.to_session_label(cfg.end), "previous"), cfg.rth)[1]
-    source = AlpacaBarSource(creds.key_id, creds.secret_key, feed=cfg.feed,
-                             url_override=os.environ.get("ALPACA_DATA_URL") or None)  # as the forecast CLI
-    frame = source.fetch(cfg.symbol, lo, hi)
-    return frame, {"source": "alpaca", "symbol": cfg.symbol, "feed": cfg.feed, "from": lo.isoformat(),
-                   "to": hi.isoformat()}
-
-
 def fit_run_log(args: argparse.Namespace, cfg: Any) -> int:
     from evaluation.calibration import fit_from_run_log
+    from evaluation.universe import load_symbol
     from forecast.pipeline import ForecastPipeline
     from forecast.runlog import read_run_log
 
     asof = pd.to_datetime(read_run_log(args.fit_run_log)["asof"], utc=True).dt.tz_convert("America/New_York")
     cfg = cfg.replace(start=cfg.start or asof.min().date().isoformat(), end=cfg.end or asof.max().date().isoformat())
-    frame, _ = load_frame(cfg)
+    frame, _ = load_symbol(cfg)
     calibrator = fit_from_run_log(args.fit_run_log, frame, ForecastPipeline(cfg, calibrator=None),
                                   symbol=cfg.symbol, horizon_min=cfg.horizon, isotonic_min=cfg.isotonic_min)
     path = calibrator.save(args.out / f"calibrator_{cfg.symbol}_runlog.json")
     print(f"{path}: p_up {calibrator.p_up.method} on {calibrator.p_up.n} outcomes, bands on {calibrator.bands.n}")
     return ExitCode.OK
-
-
-def alpaca_source(cfg: Any) -> Any:
-    from marketdata.alpaca import AlpacaBarSource, credentials_from_env
-    from marketdata.frame import DataError
-
-    creds = credentials_from_env(os.environ)
-    if creds is None:
-        raise DataError("no bars files (--data-dir) and no Alpaca keys (ALPACA_KEY_ID / ALPACA_SECRET_KEY)")
-    return AlpacaBarSource(creds.key_id, creds.secret_key, feed=cfg.feed,
-                           url_override=os.environ.get("ALPACA_DATA_URL") or None)
 
 
 def clear_results(folder: Path) -> None:
@@ -163,9 +124,7 @@ def run_universe(args: argparse.Namespace, cfg: Any, names: list[str], specs: li
     from forecast.pipeline import ForecastPipeline
     from marketdata.frame import DataError
 
-    data_dir = Path(cfg.data_dir) if cfg.data_dir else None
-    source = None if data_dir is not None else alpaca_source(cfg)
-    loaded = load_universe(cfg, cfg.symbols, data_dir, Path(cfg.bars_cache), source)
+    loaded = load_universe(cfg, cfg.symbols, Path(cfg.data_dir) if cfg.data_dir else None, Path(cfg.bars_cache))
     left_out = {sd.symbol: sd.problem for sd in loaded if sd.problem}
     usable = [sd for sd in loaded if not sd.problem]
     if not usable:
@@ -201,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     from evaluation import report as rep
     from evaluation.forecasters import build_forecasters, forecaster_names
     from evaluation.store import RESULTS, ResultStore
+    from evaluation.universe import load_symbol
     from evaluation.walkforward import run_walk_forward
     from forecast.pipeline import ForecastPipeline
 
@@ -222,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         return run_universe(args, cfg, names, specs)
     if args.fresh:
         clear_results(args.out)
-    frame, data = load_frame(cfg)
+    frame, data = load_symbol(cfg)
     if cfg.ray:
         from evaluation.ray_runner import SymbolJob
 
