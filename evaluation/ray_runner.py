@@ -15,27 +15,17 @@ import os
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 
+from evaluation.jobs import SymbolJob
 from evaluation.shards import BASELINES, FAULT_ENV, KRONOS, Shard, plan_shards, shard_done, shard_frame
 from evaluation.store import RESULTS, ResultStore, record_shards
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # driver-side resubmissions of a shard whose actor died beyond Ray's own restarts
 TIMINGS_EVERY_S = 10.0  # shard timings go to run.json at most this often (and when the run ends or stops)
-
-
-@dataclass
-class SymbolJob:
-    """One symbol of the run: its bars, its results folder and its settings (symbol set)."""
-    symbol: str
-    frame: pd.DataFrame
-    out_dir: Path
-    cfg: Any
 
 
 def import_ray() -> Any:
