@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,42 +64,15 @@ def kronos_settings(args: argparse.Namespace, forecasters: list[str]) -> list[di
     return specs
 
 
-def load_frame(cfg: Any) -> tuple[pd.DataFrame, dict]:
-    """All bars of the sessions start..end (New York dates) and the history before them, from the file or from
-    Alpaca, with what identifies them for a resume."""
-    from marketdata import calendar as mcal
-    from marketdata.alpaca import AlpacaBarSource, credentials_from_env
-    from marketdata.files import read_bars_file
-    from marketdata.frame import DataError
-
-    if cfg.source == "csv":
-        frame = read_bars_file(cfg.csv, tz=cfg.csv_tz, label=cfg.csv_label)
-        return frame, {"source": "csv", "file": os.path.abspath(cfg.csv), "bytes": os.path.getsize(cfg.csv)}
-    if cfg.start is None or cfg.end is None:
-        raise DataError("with Alpaca, give --start and --end")
-    creds = credentials_from_env(os.environ)
-    if creds is None:
-        raise DataError("no bars file and no Alpaca keys (ALPACA_KEY_ID / ALPACA_SECRET_KEY)")
-    cal = mcal.xnys()
-    first_open = mcal.session_window(cal.date_to_session(mcal.to_session_label(cfg.start), "next"), cfg.rth)[0]
-    first = mcal.recent_sessions(first_open, cfg.days + 1, cfg.rth)[0]  # history for the first origins too
-    lo = mcal.session_window(first, cfg.rth)[0]
-    hi = mcal.session_window(cal.date_to_session(mcal.to_session_label(cfg.end), "previous"), cfg.rth)[1]
-    source = AlpacaBarSource(creds.key_id, creds.secret_key, feed=cfg.feed,
-                             url_override=os.environ.get("ALPACA_DATA_URL") or None)  # as the forecast CLI
-    frame = source.fetch(cfg.symbol, lo, hi)
-    return frame, {"source": "alpaca", "symbol": cfg.symbol, "feed": cfg.feed, "from": lo.isoformat(),
-                   "to": hi.isoformat()}
-
-
 def fit_run_log(args: argparse.Namespace, cfg: Any) -> int:
     from evaluation.calibration import fit_from_run_log
+    from evaluation.universe import load_symbol
     from forecast.pipeline import ForecastPipeline
     from forecast.runlog import read_run_log
 
     asof = pd.to_datetime(read_run_log(args.fit_run_log)["asof"], utc=True).dt.tz_convert("America/New_York")
     cfg = cfg.replace(start=cfg.start or asof.min().date().isoformat(), end=cfg.end or asof.max().date().isoformat())
-    frame, _ = load_frame(cfg)
+    frame, _ = load_symbol(cfg)
     calibrator = fit_from_run_log(args.fit_run_log, frame, ForecastPipeline(cfg, calibrator=None),
                                   symbol=cfg.symbol, horizon_min=cfg.horizon, isotonic_min=cfg.isotonic_min)
     path = calibrator.save(args.out / f"calibrator_{cfg.symbol}_runlog.json")
@@ -108,100 +80,33 @@ def fit_run_log(args: argparse.Namespace, cfg: Any) -> int:
     return ExitCode.OK
 
 
-def alpaca_source(cfg: Any) -> Any:
-    from marketdata.alpaca import AlpacaBarSource, credentials_from_env
-    from marketdata.frame import DataError
-
-    creds = credentials_from_env(os.environ)
-    if creds is None:
-        raise DataError("no bars files (--data-dir) and no Alpaca keys (ALPACA_KEY_ID / ALPACA_SECRET_KEY)")
-    return AlpacaBarSource(creds.key_id, creds.secret_key, feed=cfg.feed,
-                           url_override=os.environ.get("ALPACA_DATA_URL") or None)
-
-
-def clear_results(folder: Path) -> None:
-    """--fresh: forget a folder's earlier results and run record."""
-    import shutil
-
-    from evaluation.store import PARTS, RESULTS, RUN_FILE
-
-    for name in (RESULTS, RUN_FILE):
-        (folder / name).unlink(missing_ok=True)
-    shutil.rmtree(folder / PARTS, ignore_errors=True)
-
-
-def run_sharded(jobs: list, data: dict[str, dict], cfg: Any, names: list[str], specs: list[dict],
-                progress: bool) -> dict[str, Any]:
-    """Pin each symbol's run.json, then run every unfinished shard on Ray (joined or started here)."""
-    from app.config import fingerprint
-    from evaluation import ray_runner
-    from evaluation.forecasters import describe_forecasters, kronos_configs
-    from evaluation.store import check_run_file
-
-    described = describe_forecasters(cfg, names, specs)
-    for job in jobs:
-        check_run_file(job.out_dir, fingerprint(job.cfg), data[job.symbol], described)
-    joined = ray_runner.connect(cfg.ray_address)
-    try:
-        return ray_runner.run_on_ray(jobs, names, specs, [n for n, _ in kronos_configs(cfg, specs)],
-                                     progress=progress)
-    finally:
-        if joined:
-            ray_runner.import_ray().shutdown()
-
-
-def check_names(names: list[str], specs: list[dict]) -> None:
-    """Known baselines; every forecaster's name unique (as build_forecasters names them)."""
-    from evaluation.forecasters import check_baseline_names
-    from evaluation.store import SKIP
-
-    check_baseline_names(names)
-    every = names + [s.get("name") or f"kronos_{i + 1}" for i, s in enumerate(specs)]
-    if len(set(every)) != len(every) or SKIP in every:
-        raise ConfigError(f"forecaster names must be unique and not {SKIP!r}: {every}")
+def backtest_config(args: argparse.Namespace) -> Any:
+    """config.yaml and the flags; a fixed seed and no calibrator, so that a backtest is reproducible."""
+    overrides = overrides_from_args(args)
+    overrides.pop("out", None)  # --out here is the backtest's folder, not the forecast's
+    if overrides.get("csv"):
+        overrides["source"] = "csv"
+    cfg = load_config(args.config, overrides, script="backtest")
+    return cfg.replace(seed=0 if cfg.seed is None else cfg.seed, calibrator=None)
 
 
 def run_universe(args: argparse.Namespace, cfg: Any, names: list[str], specs: list[dict]) -> int:
-    """--symbols: every usable symbol in out/<SYMBOL>/, in this process or on Ray; the pooled report."""
-    import time
-
-    from evaluation.forecasters import build_forecasters
-    from evaluation.ray_runner import SymbolJob
-    from evaluation.store import RESULTS, ResultStore
+    """--symbols: every usable symbol in out/<SYMBOL>/; the pooled report."""
+    from evaluation.jobs import SymbolJob, run_jobs
     from evaluation.universe import load_universe
     from evaluation.universe_report import build_universe_report, universe_console
-    from evaluation.walkforward import run_walk_forward
-    from forecast.pipeline import ForecastPipeline
     from marketdata.frame import DataError
 
-    data_dir = Path(cfg.data_dir) if cfg.data_dir else None
-    source = None if data_dir is not None else alpaca_source(cfg)
-    loaded = load_universe(cfg, cfg.symbols, data_dir, Path(cfg.bars_cache), source)
+    loaded = load_universe(cfg, cfg.symbols, Path(cfg.data_dir) if cfg.data_dir else None, Path(cfg.bars_cache))
     left_out = {sd.symbol: sd.problem for sd in loaded if sd.problem}
-    usable = [sd for sd in loaded if not sd.problem]
-    if not usable:
+    jobs = [SymbolJob(sd.symbol, sd.frame, args.out / sd.symbol, cfg.replace(symbol=sd.symbol), sd.data)
+            for sd in loaded if not sd.problem]
+    if not jobs:
         raise DataError("no symbol has usable bars: " + "; ".join(f"{s}: {w}" for s, w in left_out.items()))
-    jobs = [SymbolJob(sd.symbol, sd.frame, args.out / sd.symbol, cfg.replace(symbol=sd.symbol)) for sd in usable]
-    data = {sd.symbol: sd.data for sd in usable}
-    for job in jobs:
-        job.out_dir.mkdir(parents=True, exist_ok=True)
-        if args.fresh:
-            clear_results(job.out_dir)
-    t0 = time.perf_counter()
-    if cfg.ray:
-        execution = {"mode": "ray", **run_sharded(jobs, data, cfg, names, specs, not args.no_progress)}
-        by_symbol = {job.symbol: ResultStore(job.out_dir / RESULTS).load() for job in jobs}
-    else:
-        forecasters = build_forecasters(cfg, names, specs)
-        by_symbol = {}
-        for job in jobs:
-            log.info("%s: %d bars; results in %s", job.symbol, len(job.frame), job.out_dir)
-            by_symbol[job.symbol] = run_walk_forward(job.frame, ForecastPipeline(job.cfg, calibrator=None),
-                                                     forecasters, job.out_dir, data[job.symbol],
-                                                     progress=not args.no_progress)
-        execution = {"mode": "one process", "seconds": round(time.perf_counter() - t0, 3)}
-    report = build_universe_report(by_symbol, {j.symbol: j.cfg for j in jobs}, args.out, data, left_out,
-                                   plots=not args.no_plots, execution=execution)
+    by_symbol, execution = run_jobs(jobs, cfg, names, specs, progress=not args.no_progress, fresh=args.fresh)
+    report = build_universe_report(by_symbol, {j.symbol: j.cfg for j in jobs}, args.out,
+                                   {j.symbol: j.data for j in jobs}, left_out, plots=not args.no_plots,
+                                   execution=execution)
     print(universe_console(report))
     print(f"report: {args.out / 'report.json'} (pooled; each symbol's in its folder); "
           f"per origin: {args.out / 'per_origin.csv'}")
@@ -210,42 +115,25 @@ def run_universe(args: argparse.Namespace, cfg: Any, names: list[str], specs: li
 
 def run(args: argparse.Namespace) -> int:
     from evaluation import report as rep
-    from evaluation.forecasters import build_forecasters
-    from evaluation.store import RESULTS, ResultStore
-    from evaluation.walkforward import run_walk_forward
-    from forecast.pipeline import ForecastPipeline
+    from evaluation.forecasters import forecaster_names
+    from evaluation.jobs import SymbolJob, run_jobs
+    from evaluation.universe import load_symbol
 
-    overrides = overrides_from_args(args)
-    overrides.pop("out", None)  # --out here is the backtest's folder, not the forecast's
-    if overrides.get("csv"):
-        overrides["source"] = "csv"
-    cfg = load_config(args.config, overrides, script="backtest")
-    cfg = cfg.replace(seed=0 if cfg.seed is None else cfg.seed, calibrator=None)  # a backtest is reproducible
+    cfg = backtest_config(args)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.fit_run_log:
         return fit_run_log(args, cfg)
     specs = kronos_settings(args, cfg.forecasters)
     names = [n for n in cfg.forecasters if n != "kronos"]
-    check_names(names, specs)
+    forecaster_names(names, specs)  # known baselines, no name twice
     lookback = max([cfg.lookback] + [s.get("lookback", cfg.lookback) for s in specs])
     cfg = cfg.replace(lookback=lookback)  # every forecaster sees the origins the longest context allows
     if cfg.symbols:
         return run_universe(args, cfg, names, specs)
-    if args.fresh:
-        clear_results(args.out)
-    frame, data = load_frame(cfg)
-    if cfg.ray:
-        from evaluation.ray_runner import SymbolJob
-
-        run_sharded([SymbolJob(cfg.symbol, frame, args.out, cfg)], {cfg.symbol: data}, cfg, names, specs,
-                    not args.no_progress)
-        records = ResultStore(args.out / RESULTS).load()
-    else:
-        forecasters = build_forecasters(cfg, names, specs)
-        log.info("%d bars; forecasters %s; results in %s", len(frame), [f.name for f in forecasters], args.out)
-        records = run_walk_forward(frame, ForecastPipeline(cfg, calibrator=None), forecasters, args.out, data,
-                                   progress=not args.no_progress)
-    report = rep.build_report(records, cfg, args.out, data, plots=not args.no_plots)
+    frame, data = load_symbol(cfg)
+    by_symbol, _ = run_jobs([SymbolJob(cfg.symbol, frame, args.out, cfg, data)], cfg, names, specs,
+                            progress=not args.no_progress, fresh=args.fresh)
+    report = rep.build_report(by_symbol[cfg.symbol], cfg, args.out, data, plots=not args.no_plots)
     print(rep.console_table(report))
     print(f"report: {args.out / 'report.json'}; per origin: {args.out / 'per_origin.csv'}; "
           f"calibrators: {', '.join(report['calibrators'].values())}")

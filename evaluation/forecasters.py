@@ -14,6 +14,7 @@ import pandas as pd
 
 from evaluation import baselines
 from evaluation.replay import Case
+from evaluation.store import SKIP, describe
 from forecast.pipeline import ForecastPipeline
 
 BASELINES: dict[str, type] = {"random_walk": baselines.RandomWalk, "block_bootstrap": baselines.BlockBootstrap}
@@ -30,11 +31,16 @@ class KronosForecaster:
         self.name, self.pipeline = name, pipeline
 
     def describe(self) -> dict[str, Any]:
-        cfg = self.pipeline.cfg
-        return {"kind": "kronos", **{k: getattr(cfg, k) for k in KRONOS_KEYS}}
+        return describe_kronos(self.pipeline.cfg)
 
     def sample_cases(self, cases: Sequence[Case], n_paths: int, seed: int) -> list[np.ndarray]:
         return self.pipeline.sample([c.context for c in cases], n_paths=n_paths, seed=seed, check=False)
+
+
+def describe_kronos(cfg: Any) -> dict[str, Any]:
+    """What run.json pins of a Kronos setting: its config keys (the object's describe, and a Ray driver's that
+    builds none, are this one function, so both modes pin the same and may resume each other's runs)."""
+    return {"kind": "kronos", **{k: getattr(cfg, k) for k in KRONOS_KEYS}}
 
 
 def rng_for(seed: int, name: str, origin: pd.Timestamp) -> np.random.Generator:
@@ -60,6 +66,28 @@ def check_baseline_names(names: Sequence[str]) -> None:
                           f"{', '.join(BASELINES)} or kronos")
 
 
+def kronos_name(i: int, spec: dict[str, Any]) -> str:
+    """The i-th (from 0) Kronos setting's name: its own, else kronos_<i+1>."""
+    return spec.get("name") or f"kronos_{i + 1}"
+
+
+def forecaster_names(names: Sequence[str], kronos_settings: Sequence[dict[str, Any]]) -> list[str]:
+    """Every forecaster's name as build_forecasters names them (baselines, then Kronos settings); an unknown
+    baseline or a clash is a ConfigError (check_forecaster_names)."""
+    check_baseline_names(names)
+    every = list(names) + [kronos_name(i, s) for i, s in enumerate(kronos_settings)]
+    check_forecaster_names(every)
+    return every
+
+
+def check_forecaster_names(names: Sequence[str]) -> None:
+    """Records are keyed by forecaster name: every name unique, and none the skip records' name."""
+    from app.config import ConfigError
+
+    if len(set(names)) != len(names) or SKIP in names:
+        raise ConfigError(f"forecaster names must be unique and not {SKIP!r}: {list(names)}")
+
+
 def build_forecasters(cfg: Any, names: Sequence[str], kronos_settings: Sequence[dict[str, Any]],
                       load_sampler: Any = None) -> list[Any]:
     """Baselines by name, then one KronosForecaster per setting (a dict of config keys and 'name'); settings of
@@ -80,9 +108,7 @@ def kronos_configs(cfg: Any, kronos_settings: Sequence[dict[str, Any]]) -> list[
     """(name, config) of each Kronos setting, without loading anything."""
     out = []
     for i, spec in enumerate(kronos_settings):
-        spec = dict(spec)
-        name = spec.pop("name", None) or f"kronos_{i + 1}"
-        out.append((name, cfg.replace(**spec)))
+        out.append((kronos_name(i, spec), cfg.replace(**{k: v for k, v in spec.items() if k != "name"})))
     return out
 
 
@@ -90,9 +116,7 @@ def describe_forecasters(cfg: Any, names: Sequence[str], kronos_settings: Sequen
                          ) -> dict[str, dict[str, Any]]:
     """What run.json pins of each forecaster, as build_forecasters' objects describe themselves, but without
     loading a model (a Ray driver never needs one)."""
-    from evaluation.store import describe
-
     out = {n: describe(BASELINES[n]()) for n in names if n in BASELINES}
     for name, kcfg in kronos_configs(cfg, kronos_settings):
-        out[name] = {"kind": "kronos", **{k: getattr(kcfg, k) for k in KRONOS_KEYS}}
+        out[name] = describe_kronos(kcfg)
     return out

@@ -15,27 +15,17 @@ import os
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 
+from evaluation.jobs import SymbolJob
 from evaluation.shards import BASELINES, FAULT_ENV, KRONOS, Shard, plan_shards, shard_done, shard_frame
 from evaluation.store import RESULTS, ResultStore, record_shards
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # driver-side resubmissions of a shard whose actor died beyond Ray's own restarts
 TIMINGS_EVERY_S = 10.0  # shard timings go to run.json at most this often (and when the run ends or stops)
-
-
-@dataclass
-class SymbolJob:
-    """One symbol of the run: its bars, its results folder and its settings (symbol set)."""
-    symbol: str
-    frame: pd.DataFrame
-    out_dir: Path
-    cfg: Any
 
 
 def import_ray() -> Any:
@@ -111,13 +101,13 @@ def _remote_kinds(ray: Any) -> tuple[Any, Any]:
 class _Collector:
     """Turns finished shards into part files, the run record and the progress bar."""
 
-    def __init__(self, jobs: Sequence[SymbolJob], total: int, initial: int, progress: bool) -> None:
+    def __init__(self, jobs: Sequence[SymbolJob], total: int, progress: bool) -> None:
         from tqdm import tqdm
 
         self.stores = {j.symbol: ResultStore(j.out_dir / RESULTS) for j in jobs}
         self.dirs = {j.symbol: j.out_dir for j in jobs}
         self.done = {s: set(store.load()) for s, store in self.stores.items()}
-        self.bar = tqdm(total=total, initial=initial, desc="shards", unit="shard", file=sys.stderr,
+        self.bar = tqdm(total=total, desc="shards", unit="shard", file=sys.stderr,
                         disable=not progress, smoothing=0.1)
         self.origins = 0
         self.timings: dict[str, dict[str, Any]] = {}
@@ -147,21 +137,22 @@ class _Collector:
 
 def run_on_ray(jobs: Sequence[SymbolJob], baselines: Sequence[str], kronos_specs: Sequence[dict[str, Any]],
                kronos_names: Sequence[str], progress: bool = True) -> dict[str, Any]:
-    """Run every unfinished shard of every symbol on the connected cluster; returns what the run did.
-    Each job's run.json must already pin its settings (store.check_run_file)."""
+    """Run every unfinished shard of every symbol (at least one) on the connected cluster; returns what the run
+    did. Each job's run.json must already pin its settings (store.check_run_file)."""
     ray = import_ray()
+    base_cfg = jobs[0].cfg  # the workers' settings (a shard sets its symbol) and the worker layout's
     groups = {BASELINES: list(baselines), KRONOS: list(kronos_names)}
     frames = {j.symbol: j.frame for j in jobs}
     cfgs = {j.symbol: j.cfg for j in jobs}
     shards = [s for j in jobs for s in plan_shards(j.symbol, j.frame, j.cfg, groups)]
-    collector = _Collector(jobs, total=len(shards), initial=0, progress=progress)
+    collector = _Collector(jobs, total=len(shards), progress=progress)
     todo = [s for s in shards if not shard_done(s, collector.done[s.symbol])]
-    collector.bar.update(len(shards) - len(todo))
+    collector.bar.update(len(shards) - len(todo))  # finished earlier
     kronos_todo = deque(s for s in todo if s.group == KRONOS)
     base_todo = deque(s for s in todo if s.group == BASELINES)
     fault = os.environ.get(FAULT_ENV) or None
     Worker, baseline_task = _remote_kinds(ray)
-    n_workers, per_cpu, per_gpu = worker_layout(next(iter(cfgs.values())), len(kronos_todo)) if jobs else (0, 1, 0)
+    n_workers, per_cpu, per_gpu = worker_layout(base_cfg, len(kronos_todo))
     t0 = time.perf_counter()
     pending: dict[Any, tuple[Shard, Any, int]] = {}  # ref -> (shard, actor or None, attempt)
     actors: list[Any] = []
@@ -169,7 +160,6 @@ def run_on_ray(jobs: Sequence[SymbolJob], baselines: Sequence[str], kronos_specs
     max_tasks = max(4, 2 * int(ray.cluster_resources().get("CPU", 1)))  # baseline tasks in flight at once
     try:
         if kronos_todo:  # the actors first, so that the baseline tasks take the CPU slots left over
-            base_cfg = next(iter(cfgs.values()))
             for _ in range(n_workers):
                 actor = Worker.options(num_cpus=per_cpu, num_gpus=per_gpu, max_restarts=MAX_ATTEMPTS,
                                        max_task_retries=MAX_ATTEMPTS).remote(base_cfg, list(kronos_specs),

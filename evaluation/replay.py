@@ -44,8 +44,6 @@ def make_origins(frame: pd.DataFrame, settings: Any) -> pd.DatetimeIndex:
 
 
 @dataclass
-
-@dataclass
 class Case:
     """One origin, replayed: the context the live run would have had and, once known, the outcome."""
     origin: pd.Timestamp

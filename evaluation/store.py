@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from forecast.artifacts import atomic_write_json
+from forecast.artifacts import atomic_write_json, atomic_write_text
 from forecast.errors import SettingsError
 
 SKIP = "_skipped"  # pseudo-forecaster name of the records that say why an origin was skipped
@@ -26,6 +26,11 @@ PARTS = "parts"
 
 class RunMismatch(SettingsError):
     """The output folder holds results of a run with other settings, data or forecaster settings."""
+
+
+def _lines(records: Iterable[dict[str, Any]]) -> str:
+    """One compact JSON line per record (NaN refused: a record holds None where a number is unknown)."""
+    return "".join(json.dumps(r, allow_nan=False, separators=(",", ":")) + "\n" for r in records)
 
 
 class ResultStore:
@@ -52,12 +57,9 @@ class ResultStore:
 
     def write_part(self, name: str, records: Sequence[dict[str, Any]]) -> Path:
         """One shard's records as parts/<name>.jsonl, written whole (temporary file, fsync, rename) or not at all."""
-        from forecast.artifacts import atomic_write_text
-
         self.parts.mkdir(parents=True, exist_ok=True)
         path = self.parts / f"{name}.jsonl"
-        atomic_write_text(path, "".join(json.dumps(r, allow_nan=False, separators=(",", ":")) + "\n"
-                                        for r in records))
+        atomic_write_text(path, _lines(records))
         return path
 
     def _cut_torn_tail(self) -> None:
@@ -69,7 +71,7 @@ class ResultStore:
                 fh.truncate(data.rfind(b"\n") + 1)
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
-        data = "".join(json.dumps(r, allow_nan=False, separators=(",", ":")) + "\n" for r in records).encode()
+        data = _lines(records).encode()
         if not data:
             return
         self._cut_torn_tail()
@@ -81,7 +83,6 @@ class ResultStore:
             os.fsync(fd)
         finally:
             os.close(fd)
-
 
 
 def describe(forecaster: Any) -> dict[str, Any]:

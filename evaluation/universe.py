@@ -1,7 +1,9 @@
-"""The bars of a many-symbol backtest: one file per symbol from a folder, or Alpaca cached per symbol and session.
+"""The bars of a backtest. One symbol: its bars file, or its range from Alpaca in one request. Many symbols: one
+file per symbol from a folder, or Alpaca cached per symbol and session.
 
 A symbol whose bars are missing or unusable (no file, a file the CLI's rules refuse, no session in the run's
-range, Alpaca errors) is reported with the reason and left out; the other symbols still run.
+range, Alpaca errors) is reported with the reason and left out; the other symbols still run. Both paths share
+the range a run needs (``needed_sessions``), the Alpaca client (``alpaca_source``) and what identifies a file.
 """
 from __future__ import annotations
 
@@ -39,6 +41,39 @@ def bars_file(data_dir: Path, symbol: str) -> Path | None:
     return None
 
 
+def csv_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What identifies a bars file for a resume (run.json's "data")."""
+    return {"source": "csv", "file": os.path.abspath(path), "bytes": os.path.getsize(path)}
+
+
+def alpaca_source(cfg: Any) -> Any:
+    """The Alpaca client, with the keys and endpoint from the environment as the forecast CLI reads them."""
+    from marketdata.alpaca import AlpacaBarSource, credentials_from_env
+
+    creds = credentials_from_env(os.environ)
+    if creds is None:
+        raise DataError("no Alpaca keys: set ALPACA_KEY_ID and ALPACA_SECRET_KEY (or APCA_API_KEY_ID and "
+                        "APCA_API_SECRET_KEY), or give bars files (--csv FILE, or --data-dir DIR with --symbols)")
+    return AlpacaBarSource(creds.key_id, creds.secret_key, feed=cfg.feed,
+                           url_override=os.environ.get("ALPACA_DATA_URL") or None)
+
+
+def load_symbol(cfg: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One symbol's bars: the whole --csv file, or from Alpaca the sessions start..end (New York dates) and the
+    history the first origins need, in one request; with what identifies them for a resume."""
+    from marketdata.files import read_bars_file
+
+    if cfg.source == "csv":
+        return read_bars_file(cfg.csv, tz=cfg.csv_tz, label=cfg.csv_label), csv_identity(cfg.csv)
+    sessions = needed_sessions(cfg)
+    if not sessions:
+        raise DataError(f"no session between {cfg.start} and {cfg.end}")
+    source = alpaca_source(cfg)
+    lo, hi = mcal.session_window(sessions[0], cfg.rth)[0], mcal.session_window(sessions[-1], cfg.rth)[1]
+    return source.fetch(cfg.symbol, lo, hi), {"source": "alpaca", "symbol": cfg.symbol, "feed": cfg.feed,
+                                              "from": lo.isoformat(), "to": hi.isoformat()}
+
+
 def _usable(sd: SymbolData, cfg: Any) -> SymbolData:
     """Unusable when no origin of the run falls in its bars."""
     from evaluation.replay import make_origins
@@ -64,12 +99,11 @@ def from_file(data_dir: Path, symbol: str, cfg: Any) -> SymbolData:
         frame = read_bars_file(path, tz=cfg.csv_tz, label=cfg.csv_label)
     except DataError as exc:
         return SymbolData(symbol, problem=str(exc))
-    data = {"source": "csv", "file": os.path.abspath(path), "bytes": path.stat().st_size}
-    return _usable(SymbolData(symbol, frame, data), cfg)
+    return _usable(SymbolData(symbol, frame, csv_identity(path)), cfg)
 
 
 def needed_sessions(cfg: Any) -> list[pd.Timestamp]:
-    """The sessions start..end and the history the first origins need (as the one-symbol Alpaca path)."""
+    """The sessions start..end and the days of history before them that the first origins need."""
     if cfg.start is None or cfg.end is None:
         raise DataError("with Alpaca, give --start and --end")
     cal = mcal.xnys()
@@ -114,7 +148,7 @@ def from_alpaca(source: Any, symbol: str, cfg: Any, cache_dir: Path, now: pd.Tim
                 _write_parquet(fresh[s], _cache_path(cache_dir, symbol, cfg.feed, s))
     parts = [fresh[s] if s in fresh else canonical(pd.read_parquet(_cache_path(cache_dir, symbol, cfg.feed, s)))
              for s in sessions]
-    frame = canonical(pd.concat(parts)) if parts else None
+    frame = canonical(pd.concat(parts))  # sessions is not empty
     data = {"source": "alpaca", "symbol": symbol, "feed": cfg.feed, "from": windows[sessions[0]][0].isoformat(),
             "to": windows[sessions[-1]][1].isoformat()}
     return _usable(SymbolData(symbol, frame, data), cfg)
@@ -122,7 +156,10 @@ def from_alpaca(source: Any, symbol: str, cfg: Any, cache_dir: Path, now: pd.Tim
 
 def load_universe(cfg: Any, symbols: Sequence[str], data_dir: Path | None, cache_dir: Path | None = None,
                   source: Any = None) -> list[SymbolData]:
-    """Every symbol's bars (or its problem), from ``data_dir`` when given, else from the Alpaca ``source``."""
+    """Every symbol's bars (or its problem), from ``data_dir`` when given, else from the Alpaca ``source``
+    (by default alpaca_source's)."""
+    if data_dir is None and source is None:
+        source = alpaca_source(cfg)
     out = []
     for symbol in symbols:
         scfg = cfg.replace(symbol=symbol)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from evaluation import scoring
-from evaluation.forecasters import rng_for, sample_cases
+from evaluation.forecasters import check_forecaster_names, rng_for, sample_cases
 from evaluation.replay import Case, make_origins, prepare_case
 from evaluation.store import RESULTS, SKIP, ResultStore, check_run_file
 from forecast.calibrator import ensemble_centre_scale
@@ -86,9 +86,7 @@ def run_walk_forward(frame: pd.DataFrame, pipeline: ForecastPipeline, forecaster
 
     cfg = pipeline.cfg
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = [f.name for f in forecasters]
-    if len(set(names)) != len(names) or SKIP in names:
-        raise ValueError(f"forecaster names must be unique and not {SKIP!r}: {names}")
+    check_forecaster_names([f.name for f in forecasters])
     check_run_file(out_dir, fingerprint(cfg), data or {}, forecasters)
     store = ResultStore(out_dir / RESULTS)
     done = set(store.load())

@@ -268,6 +268,29 @@ def test_kronos_settings_side_by_side_through_the_command_line(tmp_path: Path) -
     assert len(set(n.values())) == 1 and n["k_p09"] > 0
 
 
+def test_forecaster_names_and_settings_are_one_rule_in_both_modes(tmp_path: Path) -> None:
+    """What a Ray driver pins in run.json without building a forecaster is what the built ones describe (else a
+    run could not resume in the other mode); the names are build_forecasters' and clashes are refused."""
+    from app.config import ConfigError
+
+    model, tok = tiny_kronos(tmp_path / "ck")
+    s = settings(model=str(model), tokenizer=str(tok), max_context=128, device="cpu")
+    specs = [{"name": "k_p09", "top_p": 0.9}, {"top_p": 1.0, "time_label": "end"}]
+    built = efc.build_forecasters(s, ["random_walk"], specs)
+    assert [f.name for f in built] == efc.forecaster_names(["random_walk"], specs) == ["random_walk", "k_p09",
+                                                                                         "kronos_2"]
+    described = efc.describe_forecasters(s, ["random_walk"], specs)
+    assert described == {f.name: bt.describe(f) for f in built}
+    assert described["kronos_2"]["time_label"] == "end" and described["k_p09"]["top_p"] == 0.9
+    for names, clash in ((["random_walk"], [{"name": "random_walk"}]), ([], [{}, {"name": "kronos_1"}]),
+                         ([], [{"name": bt.SKIP}])):
+        with pytest.raises(ConfigError, match="unique"):
+            efc.forecaster_names(names, clash)
+    with pytest.raises(ConfigError, match="unique"):  # the walk-forward itself keeps the rule
+        bt.run_walk_forward(simulated.simulate_bars("2025-03-03", 4, seed=24), settings(), [Recorder(), Recorder()],
+                            tmp_path / "out")
+
+
 def test_fit_a_calibrator_from_the_forecast_run_log(tmp_path: Path) -> None:
     from forecast.calibrator import load_calibrator
     from forecast.runlog import RUN_LOG_COLUMNS, append_run_log
@@ -331,6 +354,8 @@ def test_command_line_errors_exit_with_the_cli_codes(tmp_path: Path, monkeypatch
     config = str(Path(cli.__file__).parent / "config.yaml")
     assert cli.main(["--config", config, "--start", "2025-05-05", "--end", "2025-05-06", "--out", str(tmp_path)]) == 2
     assert "Alpaca keys" in last_error()
+    assert cli.main(["--config", config, "--start", "2025-05-06", "--end", "2025-04-01", "--out", str(tmp_path)]) == 2
+    assert "no session between 2025-05-06 and 2025-04-01" in last_error()  # an empty range, before asking Alpaca
     csv = tmp_path / "bars.csv"
     simulated.simulate_bars("2025-03-03", 4, seed=27).rename_axis("timestamp").reset_index().to_csv(csv, index=False)
     base = ["--config", config, "--csv", str(csv), "--forecasters", "random_walk", "--n-samples", "8",

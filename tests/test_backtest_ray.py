@@ -164,6 +164,25 @@ def test_an_interrupted_ray_run_resumes_without_redoing_finished_shards(universe
         assert ResultStore(out / sym / RESULTS).load() == expected
 
 
+def test_one_symbol_on_ray_stores_its_one_process_records_and_resumes_in_that_mode(universe, local_ray,
+                                                                                    tmp_path: Path) -> None:
+    """Without --symbols the run is one job in --out itself, on Ray as in one process: the same records, and
+    the same run.json, so a one-process rerun of the same folder resumes it (nothing left to do, nothing refused)."""
+    argv, drop = [], {"--symbols", "--data-dir"}
+    for flag, value in zip(universe["argv"][::2], universe["argv"][1::2]):
+        argv += [] if flag in drop else [flag, value]
+    spy = Path(universe["argv"][universe["argv"].index("--data-dir") + 1]) / "SPY.csv"
+    out = tmp_path / "one"
+    argv += ["--csv", str(spy), "--symbol", "SPY", "--forecasters", "random_walk", "--out", str(out)]
+    assert cli.main(argv + ["--ray"]) == 0
+    expected = {k: r for k, r in universe["records"]["SPY"].items() if k[0] in (SKIP, "random_walk")}
+    assert ResultStore(out / RESULTS).load() == expected and not (out / RESULTS).exists()
+    parts = {p: p.stat().st_mtime_ns for p in (out / PARTS).glob("*.jsonl")}
+    assert len(parts) == 2  # two sessions, baselines only
+    assert cli.main(argv) == 0
+    assert not (out / RESULTS).exists() and {p: p.stat().st_mtime_ns for p in (out / PARTS).glob("*.jsonl")} == parts
+
+
 def test_without_ray_installed_ray_runs_are_refused_with_the_way_to_install_it(universe, tmp_path: Path,
                                                                                 monkeypatch, caplog) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)
