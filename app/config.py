@@ -48,9 +48,19 @@ def _is_zone(name: str) -> bool:
     return True
 
 
+def _is_ticker(v: Any) -> bool:
+    return isinstance(v, str) and v.replace(".", "").isalnum()
+
+
+# One key, read by backtest.py and serve.py alike (both tables hold this same Key).
+SYMBOLS = Key("symbols", list, [], "several tickers: serve.py forecasts them together, one batched engine call; "
+              "backtest.py runs each in its own folder under --out, with a pooled report (empty: `symbol`)",
+              check=lambda v: all(_is_ticker(s) for s in v), rule="a list of tickers (letters, digits and dots)",
+              affects_results=False)
+
+
 KEYS: tuple[Key, ...] = (
-    Key("symbol", str, "QQQ", "ticker to forecast", check=lambda v: v.replace(".", "").isalnum(),
-        rule="letters, digits and dots"),
+    Key("symbol", str, "QQQ", "ticker to forecast", check=_is_ticker, rule="letters, digits and dots"),
     Key("horizon", int, 30, "minutes to forecast", check=lambda v: 1 <= v <= 390, rule="1..390"),
     Key("n_samples", int, 100, "number of sampled paths", check=lambda v: 1 <= v <= 100_000, rule="1..100000"),
     Key("temperature", float, 1.0, "sampling temperature", check=_positive, rule="> 0"),
@@ -143,9 +153,7 @@ BACKTEST_KEYS: tuple[Key, ...] = (
         affects_results=False),
     Key("slippage_bp", float, 1.0, "toy rule: slippage per side in basis points", check=lambda v: v >= 0,
         rule=">= 0", affects_results=False),
-    Key("symbols", list, [], "many-symbol backtest: these symbols, each in its own folder under --out, with a "
-        "pooled report (empty: the one symbol)", check=lambda v: all(s.replace(".", "").isalnum() for s in v),
-        rule="a list of tickers (letters, digits and dots)", affects_results=False),
+    SYMBOLS,
     Key("data_dir", str, None, "folder of one bars file per symbol, <SYMBOL>.csv or .parquet (else: Alpaca)",
         affects_results=False),
     Key("bars_cache", str, "outputs/bars_cache", "Alpaca bars of a many-symbol backtest are cached here, one "
@@ -165,9 +173,7 @@ BACKTEST_KEYS_BY_NAME = {k.name: k for k in BACKTEST_KEYS}
 
 # serve.py's own keys (the live service); it reads the forecast's keys too.
 SERVE_KEYS: tuple[Key, ...] = (
-    Key("symbols", list, [], "symbols the service forecasts together, one batched engine call (empty: `symbol`)",
-        check=lambda v: all(isinstance(s, str) and s.replace(".", "").isalnum() for s in v),
-        rule="a list of tickers (letters, digits and dots)"),
+    SYMBOLS,
     Key("host", str, "127.0.0.1", "address the web page and API listen on (any other than loopback needs "
         "KRONOS_SERVE_TOKEN)", affects_results=False),
     Key("port", int, 8765, "port of the web page and API (0 = any free port)", check=lambda v: 0 <= v <= 65535,
