@@ -477,3 +477,16 @@ def test_signals_during_each_phase(tiny, tmp_path):
     for (phase, *_, files, words), line in zip(SIGNALS, lines):
         assert "ERROR interrupted" in line and words in line, (phase, line)
         assert {p.name for p in (tmp_path / phase).iterdir()} == files, phase
+
+
+def test_an_older_run_log_header_is_told_once_per_run(tiny, tmp_path, caplog):
+    """preflight tells that the log's older header lacks the newer columns; the append under the lock checks the
+    header again but does not tell it a second time (the live service appends every minute)."""
+    a = {**tiny, "source": "csv", "out": tmp_path / "out", "asof": ASOF, "args": ()}
+    run_log(OLD_LOG)(tmp_path, a)
+    caplog.set_level(logging.INFO)
+    code = cli.main(argv_for(a))
+    told = [r for r in caplog.records if "older header" in r.getMessage()]
+    assert code == ExitCode.OK and len(told) == 1, [r.getMessage() for r in told]
+    assert RUN_LOG_COLUMNS[OLDEST_HEADER] in told[0].getMessage()  # names the first column it does not record
+    old_log_appended(a["out"])
