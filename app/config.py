@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 
 from forecast.errors import SettingsError
+from marketdata.quality import BAD_BAR_POLICIES
 
 
 class ConfigError(SettingsError):
@@ -118,7 +119,7 @@ KEYS: tuple[Key, ...] = (
     Key("max_recent_filled", int, 10, "skip when more of the recent bars than this had to be filled",
         check=lambda v: v >= 0, rule=">= 0"),
     Key("bad_bars", str, "fill", "bars a market cannot print (see Data rules): drop and gap-fill them, or skip "
-        "the run", choices=("fill", "skip")),
+        "the run", choices=BAD_BAR_POLICIES),
     Key("bad_bar_move", float, 50.0, "a bar this many typical 1-minute moves away from the bars around it is a "
         "bad tick", check=lambda v: v >= 5, rule=">= 5"),
     Key("bad_bar_volume", float, 1000.0, "a bar with more than this multiple of the median volume is bad",

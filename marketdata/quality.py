@@ -33,6 +33,7 @@ NEIGHBOURS = 5          # bars on each side that define the local price level
 MIN_TYPICAL_MOVE = 1e-5  # floor of the typical move (a flat tape would otherwise make any move a tick)
 MIN_CORE_BARS = 30      # regular-hours bars needed before their median volume is the reference
 PRICES = ("open", "high", "low", "close")
+BAD_BAR_POLICIES = ("fill", "skip")  # what prepare_bars does with a bad bar (config key bad_bars)
 
 
 @dataclass(frozen=True)
