@@ -1,7 +1,10 @@
-"""The forecast's configuration: one flat table of keys, read from YAML and overridden on the command line.
+"""The scripts' configuration: tables of keys, read from YAML and overridden on the command line.
 
-Every key has a type, a default, a rule and a one-line help text. The same table builds the argparse flags
-(`lookback` -> `--lookback`, `mid_window` -> `--mid-window`), validates values, and documents itself in the README.
+KEYS are the forecast's; BACKTEST_KEYS, SERVE_KEYS and FINETUNE_KEYS are each script's own, and SCRIPT_KEYS says
+which tables a script reads (one config.yaml may hold them all). Every key has a type, a default, a rule and a
+one-line help text. The tables build the argparse flags (`lookback` -> `--lookback`, `mid_window` ->
+`--mid-window`), validate values and give each script its frozen config class; reference_table renders one as
+the README's Markdown table (tests check the forecast's, the service's and fine-tuning's are current).
 """
 from __future__ import annotations
 
