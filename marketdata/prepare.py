@@ -95,8 +95,8 @@ def prepare_bars(frame: pd.DataFrame, asof: mcal.TimeLike, days: int = 3, rth: b
     empty: list[str] = []
     leading = kept = 0
     reals = []
-    for session in sessions:
-        start, end = mcal.session_window(session, rth)
+    windows = [mcal.session_window(session, rth) for session in sessions]
+    for start, end in windows:
         real = closed[(closed.index >= start) & (closed.index < end)]
         kept += len(real)
         reals.append(real)
@@ -104,8 +104,7 @@ def prepare_bars(frame: pd.DataFrame, asof: mcal.TimeLike, days: int = 3, rth: b
     if bad and bad_bars == "fill":
         drop = pd.DatetimeIndex([b.time for b in bad])
         reals = [r[~r.index.isin(drop)] for r in reals]
-    for session, real in zip(sessions, reals):
-        start, end = mcal.session_window(session, rth)
+    for session, (start, end), real in zip(sessions, windows, reals):
         grid_end = min(end, t.floor("min"))
         if real.empty:
             empty.append(session.date().isoformat())
