@@ -24,6 +24,7 @@ from app.config import ConfigError, add_config_flags, load_config, overrides_fro
 from app.exits import ExitCode
 from app.operation import install_program_handlers, report_failure, run_lock, time_budget
 from forecast.errors import Skipped
+from forecast.publish import PublishError
 
 log = logging.getLogger("kronos_prob")
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None, program: bool = False) -> int:
                 fc = run(cfg, asof, args.cron, written)
     except BaseException as exc:  # noqa: BLE001 - every failure ends in one line and a documented code
         # a write that failed part-way says itself what it left
-        return report_failure(exc, log, written=None if getattr(exc, "left", None) else bool(written))
+        return report_failure(exc, log, written=None if isinstance(exc, PublishError) and exc.left else bool(written))
     from forecast.summary import console_text
 
     print(json.dumps(fc.summary, indent=2) if args.json else console_text(fc.summary))

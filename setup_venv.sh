@@ -21,7 +21,7 @@ for arg in "$@"; do
   case "$arg" in
     --test) want_tests=1; want_ray=1 ;;
     --ray) want_ray=1 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;  # the comment block at the top
     *) echo "setup_venv.sh: unknown argument '$arg' (use --test, --ray or --help)" >&2; exit 2 ;;
   esac
 done

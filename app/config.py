@@ -1,7 +1,10 @@
-"""The forecast's configuration: one flat table of keys, read from YAML and overridden on the command line.
+"""The scripts' configuration: tables of keys, read from YAML and overridden on the command line.
 
-Every key has a type, a default, a rule and a one-line help text. The same table builds the argparse flags
-(`lookback` -> `--lookback`, `mid_window` -> `--mid-window`), validates values, and documents itself in the README.
+KEYS are the forecast's; BACKTEST_KEYS, SERVE_KEYS and FINETUNE_KEYS are each script's own, and SCRIPT_KEYS says
+which tables a script reads (one config.yaml may hold them all). Every key has a type, a default, a rule and a
+one-line help text. The tables build the argparse flags (`lookback` -> `--lookback`, `mid_window` ->
+`--mid-window`), validate values and give each script its frozen config class; reference_table renders one as
+the README's Markdown table (tests check the forecast's, the service's and fine-tuning's are current).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import pandas as pd
 import yaml
 
 from forecast.errors import SettingsError
+from marketdata.quality import BAD_BAR_POLICIES
 
 
 class ConfigError(SettingsError):
@@ -48,9 +52,19 @@ def _is_zone(name: str) -> bool:
     return True
 
 
+def _is_ticker(v: Any) -> bool:
+    return isinstance(v, str) and v.replace(".", "").isalnum()
+
+
+# One key, read by backtest.py and serve.py alike (both tables hold this same Key).
+SYMBOLS = Key("symbols", list, [], "several tickers: serve.py forecasts them together, one batched engine call; "
+              "backtest.py runs each in its own folder under --out, with a pooled report (empty: `symbol`)",
+              check=lambda v: all(_is_ticker(s) for s in v), rule="a list of tickers (letters, digits and dots)",
+              affects_results=False)
+
+
 KEYS: tuple[Key, ...] = (
-    Key("symbol", str, "QQQ", "ticker to forecast", check=lambda v: v.replace(".", "").isalnum(),
-        rule="letters, digits and dots"),
+    Key("symbol", str, "QQQ", "ticker to forecast", check=_is_ticker, rule="letters, digits and dots"),
     Key("horizon", int, 30, "minutes to forecast", check=lambda v: 1 <= v <= 390, rule="1..390"),
     Key("n_samples", int, 100, "number of sampled paths", check=lambda v: 1 <= v <= 100_000, rule="1..100000"),
     Key("temperature", float, 1.0, "sampling temperature", check=_positive, rule="> 0"),
@@ -108,7 +122,7 @@ KEYS: tuple[Key, ...] = (
     Key("max_recent_filled", int, 10, "skip when more of the recent bars than this had to be filled",
         check=lambda v: v >= 0, rule=">= 0"),
     Key("bad_bars", str, "fill", "bars a market cannot print (see Data rules): drop and gap-fill them, or skip "
-        "the run", choices=("fill", "skip")),
+        "the run", choices=BAD_BAR_POLICIES),
     Key("bad_bar_move", float, 50.0, "a bar this many typical 1-minute moves away from the bars around it is a "
         "bad tick", check=lambda v: v >= 5, rule=">= 5"),
     Key("bad_bar_volume", float, 1000.0, "a bar with more than this multiple of the median volume is bad",
@@ -143,9 +157,7 @@ BACKTEST_KEYS: tuple[Key, ...] = (
         affects_results=False),
     Key("slippage_bp", float, 1.0, "toy rule: slippage per side in basis points", check=lambda v: v >= 0,
         rule=">= 0", affects_results=False),
-    Key("symbols", list, [], "many-symbol backtest: these symbols, each in its own folder under --out, with a "
-        "pooled report (empty: the one symbol)", check=lambda v: all(s.replace(".", "").isalnum() for s in v),
-        rule="a list of tickers (letters, digits and dots)", affects_results=False),
+    SYMBOLS,
     Key("data_dir", str, None, "folder of one bars file per symbol, <SYMBOL>.csv or .parquet (else: Alpaca)",
         affects_results=False),
     Key("bars_cache", str, "outputs/bars_cache", "Alpaca bars of a many-symbol backtest are cached here, one "
@@ -165,9 +177,7 @@ BACKTEST_KEYS_BY_NAME = {k.name: k for k in BACKTEST_KEYS}
 
 # serve.py's own keys (the live service); it reads the forecast's keys too.
 SERVE_KEYS: tuple[Key, ...] = (
-    Key("symbols", list, [], "symbols the service forecasts together, one batched engine call (empty: `symbol`)",
-        check=lambda v: all(isinstance(s, str) and s.replace(".", "").isalnum() for s in v),
-        rule="a list of tickers (letters, digits and dots)"),
+    SYMBOLS,
     Key("host", str, "127.0.0.1", "address the web page and API listen on (any other than loopback needs "
         "KRONOS_SERVE_TOKEN)", affects_results=False),
     Key("port", int, 8765, "port of the web page and API (0 = any free port)", check=lambda v: 0 <= v <= 65535,

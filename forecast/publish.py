@@ -18,7 +18,7 @@ import pandas as pd
 from forecast.artifacts import (artifact_stamp, check_targets, held_signals, iso_utc, paths_name, rename_staged,
                                 run_files, stage_files, summary_name)
 from forecast.errors import SettingsError
-from forecast.runlog import append_run_log, check_run_log, log_row, run_log_path
+from forecast.runlog import RunLogSchemaError, append_run_log, check_run_log, log_row, run_log_path
 
 if TYPE_CHECKING:
     from forecast.pipeline import Forecast
@@ -63,26 +63,29 @@ def publish(out_dir: str | os.PathLike[str], symbol: str, fc: Forecast, plot: bo
             written = rename_staged(staged)
             try:
                 append_run_log(run_log_path(out, symbol), log_row(fc.summary, written["summary"].name))
-            except OSError as exc:
+            except (OSError, RunLogSchemaError) as exc:  # the header may have changed since preflight
                 exc.renamed = list(written.values())  # type: ignore[attr-defined]
                 raise
             if done is not None:
                 done.append(written)
-    except OSError as exc:
+    except (OSError, RunLogSchemaError) as exc:
         raise PublishError(out, exc) from None
     return written
 
 
 class PublishError(SettingsError):
-    """The output folder refused the run's files while they were written (exit 2). ``left`` names what the run
-    did leave (the renames are in a fixed order, so a failure part-way leaves a prefix of them); empty when
-    nothing was."""
+    """The output folder refused the run's files while they were written, or the run log refused the row (its
+    header changed after preflight); exit 2. ``left`` names what the run did leave (the renames are in a fixed
+    order, so a failure part-way leaves a prefix of them); empty when nothing was."""
 
-    def __init__(self, out: Path, exc: OSError) -> None:
+    def __init__(self, out: Path, exc: OSError | RunLogSchemaError) -> None:
         self.left: list[str] = [p.name for p in getattr(exc, "renamed", [])]
+        left = f"; it had already written {', '.join(self.left)}" if self.left else ""
+        if isinstance(exc, RunLogSchemaError):  # its message names the log and what to do
+            super().__init__(f"{exc}{left}")
+            return
         reason = exc.strerror or str(exc)
         where = f"{exc.filename}: " if exc.filename else ""
-        left = f"; it had already written {', '.join(self.left)}" if self.left else ""
         super().__init__(f"config key 'out': {out} cannot take the run's files ({where}{reason}){left}")
 
 

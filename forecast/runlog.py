@@ -86,8 +86,16 @@ def _cell(v: Any) -> str:
 def check_run_log(log_path: str | os.PathLike[str]) -> tuple[str, ...]:
     """The columns an existing log takes (RUN_LOG_COLUMNS, or an older version's prefix of them); raise
     RunLogSchemaError when it cannot take our rows. A missing or empty file takes every column. Runs before a
-    forecast writes anything."""
-    path = Path(log_path)
+    forecast writes anything, and tells (once per run) the newer columns that an older header does not record."""
+    fields = _log_columns(Path(log_path))
+    if len(fields) < len(RUN_LOG_COLUMNS):
+        log.info("run log %s has an older header: it does not record %s (move it aside to start a full one)",
+                 log_path, ", ".join(RUN_LOG_COLUMNS[len(fields):]))
+    return fields
+
+
+def _log_columns(path: Path) -> tuple[str, ...]:
+    # check_run_log without the note: append_run_log checks the header again under its lock, silently
     try:
         with open(path, "rb") as fh:
             first = fh.readline().decode("utf-8", errors="replace")
@@ -101,9 +109,6 @@ def check_run_log(log_path: str | os.PathLike[str]) -> tuple[str, ...]:
     if len(fields) < OLDEST_HEADER or fields != RUN_LOG_COLUMNS[:len(fields)]:
         raise RunLogSchemaError(f"run log {path} has another header ({len(fields)} columns, expected "
                                 f"{len(RUN_LOG_COLUMNS)}: {','.join(RUN_LOG_COLUMNS[:3])},...); move it aside and rerun")
-    if len(fields) < len(RUN_LOG_COLUMNS):
-        log.info("run log %s has an older header: it does not record %s (move it aside to start a full one)",
-                 path, ", ".join(RUN_LOG_COLUMNS[len(fields):]))
     return fields
 
 
@@ -122,7 +127,7 @@ def append_run_log(log_path: str | os.PathLike[str], row: Mapping[str, Any]) -> 
         if size == 0:
             data = _csv_line(RUN_LOG_COLUMNS) + _csv_line([_cell(row.get(c)) for c in RUN_LOG_COLUMNS])
         else:
-            columns = check_run_log(log_path)
+            columns = _log_columns(Path(log_path))  # the header may have changed since preflight
             line = _csv_line([_cell(row.get(c)) for c in columns])
             last = os.pread(fd, 1, size - 1)
             data = line if last == b"\n" else "\n" + line  # a spreadsheet may drop the final newline

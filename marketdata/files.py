@@ -12,6 +12,7 @@ import pandas as pd
 
 from marketdata import calendar as mcal
 from marketdata.frame import COLUMNS, ONE_MINUTE, DataError, canonical, first_line
+from marketdata.quality import contradictory_prices
 
 log = logging.getLogger(__name__)
 
@@ -287,9 +288,8 @@ def _sort_unique(out: pd.DataFrame, p: Path) -> pd.DataFrame:
 
 
 def _count_inconsistent(out: pd.DataFrame, p: Path) -> int:
-    o, h, lo, c = (out[k].to_numpy() for k in ("open", "high", "low", "close"))
-    bad = (h < lo) | (o > h) | (o < lo) | (c > h) | (c < lo)
-    n = int(bad.sum())
+    high_below, low_above = contradictory_prices(out)
+    n = int((high_below | low_above).sum())
     if n:
         log.warning("%s: %d bar(s) have high/low inconsistent with open/close; kept as given", p.name, n)
     return n

@@ -9,11 +9,10 @@ import pandas as pd
 
 from marketdata import calendar as mcal
 from marketdata.frame import COLUMNS, ONE_MINUTE, DataError, canonical, empty_frame, fill_minutes
-from marketdata.quality import BarRules, find_bad_bars
+from marketdata.quality import BAD_BAR_POLICIES, BarRules, find_bad_bars
 
 DEFAULT_RECENT_WINDOW = 30
 DEFAULT_MAX_RECENT_FILLED = 10
-BAD_BAR_POLICIES = ("fill", "skip")
 SHOWN_BAD_BARS = 3  # bad bars described one by one in the info (all are counted)
 
 
@@ -84,6 +83,8 @@ def prepare_bars(frame: pd.DataFrame, asof: mcal.TimeLike, days: int = 3, rth: b
       are fills; bad bars under "skip".
     Returns a canonical frame and a PrepareInfo.
     """
+    if bad_bars not in BAD_BAR_POLICIES:
+        raise ValueError(f"bad_bars must be one of {', '.join(BAD_BAR_POLICIES)}, got {bad_bars!r}")
     _check_canonical(frame)
     t = mcal.to_utc(asof)
     closed_mask = frame.index + ONE_MINUTE <= t
@@ -94,8 +95,8 @@ def prepare_bars(frame: pd.DataFrame, asof: mcal.TimeLike, days: int = 3, rth: b
     empty: list[str] = []
     leading = kept = 0
     reals = []
-    for session in sessions:
-        start, end = mcal.session_window(session, rth)
+    windows = [mcal.session_window(session, rth) for session in sessions]
+    for start, end in windows:
         real = closed[(closed.index >= start) & (closed.index < end)]
         kept += len(real)
         reals.append(real)
@@ -103,8 +104,7 @@ def prepare_bars(frame: pd.DataFrame, asof: mcal.TimeLike, days: int = 3, rth: b
     if bad and bad_bars == "fill":
         drop = pd.DatetimeIndex([b.time for b in bad])
         reals = [r[~r.index.isin(drop)] for r in reals]
-    for session, real in zip(sessions, reals):
-        start, end = mcal.session_window(session, rth)
+    for session, (start, end), real in zip(sessions, windows, reals):
         grid_end = min(end, t.floor("min"))
         if real.empty:
             empty.append(session.date().isoformat())

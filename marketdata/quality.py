@@ -33,6 +33,7 @@ NEIGHBOURS = 5          # bars on each side that define the local price level
 MIN_TYPICAL_MOVE = 1e-5  # floor of the typical move (a flat tape would otherwise make any move a tick)
 MIN_CORE_BARS = 30      # regular-hours bars needed before their median volume is the reference
 PRICES = ("open", "high", "low", "close")
+BAD_BAR_POLICIES = ("fill", "skip")  # what prepare_bars does with a bad bar (config key bad_bars)
 
 
 @dataclass(frozen=True)
@@ -79,14 +80,22 @@ def find_bad_bars(sessions: Sequence[pd.DataFrame], rules: BarRules,
     return [BadBar(t, found[t]) for t in sorted(found)]
 
 
+def contradictory_prices(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The one high/low rule, as two masks over the bars: high below the open, close or low; low above the open
+    or close. A comparison with a missing price is False (missing prices are another check's business)."""
+    o, h, lo, c = (frame[k].to_numpy(np.float64) for k in PRICES)
+    return (h < o) | (h < c) | (h < lo), (lo > o) | (lo > c)
+
+
 def _impossible(frame: pd.DataFrame) -> dict[pd.Timestamp, str]:
     o, h, lo, c, v = (frame[k].to_numpy(np.float64) for k in ("open", "high", "low", "close", "volume"))
     out: dict[pd.Timestamp, str] = {}
     prices = np.stack([o, h, lo, c], axis=1)
+    high_below, low_above = contradictory_prices(frame)
     checks = (
         (~np.isfinite(prices).all(axis=1) | (prices <= 0).any(axis=1), "has a price that is not positive"),
-        (h < np.maximum(np.maximum(o, c), lo), "has a high below its open, close or low"),
-        (lo > np.minimum(o, c), "has a low above its open or close"),
+        (high_below, "has a high below its open, close or low"),
+        (low_above, "has a low above its open or close"),
         (~np.isfinite(v) | (v < 0), "has a negative or missing volume"),
     )
     for mask, reason in checks:

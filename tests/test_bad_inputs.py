@@ -8,6 +8,7 @@ interpreter runs the three, so they cost one start-up).
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ class Case:
     setup: Callable[[Path, dict], None] | None = None        # writes inputs under the case folder, edits argv
     files: set[str] | None = field(default_factory=lambda: set(NOTHING))
     check: Callable[[Path], None] | None = None              # more assertions on the outputs
+    absent: tuple[str, ...] = ()                             # none of these in the line
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -215,6 +217,30 @@ def log_untouched(text: str):
 
 
 OTHER_HEADER = "asof,symbol,p_up\r\n2025-06-03T15:00:00Z,QQQ,0.5\r\n"
+BEFORE_LOG = RUN_FILES - {"runs_QQQ.csv"}  # what the renames leave before the run-log row is appended
+
+
+def at_run_log_append(action: Callable[[Path], None]):
+    """``action(run log path)`` happens when the run appends its row, after its files were renamed into place
+    (then the real append runs)."""
+    def setup(d: Path, a: dict) -> None:
+        import forecast.publish
+
+        real = forecast.publish.append_run_log
+
+        def append(path, row):
+            action(Path(path))
+            return real(path, row)
+        a["patches"].append((forecast.publish, "append_run_log", append))
+    return setup
+
+
+def disk_full(path: Path) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def header_replaced(path: Path) -> None:
+    path.write_bytes(OTHER_HEADER.encode())  # someone else's log since preflight checked it
 OLD_LOG = ",".join(RUN_LOG_COLUMNS[:OLDEST_HEADER]) + "\r\n" + ",".join(
     ['"2025-06-03T15:00:00Z"', "", "QQQ", "500", "10", "2", "0.5"] + [""] * (OLDEST_HEADER - 7)) + "\r\n"
 
@@ -319,6 +345,13 @@ CASES = [
          files={"runs_QQQ.csv"}, check=log_untouched(OTHER_HEADER)),
     Case("run-log-older-version", 0, ("wrote",), setup=run_log(OLD_LOG), files=RUN_FILES | {LOCK},
          check=old_log_appended),
+    # a failure after the renames: the one line names the files the run did leave, and exactly those are there
+    Case("run-log-disk-full", 2, ("runs_QQQ.csv", "No space left on device", "it had already written",
+                                  *BEFORE_LOG), setup=at_run_log_append(disk_full), files=BEFORE_LOG | {LOCK},
+         absent=("nothing was written",)),
+    Case("run-log-header-changed-during-run", 2, ("another header", "it had already written", *BEFORE_LOG),
+         setup=at_run_log_append(header_replaced), files=RUN_FILES | {LOCK}, check=log_untouched(OTHER_HEADER),
+         absent=("nothing was written",)),
     Case("locked", 6, ("another run holds the lock",), setup=out_folder(lambda out: out.mkdir()), files={LOCK}),
     Case("time-budget", 7, ("time budget of 0.001 s",), args=("--time-budget", "0.001")),
 ]
@@ -362,13 +395,15 @@ class Lines(logging.Handler):
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, tiny, tmp_path, monkeypatch):
     a = {**tiny, "source": "csv", "out": tmp_path / "out", "asof": ASOF, "env": {}, "servers": [],
-         "args": case.args}
+         "args": case.args, "patches": []}
     for name in (*KEYS, "APCA_API_KEY_ID", "APCA_API_SECRET_KEY", "ALPACA_DATA_URL"):
         monkeypatch.delenv(name, raising=False)
     if case.setup is not None:
         case.setup(tmp_path, a)
     for name, value in a["env"].items():
         monkeypatch.setenv(name, value)
+    for target, name, value in a["patches"]:
+        monkeypatch.setattr(target, name, value)
     lines = Lines()
     root = logging.getLogger()
     root.addHandler(lines)
@@ -390,6 +425,7 @@ def test_bad_input(case: Case, tiny, tmp_path, monkeypatch):
     message = last.getMessage()
     assert "\n" not in message and last.exc_info is None and "Traceback" not in message
     assert all(w.lower() in message.lower() for w in case.words), message
+    assert not any(w.lower() in message.lower() for w in case.absent), message
     out = a["out"]
     present = {p.name for p in out.iterdir()} if out.is_dir() else None
     assert present == case.files
@@ -477,3 +513,16 @@ def test_signals_during_each_phase(tiny, tmp_path):
     for (phase, *_, files, words), line in zip(SIGNALS, lines):
         assert "ERROR interrupted" in line and words in line, (phase, line)
         assert {p.name for p in (tmp_path / phase).iterdir()} == files, phase
+
+
+def test_an_older_run_log_header_is_told_once_per_run(tiny, tmp_path, caplog):
+    """preflight tells that the log's older header lacks the newer columns; the append under the lock checks the
+    header again but does not tell it a second time (the live service appends every minute)."""
+    a = {**tiny, "source": "csv", "out": tmp_path / "out", "asof": ASOF, "args": ()}
+    run_log(OLD_LOG)(tmp_path, a)
+    caplog.set_level(logging.INFO)
+    code = cli.main(argv_for(a))
+    told = [r for r in caplog.records if "older header" in r.getMessage()]
+    assert code == ExitCode.OK and len(told) == 1, [r.getMessage() for r in told]
+    assert RUN_LOG_COLUMNS[OLDEST_HEADER] in told[0].getMessage()  # names the first column it does not record
+    old_log_appended(a["out"])

@@ -155,3 +155,16 @@ def test_dropped_unclosed_counts_only_the_forming_bar_and_fill_stretches_are_rep
     assert info.dropped_unclosed == 1 and info.after_asof == 390 - 61
     assert info.filled_count == 25 and info.filled_recent == 0 and info.filled_max_window == 25
     assert info.skip_reason is None and any("25 gap fills in 30 bars" in n for n in info.notes())
+
+
+@pytest.mark.parametrize("policy", ["drop", "Fill", ""])
+def test_an_unknown_bad_bar_policy_is_refused(policy):
+    """Only fill and skip do something with a bad bar; any other word would count it, say in the notes that it
+    was replaced by a gap fill, and hand it to the model as it was."""
+    frame = frame_of(walk())
+    frame.iloc[30, :4] *= 100  # a 100x tick
+    asof = frame.index[-1] + pd.Timedelta(minutes=1)
+    _, info = prepare_bars(frame, asof, days=1)
+    assert info.bad_bars == 1 and frame.index[30] in info.filled_index
+    with pytest.raises(ValueError, match="bad_bars must be one of fill, skip"):
+        prepare_bars(frame, asof, days=1, bad_bars=policy)

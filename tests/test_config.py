@@ -111,3 +111,24 @@ def test_serve_keys_are_validated():
         build_config({"port": 70000}, {}, script="serve")
     with pytest.raises(ConfigError, match="'symbols'"):
         build_config({"symbols": ["QQQ; rm"]}, {}, script="serve")
+
+
+@pytest.mark.parametrize("script", ["backtest", "serve"])
+@pytest.mark.parametrize("symbols", [[123], ["QQQ", None], [["QQQ"]], ["QQQ; rm"]])
+def test_symbols_must_be_tickers_in_every_script(script, symbols):
+    """backtest.py and serve.py read the same `symbols` key from the same file: the same rule, the same error."""
+    with pytest.raises(ConfigError, match=r"'symbols' must be a list of tickers"):
+        build_config({"symbols": symbols}, {}, script=script)
+    assert build_config({"symbols": ["QQQ", "BRK.B"]}, {}, script=script).symbols == ["QQQ", "BRK.B"]
+
+
+def test_backtest_with_a_symbol_that_is_not_a_ticker_is_exit_2(tmp_path, caplog):
+    import backtest
+    from app.exits import ExitCode
+
+    (tmp_path / "config.yaml").write_text("symbols: [123]\n")
+    code = backtest.main(["--config", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "bt"),
+                          "--no-progress"])
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert code == ExitCode.BAD_INPUT == 2
+    assert len(errors) == 1 and errors[0].exc_info is None and "'symbols'" in errors[0].getMessage()

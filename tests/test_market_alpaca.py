@@ -196,6 +196,20 @@ def test_bar_missing_a_key(serve):
         source(fake).fetch("QQQ", START, END)
 
 
+
+def test_a_bug_in_our_own_conversion_is_not_blamed_on_alpaca(serve, monkeypatch):
+    """Only the client's call maps errors to "malformed response from Alpaca" (exit 4): a body it accepted is
+    ours to convert, and a fault there stays a traceback (exit 1, a bug to report)."""
+    import marketdata.alpaca as alpaca_module
+
+    def broken(barset, symbol):
+        raise KeyError("our own bug")
+
+    monkeypatch.setattr(alpaca_module, "_barset_frame", broken)
+    fake = serve(lambda q: (200, {"bars": {"QQQ": [bar("2025-05-27T13:30:00Z", 1.0)]}, "next_page_token": None}))
+    with pytest.raises(KeyError, match="our own bug"):
+        source(fake).fetch("QQQ", START, END)
+
 def test_rate_limit_retries_without_sleeping(serve):
     fake = serve(lambda q: (429, {"message": "too many requests."}))
     t0 = time.monotonic()
