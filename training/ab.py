@@ -15,7 +15,6 @@ from typing import Any
 import pandas as pd
 
 from forecast.artifacts import atomic_write_json
-from training.card import jsonable
 
 DM_ALPHA = 0.05
 VANILLA, FINETUNED = "vanilla", "finetuned"
@@ -38,7 +37,7 @@ def run_ab(cfg: Any, frame: pd.DataFrame, test_sessions: list[str], best: Path, 
            out: Path, data: dict[str, Any], progress: bool = True, plots: bool = True) -> dict[str, Any]:
     """Backtest both checkpoints on the test sessions; write OUT/ab/ (report.json, per_origin.csv, ab.json)."""
     from evaluation.forecasters import build_forecasters
-    from evaluation.report import build_report
+    from evaluation.report import build_report, jsonable
     from evaluation.walkforward import run_walk_forward
     from forecast.pipeline import ForecastPipeline
 
@@ -101,13 +100,13 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def console_table(result: dict[str, Any]) -> str:
+    from evaluation.report import fmt
+
     head = f"{'forecaster':<16}{'n':>5}{'CRPS bp':>9}{'Brier':>8}{'cov80':>7}{'cov90':>7}{'DM stat':>9}{'DM p':>8}"
     lines = [head, "-" * len(head)]
     for r in result["table"]:
-        def f(x: Any, w: int, d: int) -> str:
-            return f"{x:>{w}.{d}f}" if isinstance(x, (int, float)) and math.isfinite(x) else f"{'-':>{w}}"
-        lines.append(f"{r['forecaster']:<16}{r['n_origins'] or 0:>5}{f(r['crps_end_bp'], 9, 2)}"
-                     f"{f(r['brier_p_up'], 8, 4)}{f(r['coverage_p10_p90'], 7, 2)}{f(r['coverage_p05_p95'], 7, 2)}"
-                     f"{f(r['dm_crps_stat'], 9, 2)}{f(r['dm_crps_p'], 8, 3)}")
+        lines.append(f"{r['forecaster']:<16}{r['n_origins'] or 0:>5}{fmt(r['crps_end_bp'], 9, 2)}"
+                     f"{fmt(r['brier_p_up'], 8, 4)}{fmt(r['coverage_p10_p90'], 7, 2)}"
+                     f"{fmt(r['coverage_p05_p95'], 7, 2)}{fmt(r['dm_crps_stat'], 9, 2)}{fmt(r['dm_crps_p'], 8, 3)}")
     lines.append(f"verdict: {'ADOPT' if result['adopt'] else 'keep the vanilla model'} ({result['reason']})")
     return "\n".join(lines)
