@@ -21,8 +21,6 @@ from training.windows import SPLITS, Split, build_splits
 
 log = logging.getLogger("finetune")
 DROPOUT_FIELDS = ("attn_dropout_p", "resid_dropout_p", "ffn_dropout_p", "token_dropout_p")
-# keys that never change the trained weights (a run may resume with other values)
-NOT_IN_FINGERPRINT = {"ab_after_training", "ab_every", "ab_baselines"}
 
 
 def check_output(out: Path) -> None:
@@ -56,7 +54,9 @@ def check_context(cfg: Any) -> dict[str, Any]:
 
 
 def fingerprint(cfg: Any, splits: dict[str, Split]) -> dict[str, Any]:
-    keys = [k.name for k in FINETUNE_KEYS if k.name not in NOT_IN_FINGERPRINT]
+    """What decides the trained weights: a run resumes only with equal ones (the A/B's keys, marked
+    affects_results=False in app.config, may change on resume)."""
+    keys = [k.name for k in FINETUNE_KEYS if k.affects_results]
     keys += ["symbol", "model", "model_revision", "tokenizer", "tokenizer_revision", "lookback", "horizon",
              "time_label", "rth", "seed"]
     return {"settings": {k: getattr(cfg, k) for k in keys},
