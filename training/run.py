@@ -188,7 +188,7 @@ def fine_tune(cfg: Any, out: Path, *, fresh: bool = False, ab_only: bool = False
     from app.exits import ExitCode
 
     if ab_only:
-        return run_ab_only(cfg, out, progress, plots)
+        return run_ab_only(cfg, out, fresh, progress, plots)
     card, data, splits, world = train(cfg, out, fresh, progress)
     close_world(world)  # the A/B runs in rank 0 alone
     if world.main:
@@ -201,8 +201,9 @@ def fine_tune(cfg: Any, out: Path, *, fresh: bool = False, ab_only: bool = False
     return ExitCode.OK
 
 
-def run_ab_only(cfg: Any, out: Path, progress: bool, plots: bool) -> int:
-    """--ab: the A/B of an earlier run's OUT/best, on the test sessions recorded in its card."""
+def run_ab_only(cfg: Any, out: Path, fresh: bool, progress: bool, plots: bool) -> int:
+    """--ab: the A/B of an earlier run's OUT/best, on the test sessions recorded in its card; with --fresh the
+    A/B in OUT/ab starts over (the trained model is kept)."""
     import json
 
     from app.exits import ExitCode
@@ -218,5 +219,7 @@ def run_ab_only(cfg: Any, out: Path, progress: bool, plots: bool) -> int:
     if splits["test"].sessions != card["splits"]["test"]["sessions"]:
         raise SettingsError(f"the test sessions of these bars ({', '.join(splits['test'].sessions)}) are not the "
                             f"ones held out by the run in {out}; use the same data and split settings")
+    if fresh and (out / "ab").exists():
+        shutil.rmtree(out / "ab")
     ab_test(cfg, out, card, data, splits, progress, plots)
     return ExitCode.OK
