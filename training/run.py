@@ -68,7 +68,7 @@ def prepare(cfg: Any, out: Path, world: World, fresh: bool) -> tuple[Any, dict[s
     from training.data import load_training_bars
 
     check_output(out)
-    configs = check_context(cfg)  # reads the two config.json files only
+    configs = check_context(cfg)  # reads both config.json files and the derived buffers of both weights files
     data = load_training_bars(cfg)
     length = cfg.lookback + cfg.horizon
     splits = build_splits(data.sessions, cfg.val_sessions, cfg.test_sessions, length, cfg.stride,
