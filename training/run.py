@@ -53,6 +53,12 @@ def check_context(cfg: Any) -> dict[str, Any]:
             "model_layout": ck.Layout.of(m.config, m.weights_path), "tokenizer_layout": ck.Layout.of(t.config, t.weights_path)}
 
 
+def splits_of(cfg: Any, data: Any) -> dict[str, Split]:
+    """The train / validation / test windows of the loaded sessions, under the run's split settings."""
+    return build_splits(data.sessions, cfg.val_sessions, cfg.test_sessions, cfg.lookback + cfg.horizon, cfg.stride,
+                        cfg.cross_sessions, cfg.time_label)
+
+
 def fingerprint(cfg: Any, splits: dict[str, Split]) -> dict[str, Any]:
     """What decides the trained weights: a run resumes only with equal ones (the A/B's keys, marked
     affects_results=False in app.config, may change on resume)."""
@@ -70,9 +76,7 @@ def prepare(cfg: Any, out: Path, world: World, fresh: bool) -> tuple[Any, dict[s
     check_output(out)
     configs = check_context(cfg)  # reads both config.json files and the derived buffers of both weights files
     data = load_training_bars(cfg)
-    length = cfg.lookback + cfg.horizon
-    splits = build_splits(data.sessions, cfg.val_sessions, cfg.test_sessions, length, cfg.stride,
-                          cfg.cross_sessions, cfg.time_label)
+    splits = splits_of(cfg, data)
     if cfg.batch_size % world.size:
         raise ConfigError(f"config key 'batch_size' ({cfg.batch_size}) must be a multiple of the number of "
                           f"processes ({world.size})")
@@ -214,8 +218,7 @@ def run_ab_only(cfg: Any, out: Path, fresh: bool, progress: bool, plots: bool) -
         raise SettingsError(f"--ab needs a finished fine-tuning run in {out} (card.json and best/); none found")
     card = json.loads(path.read_text())
     data = load_training_bars(cfg)
-    splits = build_splits(data.sessions, cfg.val_sessions, cfg.test_sessions, cfg.lookback + cfg.horizon,
-                          cfg.stride, cfg.cross_sessions, cfg.time_label)
+    splits = splits_of(cfg, data)
     if splits["test"].sessions != card["splits"]["test"]["sessions"]:
         raise SettingsError(f"the test sessions of these bars ({', '.join(splits['test'].sessions)}) are not the "
                             f"ones held out by the run in {out}; use the same data and split settings")
