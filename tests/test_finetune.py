@@ -220,6 +220,22 @@ def test_ab_reruns_with_other_settings_resumes_identical_ones_and_fresh_starts_i
         json.loads((trained / "card.json").read_text())["training"]["best_step"]
 
 
+def test_damaged_last_checkpoint_is_one_line_error_naming_fresh(trained, tiny, bars, tmp_path, caplog):
+    from safetensors.torch import save_file
+
+    out = tmp_path / "ft"
+    shutil.copytree(trained, out, ignore=shutil.ignore_patterns("ab"))
+    last = weights(out / "last")
+    last.pop("head.proj_s1.weight")
+    save_file(last, str(out / "last" / "model.safetensors"))
+    assert finetune.main(argv(tiny, bars, out, "--max-steps", "12", "--eval-every", "4")) == ExitCode.MODEL
+    assert "missing tensor head.proj_s1.weight" in caplog.text and "--fresh" in caplog.text
+    (out / "last" / "state.pt").write_bytes(b"not a torch file")
+    assert finetune.main(argv(tiny, bars, out, "--max-steps", "12", "--eval-every", "4")) == ExitCode.MODEL
+    assert "state.pt" in caplog.records[-1].getMessage() and "--fresh" in caplog.records[-1].getMessage()
+    assert "Traceback" not in caplog.text
+
+
 @pytest.mark.parametrize("extra, message", [
     (("--sessions", "4"), "too few sessions"),
     (("--lookback", "500", "--horizon", "30"), "longer than the model's context"),

@@ -84,7 +84,7 @@ def prepare(cfg: Any, out: Path, world: World, fresh: bool) -> tuple[Any, dict[s
         raise SettingsError(f"only {splits['train'].n_windows} training windows, fewer than batch_size "
                             f"{cfg.batch_size}: load more sessions or lower --batch-size / --stride")
     if ck.has_last(out) and not fresh:
-        state = torch.load(out / "last" / ck.STATE, map_location="cpu", weights_only=True)
+        state = ck.read_state(out / "last")
         if state.get("fingerprint") != fingerprint(cfg, splits):
             raise ConfigError(f"{out} holds a fine-tuning run with other settings or sessions: rerun with the "
                               "same ones to resume it, pass --fresh to start over, or choose another --out")
