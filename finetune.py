@@ -27,7 +27,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = script_parser(__doc__, DEFAULT_CONFIG, "settings (the forecast's keys and fine-tuning's own)")
     p.add_argument("--out", type=Path, default=Path("outputs/finetune"), help="run folder")
-    p.add_argument("--fresh", action="store_true", help="start over instead of resuming the run in --out")
+    p.add_argument("--fresh", action="store_true", help="start over instead of resuming the run in --out (with "
+                   "--ab: only the A/B in OUT/ab starts over, the trained model is kept)")
     p.add_argument("--ab", action="store_true", help="only run the A/B backtest of the run in --out")
     p.add_argument("--no-plots", action="store_true", help="no backtest charts in OUT/ab")
     p.add_argument("--no-progress", action="store_true")

@@ -230,11 +230,13 @@ FINETUNE_KEYS: tuple[Key, ...] = (
     Key("grad_clip", float, 3.0, "clip the gradients' global norm to this", check=_positive, rule="> 0"),
     Key("dropout", float, None, "dropout of every layer while training (null = the checkpoint's own "
         "*_dropout_p values)", check=lambda v: 0 <= v < 1, rule="in [0, 1)"),
-    Key("ab_after_training", bool, True, "run the A/B backtest on the test sessions when training ends"),
-    Key("ab_every", int, 30, "A/B backtest: minutes between origins", check=lambda v: 1 <= v <= 390, rule="1..390"),
+    Key("ab_after_training", bool, True, "run the A/B backtest on the test sessions when training ends",
+        affects_results=False),
+    Key("ab_every", int, 30, "A/B backtest: minutes between origins", check=lambda v: 1 <= v <= 390, rule="1..390",
+        affects_results=False),
     Key("ab_baselines", list, ["random_walk", "block_bootstrap"], "A/B backtest: baselines shown beside the "
         "two Kronos checkpoints", check=lambda v: all(n in ("random_walk", "block_bootstrap", "garch") for n in v),
-        rule="a list of random_walk, block_bootstrap, garch"),
+        rule="a list of random_walk, block_bootstrap, garch", affects_results=False),
 )
 
 

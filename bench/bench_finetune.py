@@ -1,6 +1,7 @@
 """Benchmark: fine-tuning throughput (tokens per second) and peak memory for the Kronos-mini and Kronos-small
-shapes, with the training step finetune.py runs (tokenizer encode, teacher-forced predictor loss, backward,
-gradient clipping, AdamW step).
+shapes, timing the training step finetune.py runs: training.loop.Trainer.train_step (the batch's windows
+normalised one by one, tokenizer encode, teacher-forced predictor loss, backward, gradient clipping, AdamW step)
+with finetune.py's default settings, on windows of random-walk minute bars.
 
     .venv/bin/python bench/bench_finetune.py                        # CPU, batch 8, window 360 + 30 bars
     .venv/bin/python bench/bench_finetune.py --device cuda --batch 32 --window 510
@@ -8,7 +9,8 @@ gradient clipping, AdamW step).
 Each shape runs in a fresh subprocess so its peak memory is its own (CPU: peak RSS of the process; CUDA:
 torch.cuda.max_memory_allocated). A token is one predicted bar (window - 1 per window). Random weights come
 from tests/kronos_checkpoints.py (needs the test-only reference package). The fp32 matmul rate is measured in
-the same run, since this machine's varies by day; "floor" is the step's analytic matmul FLOPs divided by it.
+the same run, since this machine's varies by day; "floor" is the step's analytic matmul FLOPs divided by it
+(the per-window normalisation and the copy to the device are in the step's time, not in its FLOPs).
 """
 from __future__ import annotations
 
@@ -21,9 +23,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+HORIZON = 30  # a window is lookback + HORIZON bars
 
 
 def training_flops(p, t, batch: int, window: int) -> float:
@@ -39,49 +43,54 @@ def training_flops(p, t, batch: int, window: int) -> float:
     return batch * (encode + 3 * forward)
 
 
+def synthetic_split(window: int, batch: int) -> Any:
+    """A train split of random-walk minute bars (tests/simulated.py), windows of ``window`` bars across sessions
+    at stride 1: at least ``batch`` of them, built as finetune.py builds its splits."""
+    import simulated
+    from training.data import SessionBars
+    from training.windows import build_split
+
+    n_sessions = -(-(window + batch) // 390) + 1
+    bars = simulated.simulate_bars("2025-05-01", n_sessions, seed=0)
+    days = bars.index.tz_convert("America/New_York").date
+    sessions = [SessionBars(str(d), bars[days == d]) for d in sorted(set(days))]
+    return build_split("train", sessions, window, 1, True, "start")
+
+
 def worker(args: argparse.Namespace) -> None:
     import torch
 
+    from app.config import load_config
     from bench_sampler import matmul_rates
-    from kronos.config import tokenizer_config
-    from kronos.loading import build, load_trainable, locate
-    from kronos.model import Kronos, KronosTokenizer
     from kronos_checkpoints import write_checkpoint_pair
-    from training.loop import BETAS, lr_factor
-    from training.loss import PredictorObjective
+    from training.distributed import World
+    from training.loop import TrainSettings, Trainer
+    from training.run import check_context, load_networks
 
     device = torch.device(args.device)
+    cuda = device.type == "cuda"
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, tok_dir = write_checkpoint_pair(Path(tmp), args.shape, seed=0)
-        predictor, _ = load_trainable(Kronos, model_dir, device=device)
-        loc = locate(tok_dir)
-        tokenizer = build(KronosTokenizer, tokenizer_config(loc.config, str(loc.config_path)), loc, device,
-                          torch.float32)
-    objective = PredictorObjective(predictor)
-    opt = torch.optim.AdamW(predictor.parameters(), lr=4e-5, betas=BETAS, weight_decay=0.1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, 10, 1000))
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch, args.window, 6, generator=g).clamp(-5, 5).to(device)
-    stamp = (torch.rand(args.batch, args.window, 5, generator=g) * torch.tensor([60, 24, 7, 32, 13])).long()
-    stamp = stamp.to(device)
-    cuda = device.type == "cuda"
+        # finetune.py's defaults (learning rates, weight decay, warm-up, clipping, dropout) and its network setup
+        cfg = load_config(None, {"model": str(model_dir), "tokenizer": str(tok_dir), "device": args.device,
+                                 "lookback": args.window - HORIZON, "horizon": HORIZON, "batch_size": args.batch},
+                          script="finetune")
+        configs = check_context(cfg)
+        predictor, tokenizer = load_networks(cfg, configs, device)
+        settings = TrainSettings(cfg.batch_size, cfg.lr, cfg.tokenizer_lr, cfg.weight_decay, cfg.warmup_steps,
+                                 cfg.max_steps, cfg.eval_every, cfg.eval_windows, cfg.patience, cfg.grad_clip, 0)
+        trainer = Trainer(predictor, tokenizer, {"train": synthetic_split(args.window, args.batch)}, args.window,
+                          settings, World(0, 1, device), Path(tmp), configs["model_layout"],
+                          configs["tokenizer_layout"], cfg.train_tokenizer, {})
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
 
     def step() -> None:
-        with torch.no_grad():
-            s1, s2 = tokenizer.encode(x)
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False):
-            loss, _, _ = objective(s1, s2, stamp)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(predictor.parameters(), 3.0)
-        opt.step()
-        sched.step()
+        trainer.train_step()  # what each optimizer step of finetune.py runs: its windows, normalised and encoded
         if cuda:
             torch.cuda.synchronize(device)
 
-    rate = matmul_rates()["torch.mm"] if not cuda else None
+    rate = matmul_rates(args.device)["torch.mm"] if not cuda else None
     step()  # warm-up
     times = []
     for _ in range(args.steps):
@@ -93,8 +102,9 @@ def worker(args: argparse.Namespace) -> None:
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     params = sum(p.numel() for p in predictor.parameters())
     flops = training_flops(predictor.cfg, tokenizer.cfg, args.batch, args.window)
-    print(json.dumps({"shape": args.shape, "params": params, "gflop": flops / 1e9, "step_s": min(times), "median_step_s": sorted(times)[len(times) // 2],
-                      "tokens_per_s": tokens / min(times), "peak_mib": peak / 2**20, "matmul_gflops": rate}))
+    print(json.dumps({"shape": args.shape, "params": params, "gflop": flops / 1e9, "step_s": min(times),
+                      "median_step_s": sorted(times)[len(times) // 2], "tokens_per_s": tokens / min(times),
+                      "peak_mib": peak / 2**20, "matmul_gflops": rate}))
 
 
 def main() -> None:

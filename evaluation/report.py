@@ -263,7 +263,8 @@ def per_origin_table(evals: dict[str, Evaluation]) -> pd.DataFrame:
     return out.sort_values(order, kind="stable") if len(out) else out
 
 
-def _fmt(x: Any, width: int, digits: int) -> str:
+def fmt(x: Any, width: int, digits: int) -> str:
+    """A right-aligned number with `digits` decimals, or "-" for a missing or non-finite one."""
     ok = isinstance(x, (int, float)) and math.isfinite(x)
     return f"{x:>{width}.{digits}f}" if ok else f"{'-':>{width}}"
 
@@ -283,11 +284,11 @@ def console_table(report: dict[str, Any]) -> str:
         dm = next((v["crps_end"] for k, v in r.items() if k.startswith("diebold_mariano_vs_")), None)
         rule = r["toy_rule"]["raw"]
         lines.append(
-            f"{name[:21]:<22}{pu['raw']['n']:>6}{_fmt(pu['raw']['brier'], 8, 4)}{_fmt(pu['calibrated']['brier'], 8, 4)}"
-            f"{_fmt(pu['raw']['reliability'], 8, 4)}{_fmt(pu['raw']['log_loss'], 9, 4)}{_fmt(pu['raw']['hit_rate'], 6, 2)}"
-            f"{_fmt(r['close_end']['crps_fair_bp'], 9, 2)}{_fmt(_last(cov['raw']), 7, 2)}"
-            f"{_fmt(_last(cov['calibrated']), 7, 2)}{_fmt(dm and dm['stat'], 9, 2)}{_fmt(dm and dm['p_value'], 7, 3)}"
-            f"{rule['n_trades']:>7}{_fmt(rule['total_bp'], 8, 1)}")
+            f"{name[:21]:<22}{pu['raw']['n']:>6}{fmt(pu['raw']['brier'], 8, 4)}{fmt(pu['calibrated']['brier'], 8, 4)}"
+            f"{fmt(pu['raw']['reliability'], 8, 4)}{fmt(pu['raw']['log_loss'], 9, 4)}{fmt(pu['raw']['hit_rate'], 6, 2)}"
+            f"{fmt(r['close_end']['crps_fair_bp'], 9, 2)}{fmt(_last(cov['raw']), 7, 2)}"
+            f"{fmt(_last(cov['calibrated']), 7, 2)}{fmt(dm and dm['stat'], 9, 2)}{fmt(dm and dm['p_value'], 7, 3)}"
+            f"{rule['n_trades']:>7}{fmt(rule['total_bp'], 8, 1)}")
     w = report["independent_windows"]
     lines.append(f"{w['n_origins']} origins in {w['n_sessions']} sessions = {w['n_independent']} independent "
                  f"{report['settings']['horizon']}-minute windows; cal = walk-forward calibrated (after warm-up), "
@@ -295,11 +296,12 @@ def console_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
+    """Plain JSON values: NaN and infinities become null, numpy scalars Python numbers."""
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, (np.floating, float)):
         return float(x) if math.isfinite(x) else None
     if isinstance(x, np.integer):
@@ -351,7 +353,7 @@ def build_report(records: dict[tuple[str, str], dict], settings: Any, out_dir: P
         path = ev.calibrator.save(out_dir / f"calibrator_{name}.json")
         report["calibrators"][name] = path.name
     atomic_write_text(out_dir / "per_origin.csv", per_origin_table(evals).to_csv(index=False, float_format="%.8g"))
-    report = _jsonable(report)
+    report = jsonable(report)
     if plots:
         from evaluation.charts import write_plots
 

@@ -43,7 +43,7 @@ def build_universe_report(by_symbol: dict[str, Records], settings: dict[str, Any
     pooled["left_out_symbols"] = dict(left_out)
     if execution:
         pooled["execution"] = execution
-    atomic_write_json(out_dir / "report.json", rep._jsonable(pooled))
+    atomic_write_json(out_dir / "report.json", rep.jsonable(pooled))
     return pooled
 
 

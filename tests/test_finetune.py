@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -180,6 +181,61 @@ def test_ab_report_and_verdict(trained, tiny, bars):
     assert card["ab"]["adopt"] is rule and "Diebold-Mariano" in card["decision_rule"]
 
 
+def mark_first_record(ab: Path) -> None:
+    """Tag the A/B's first stored record: it stays only while the A/B resumes instead of starting over."""
+    lines = (ab / "results.jsonl").read_text().splitlines(keepends=True)
+    lines[0] = json.dumps({**json.loads(lines[0]), "kept": True}) + "\n"
+    (ab / "results.jsonl").write_text("".join(lines))
+
+
+def first_record(ab: Path) -> dict:
+    return json.loads((ab / "results.jsonl").read_text().splitlines()[0])
+
+
+def test_ab_reruns_with_other_settings_resumes_identical_ones_and_fresh_starts_it_over(trained, tiny, bars,
+                                                                                          tmp_path, caplog):
+    out = tmp_path / "ft"
+    shutil.copytree(trained, out, ignore=shutil.ignore_patterns("ab"))
+
+    def ab(every: str, *extra: str) -> int:
+        return finetune.main(argv(tiny, bars, out, "--ab", "--ab-every", every, "--n-samples", "4",
+                                  "--ab-baselines", "random_walk", *extra))
+
+    def origin_times() -> set[str]:
+        origins = pd.to_datetime(pd.read_csv(out / "ab" / "per_origin.csv")["origin_utc"], utc=True)
+        return set(origins.dt.tz_convert("America/New_York").dt.strftime("%H:%M"))
+
+    assert ab("90") == 0 and origin_times() == {"11:00", "12:30", "14:00", "15:30"}
+    # other A/B settings: the A/B of the kept model simply runs again with them (it used to exit 2)
+    assert ab("120") == 0 and origin_times() == {"11:30", "13:30", "15:30"} and "it starts over" in caplog.text
+    assert json.loads((out / "ab" / "ab.json").read_text())["every"] == 120
+    assert json.loads((out / "card.json").read_text())["ab"]["every"] == 120
+    # the same settings again: resumed, the stored records kept
+    mark_first_record(out / "ab")
+    assert ab("120") == 0 and first_record(out / "ab").get("kept") is True
+    # --ab --fresh: only the A/B starts over; the trained model and its card stay
+    assert ab("120", "--fresh") == 0 and "kept" not in first_record(out / "ab")
+    assert all(torch.equal(v, weights(trained / "best")[k]) for k, v in weights(out / "best").items())
+    assert json.loads((out / "card.json").read_text())["training"]["best_step"] == \
+        json.loads((trained / "card.json").read_text())["training"]["best_step"]
+
+
+def test_damaged_last_checkpoint_is_one_line_error_naming_fresh(trained, tiny, bars, tmp_path, caplog):
+    from safetensors.torch import save_file
+
+    out = tmp_path / "ft"
+    shutil.copytree(trained, out, ignore=shutil.ignore_patterns("ab"))
+    last = weights(out / "last")
+    last.pop("head.proj_s1.weight")
+    save_file(last, str(out / "last" / "model.safetensors"))
+    assert finetune.main(argv(tiny, bars, out, "--max-steps", "12", "--eval-every", "4")) == ExitCode.MODEL
+    assert "missing tensor head.proj_s1.weight" in caplog.text and "--fresh" in caplog.text
+    (out / "last" / "state.pt").write_bytes(b"not a torch file")
+    assert finetune.main(argv(tiny, bars, out, "--max-steps", "12", "--eval-every", "4")) == ExitCode.MODEL
+    assert "state.pt" in caplog.records[-1].getMessage() and "--fresh" in caplog.records[-1].getMessage()
+    assert "Traceback" not in caplog.text
+
+
 @pytest.mark.parametrize("extra, message", [
     (("--sessions", "4"), "too few sessions"),
     (("--lookback", "500", "--horizon", "30"), "longer than the model's context"),
@@ -279,3 +335,33 @@ def test_bars_from_alpaca_the_last_sessions(tiny, tmp_path, monkeypatch):
     held = [s for name in ("train", "validation", "test") for s in card["splits"][name]["sessions"]]
     assert held == [s.date().isoformat() for s in sessions][-len(held):] and len(held) >= 5
     assert "fake-secret-finetune" not in (out / "card.json").read_text()
+
+
+def test_ab_of_alpaca_bars_resumes_on_a_rerun(tiny, tmp_path, monkeypatch):
+    """--source alpaca: the data's "as of" is the clock, yet an identical A/B re-run resumes instead of refusing."""
+    import simulated
+    from fake_alpaca import FakeAlpaca, bars_page
+    from marketdata import calendar as mcal
+
+    sessions = mcal.recent_sessions(pd.Timestamp.now(tz="UTC"), 6, True)
+    frame = simulated.simulate_bars(sessions[0].date().isoformat(), 6, seed=5)
+    # no bars of the newest session, which may still be trading: the bars do not change between the runs
+    frame = frame[frame.index < mcal.session_window(sessions[-1], True)[0]]
+    fake = FakeAlpaca(lambda query: bars_page(frame, query))
+    try:
+        monkeypatch.setenv("ALPACA_KEY_ID", "AKFAKE0004")
+        monkeypatch.setenv("ALPACA_SECRET_KEY", "fake-secret-ab")
+        monkeypatch.setenv("ALPACA_DATA_URL", fake.url)
+        model, tok = tiny
+        out = tmp_path / "alpaca"
+        args = ["--config", str(ROOT / "config.yaml"), "--source", "alpaca", "--model", str(model), "--tokenizer",
+                str(tok), "--out", str(out), "--sessions", "6", "--val-sessions", "1", "--test-sessions", "1",
+                "--lookback", "30", "--horizon", "10", "--stride", "30", "--batch-size", "8", "--max-steps", "2",
+                "--eval-every", "2", "--warmup-steps", "1", "--ab-every", "120", "--ab-baselines", "random_walk",
+                "--n-samples", "4", "--no-progress", "--no-plots", "--device", "cpu"]
+        assert finetune.main(args) == 0
+        mark_first_record(out / "ab")
+        assert finetune.main(args + ["--ab"]) == 0
+    finally:
+        fake.close()
+    assert first_record(out / "ab").get("kept") is True

@@ -8,15 +8,18 @@ Decision rule (README, "Fine-tuning"): adopt the fine-tuned checkpoint only if, 
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from forecast.artifacts import atomic_write_json
-from training.card import jsonable
 
+log = logging.getLogger("finetune")
 DM_ALPHA = 0.05
 VANILLA, FINETUNED = "vanilla", "finetuned"
 RULE = (f"adopt the fine-tuned checkpoint only if its end-of-horizon CRPS on the held-out test sessions is lower "
@@ -37,8 +40,9 @@ def backtest_settings(cfg: Any, test_sessions: list[str]) -> Any:
 def run_ab(cfg: Any, frame: pd.DataFrame, test_sessions: list[str], best: Path, best_tokenizer: Path | None,
            out: Path, data: dict[str, Any], progress: bool = True, plots: bool = True) -> dict[str, Any]:
     """Backtest both checkpoints on the test sessions; write OUT/ab/ (report.json, per_origin.csv, ab.json)."""
+    from app.config import fingerprint
     from evaluation.forecasters import build_forecasters
-    from evaluation.report import build_report
+    from evaluation.report import build_report, jsonable
     from evaluation.walkforward import run_walk_forward
     from forecast.pipeline import ForecastPipeline
 
@@ -47,12 +51,40 @@ def run_ab(cfg: Any, frame: pd.DataFrame, test_sessions: list[str], best: Path, 
     if best_tokenizer is not None:
         tuned |= {"tokenizer": str(best_tokenizer), "tokenizer_revision": None}
     forecasters = build_forecasters(bcfg, bcfg.forecasters, [{"name": VANILLA}, tuned])
-    records = run_walk_forward(frame, ForecastPipeline(bcfg, calibrator=None), forecasters, out, data,
+    identity = data_identity(frame, data, test_sessions)
+    start_over_if_changed(out, fingerprint(bcfg), identity, forecasters)
+    records = run_walk_forward(frame, ForecastPipeline(bcfg, calibrator=None), forecasters, out, identity,
                                progress=progress)
     report = build_report(records, bcfg, out, data, baseline=VANILLA, plots=plots)
-    result = {"rule": RULE, "test_sessions": test_sessions, **verdict(report), "table": comparison(report)}
+    result = {"rule": RULE, "test_sessions": test_sessions, "every": bcfg.every, "baselines": list(cfg.ab_baselines),
+              **verdict(report), "table": comparison(report)}
     atomic_write_json(out / "ab.json", jsonable(result))
     return result
+
+
+def data_identity(frame: pd.DataFrame, provenance: dict[str, Any], test_sessions: list[str]) -> dict[str, Any]:
+    """What OUT/ab/run.json pins of the data: where the bars came from, a digest of them and the test sessions;
+    never the clock (an Alpaca run's "asof" is now) nor counts of the whole loaded range, so the same bars give
+    the same identity on every re-run."""
+    digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes()).hexdigest()
+    return {**{k: provenance[k] for k in ("source", "file", "feed", "delayed") if k in provenance},
+            "bars_sha256": digest, "test_sessions": list(test_sessions)}
+
+
+def start_over_if_changed(out: Path, settings: dict[str, Any], identity: dict[str, Any],
+                          forecasters: list[Any]) -> None:
+    """OUT/ab is derived from the kept model: when it holds an A/B of other settings, baselines or bars, that A/B
+    is deleted and this one runs from the start; an identical one (an interrupted run) resumes."""
+    from evaluation.store import RUN_FILE, RunMismatch, check_run_file
+
+    if not (out / RUN_FILE).is_file():
+        return
+    try:
+        check_run_file(out, settings, identity, forecasters)
+    except RunMismatch:
+        log.warning("%s holds an A/B of other settings or bars (another --ab-every, --ab-baselines or data): "
+                    "it starts over", out)
+        shutil.rmtree(out)
 
 
 def _get(d: dict, *keys: str) -> float:
@@ -101,13 +133,13 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def console_table(result: dict[str, Any]) -> str:
+    from evaluation.report import fmt
+
     head = f"{'forecaster':<16}{'n':>5}{'CRPS bp':>9}{'Brier':>8}{'cov80':>7}{'cov90':>7}{'DM stat':>9}{'DM p':>8}"
     lines = [head, "-" * len(head)]
     for r in result["table"]:
-        def f(x: Any, w: int, d: int) -> str:
-            return f"{x:>{w}.{d}f}" if isinstance(x, (int, float)) and math.isfinite(x) else f"{'-':>{w}}"
-        lines.append(f"{r['forecaster']:<16}{r['n_origins'] or 0:>5}{f(r['crps_end_bp'], 9, 2)}"
-                     f"{f(r['brier_p_up'], 8, 4)}{f(r['coverage_p10_p90'], 7, 2)}{f(r['coverage_p05_p95'], 7, 2)}"
-                     f"{f(r['dm_crps_stat'], 9, 2)}{f(r['dm_crps_p'], 8, 3)}")
+        lines.append(f"{r['forecaster']:<16}{r['n_origins'] or 0:>5}{fmt(r['crps_end_bp'], 9, 2)}"
+                     f"{fmt(r['brier_p_up'], 8, 4)}{fmt(r['coverage_p10_p90'], 7, 2)}"
+                     f"{fmt(r['coverage_p05_p95'], 7, 2)}{fmt(r['dm_crps_stat'], 9, 2)}{fmt(r['dm_crps_p'], 8, 3)}")
     lines.append(f"verdict: {'ADOPT' if result['adopt'] else 'keep the vanilla model'} ({result['reason']})")
     return "\n".join(lines)

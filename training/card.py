@@ -2,33 +2,17 @@
 with which settings, how the losses went, which step was best and the A/B verdict."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from forecast.artifacts import atomic_write_json
 
 CARD, CURVE = "card.json", "loss_curve.png"
 
 
-def jsonable(x: Any) -> Any:
-    """Plain JSON values: NaN and infinities become null, numpy scalars Python numbers."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
-
-
 def write_card(out: Path, card: dict[str, Any]) -> Path:
+    from evaluation.report import jsonable  # imported here: training alone need not load the backtest
+
     return atomic_write_json(out / CARD, jsonable(card))
 
 

@@ -87,20 +87,39 @@ def save_last(final: Path, predictor: nn.Module, pred_layout: Layout, tokenizer:
 
 
 def read_weights_into(net: nn.Module, folder: Path) -> None:
-    from safetensors.torch import load_file
+    """folder's weights into net, in place, checked as every checkpoint is (kronos.loading.read_weights: names and
+    shapes strict, floating point, finite); CheckpointError, one line, otherwise."""
+    from kronos.loading import read_weights
 
-    tensors = load_file(str(folder / WEIGHTS), device="cpu")
+    tensors = read_weights(net, folder / WEIGHTS)
     with torch.no_grad():
         for name, value in net.state_dict().items():
             value.copy_(tensors[name])
 
 
+def read_state(final: Path) -> dict[str, Any]:
+    """OUT/last's state.pt; CheckpointError (one line, advising --fresh) when it cannot be read."""
+    from kronos import CheckpointError
+
+    try:
+        return torch.load(final / STATE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a torn or foreign file raises pickle, zip or runtime errors alike
+        raise CheckpointError(f"cannot read {final / STATE} ({type(exc).__name__}): the saved run is damaged; "
+                              "pass --fresh to start over") from None
+
+
 def load_last(final: Path, predictor: nn.Module, tokenizer: nn.Module | None) -> dict[str, Any]:
-    """Weights into the networks (in place); the rest of the state for the trainer."""
-    read_weights_into(predictor, final)
-    if tokenizer is not None:
-        read_weights_into(tokenizer, final / "tokenizer")
-    return torch.load(final / STATE, map_location="cpu", weights_only=True)
+    """Weights into the networks (in place); the rest of the state for the trainer. A damaged OUT/last is a
+    CheckpointError whose one line names the problem and --fresh."""
+    from kronos import CheckpointError
+
+    try:
+        read_weights_into(predictor, final)
+        if tokenizer is not None:
+            read_weights_into(tokenizer, final / "tokenizer")
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; the saved run in {final} is damaged: pass --fresh to start over") from None
+    return read_state(final)
 
 
 def has_last(out: Path) -> bool:

@@ -21,8 +21,6 @@ from training.windows import SPLITS, Split, build_splits
 
 log = logging.getLogger("finetune")
 DROPOUT_FIELDS = ("attn_dropout_p", "resid_dropout_p", "ffn_dropout_p", "token_dropout_p")
-# keys that never change the trained weights (a run may resume with other values)
-NOT_IN_FINGERPRINT = {"ab_after_training", "ab_every", "ab_baselines"}
 
 
 def check_output(out: Path) -> None:
@@ -55,8 +53,16 @@ def check_context(cfg: Any) -> dict[str, Any]:
             "model_layout": ck.Layout.of(m.config, m.weights_path), "tokenizer_layout": ck.Layout.of(t.config, t.weights_path)}
 
 
+def splits_of(cfg: Any, data: Any) -> dict[str, Split]:
+    """The train / validation / test windows of the loaded sessions, under the run's split settings."""
+    return build_splits(data.sessions, cfg.val_sessions, cfg.test_sessions, cfg.lookback + cfg.horizon, cfg.stride,
+                        cfg.cross_sessions, cfg.time_label)
+
+
 def fingerprint(cfg: Any, splits: dict[str, Split]) -> dict[str, Any]:
-    keys = [k.name for k in FINETUNE_KEYS if k.name not in NOT_IN_FINGERPRINT]
+    """What decides the trained weights: a run resumes only with equal ones (the A/B's keys, marked
+    affects_results=False in app.config, may change on resume)."""
+    keys = [k.name for k in FINETUNE_KEYS if k.affects_results]
     keys += ["symbol", "model", "model_revision", "tokenizer", "tokenizer_revision", "lookback", "horizon",
              "time_label", "rth", "seed"]
     return {"settings": {k: getattr(cfg, k) for k in keys},
@@ -68,11 +74,9 @@ def prepare(cfg: Any, out: Path, world: World, fresh: bool) -> tuple[Any, dict[s
     from training.data import load_training_bars
 
     check_output(out)
-    configs = check_context(cfg)  # reads the two config.json files only
+    configs = check_context(cfg)  # reads both config.json files and the derived buffers of both weights files
     data = load_training_bars(cfg)
-    length = cfg.lookback + cfg.horizon
-    splits = build_splits(data.sessions, cfg.val_sessions, cfg.test_sessions, length, cfg.stride,
-                          cfg.cross_sessions, cfg.time_label)
+    splits = splits_of(cfg, data)
     if cfg.batch_size % world.size:
         raise ConfigError(f"config key 'batch_size' ({cfg.batch_size}) must be a multiple of the number of "
                           f"processes ({world.size})")
@@ -80,7 +84,7 @@ def prepare(cfg: Any, out: Path, world: World, fresh: bool) -> tuple[Any, dict[s
         raise SettingsError(f"only {splits['train'].n_windows} training windows, fewer than batch_size "
                             f"{cfg.batch_size}: load more sessions or lower --batch-size / --stride")
     if ck.has_last(out) and not fresh:
-        state = torch.load(out / "last" / ck.STATE, map_location="cpu", weights_only=True)
+        state = ck.read_state(out / "last")
         if state.get("fingerprint") != fingerprint(cfg, splits):
             raise ConfigError(f"{out} holds a fine-tuning run with other settings or sessions: rerun with the "
                               "same ones to resume it, pass --fresh to start over, or choose another --out")
@@ -188,7 +192,7 @@ def fine_tune(cfg: Any, out: Path, *, fresh: bool = False, ab_only: bool = False
     from app.exits import ExitCode
 
     if ab_only:
-        return run_ab_only(cfg, out, progress, plots)
+        return run_ab_only(cfg, out, fresh, progress, plots)
     card, data, splits, world = train(cfg, out, fresh, progress)
     close_world(world)  # the A/B runs in rank 0 alone
     if world.main:
@@ -201,8 +205,9 @@ def fine_tune(cfg: Any, out: Path, *, fresh: bool = False, ab_only: bool = False
     return ExitCode.OK
 
 
-def run_ab_only(cfg: Any, out: Path, progress: bool, plots: bool) -> int:
-    """--ab: the A/B of an earlier run's OUT/best, on the test sessions recorded in its card."""
+def run_ab_only(cfg: Any, out: Path, fresh: bool, progress: bool, plots: bool) -> int:
+    """--ab: the A/B of an earlier run's OUT/best, on the test sessions recorded in its card; with --fresh the
+    A/B in OUT/ab starts over (the trained model is kept)."""
     import json
 
     from app.exits import ExitCode
@@ -213,10 +218,11 @@ def run_ab_only(cfg: Any, out: Path, progress: bool, plots: bool) -> int:
         raise SettingsError(f"--ab needs a finished fine-tuning run in {out} (card.json and best/); none found")
     card = json.loads(path.read_text())
     data = load_training_bars(cfg)
-    splits = build_splits(data.sessions, cfg.val_sessions, cfg.test_sessions, cfg.lookback + cfg.horizon,
-                          cfg.stride, cfg.cross_sessions, cfg.time_label)
+    splits = splits_of(cfg, data)
     if splits["test"].sessions != card["splits"]["test"]["sessions"]:
         raise SettingsError(f"the test sessions of these bars ({', '.join(splits['test'].sessions)}) are not the "
                             f"ones held out by the run in {out}; use the same data and split settings")
+    if fresh and (out / "ab").exists():
+        shutil.rmtree(out / "ab")
     ab_test(cfg, out, card, data, splits, progress, plots)
     return ExitCode.OK
