@@ -75,7 +75,7 @@ def run(cfg, asof: pd.Timestamp | None, cron: bool, written: list) -> object:
     fc = pipeline.forecast(recent.frame, recent.now, data_asof=recent.data_asof, provenance=recent.provenance,
                            market_open=status.is_open, status_note=status.describe(),
                            timings={"data": time.perf_counter() - t0})
-    files = publish(cfg.out, cfg.symbol, fc, plot=cfg.plot, done=written)
+    files = publish(cfg.out, cfg.symbol, fc, plot=cfg.plot, done=written).files
     t = fc.timings
     log.info("forecast in %.2f s (data %.2f, model load %.2f, sampling %.2f); wrote %s", t["total"], t["data"],
              t["model_load"], t["sample"], files["summary"])

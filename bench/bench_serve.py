@@ -137,14 +137,14 @@ def main() -> None:
             with lock:
                 received.setdefault(asof, {})[output] = time.monotonic()
 
-        real_write = outputs_mod.write_files
+        real_publish = outputs_mod.publish
 
-        def timed_write(out_dir, symbol, fc, timestamped):
-            result = real_write(out_dir, symbol, fc, timestamped)
+        def timed_publish(out_dir, symbol, fc, **kwargs):
+            result = real_publish(out_dir, symbol, fc, **kwargs)
             mark(fc.summary["asof"], "file")
             return result
 
-        outputs_mod.write_files = timed_write
+        outputs_mod.publish = timed_publish
 
         threads: list[threading.Thread] = []
         sock = listen_socket("127.0.0.1", 0)
