@@ -11,7 +11,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from evaluation.outcome import realised_outcome
-from live.hub import LiveHub, skip_category
+from live.hub import LiveHub
 from web_forecasts import pipeline, qqq_bars, synthetic_forecast
 
 NOW = pd.Timestamp("2025-06-10 15:00", tz="UTC")   # a regular Tuesday session in the QQQ file
@@ -105,9 +105,9 @@ def test_health_bars_skips_errors(bars):
     candles = hub.page_state("QQQ")["candles"]
     assert candles["close"][-1] == fixed["close"].iloc[0] and candles["times"][-1] == "2025-06-10T14:59:00Z"
     assert len(candles["times"]) == len(bars[(bars.index < NOW) & (bars.index >= "2025-06-10 08:00")])
-    hub.on_skip("QQQ", NOW, "overrun: 61.0 s > budget 50 s")
-    hub.on_skip("QQQ", NOW + MINUTE, "overrun: 55.0 s > budget 50 s")
-    hub.on_skip("qqq", NOW + 2 * MINUTE, "gap: 12 of the last 30 bars filled")
+    hub.on_skip("QQQ", NOW, "overrun", "61.0 s > budget 50 s")
+    hub.on_skip("QQQ", NOW + MINUTE, "overrun", "55.0 s > budget 50 s")
+    hub.on_skip("qqq", NOW + 2 * MINUTE, "gap", "12 of the last 30 bars filled")
     hub.on_error("stream: connection refused")
     hub.on_reconnect()
     hub.on_output_error("redis", "Connection refused")
@@ -128,7 +128,6 @@ def test_health_bars_skips_errors(bars):
     assert _metric(hub, "kronos_model_loaded") == 1
     with pytest.raises(KeyError, match="unknown symbol 'SPY'"):
         hub.latest("SPY")
-    assert skip_category("no colon here") == "no colon here" and skip_category(": x") == "unknown"
 
 
 def test_producer_thread_feeds_sse_subscriber(bars):
@@ -147,7 +146,7 @@ def test_producer_thread_feeds_sse_subscriber(bars):
                 t = NOW + k * MINUTE
                 hub.on_bars("QQQ", bars[(bars.index >= t - 60 * MINUTE) & (bars.index < t)], t)
                 hub.on_forecast("QQQ", summary, closes, 0.1 * k, context=ctx)
-                hub.on_skip("QQQ", t, f"test: {k}")
+                hub.on_skip("QQQ", t, "test", str(k))
 
         thread = threading.Thread(target=produce)
         thread.start()
