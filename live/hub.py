@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,9 @@ from forecast.metrics import session_bars_of_last_day
 from live.scorecard import iso, make_record, num, reconcile, reliability, utc
 from marketdata import calendar as mcal
 from marketdata.frame import COLUMNS, ONE_MINUTE
+
+if TYPE_CHECKING:
+    from forecast.pipeline import Context
 
 log = logging.getLogger(__name__)
 PATHS_SHOWN = 20            # sample paths the page draws
@@ -115,10 +118,9 @@ class LiveHub:
             self._publish({"event": "outcome", "symbol": symbol.upper(), "n": resolved})
 
     def on_forecast(self, symbol: str, summary: dict, paths: np.ndarray, latency_s: float, *,
-                    context: Any = None) -> None:
-        """A published forecast: ``summary`` is the CLI's JSON dict, ``paths`` [N, H] simulated closes.
-        ``context`` (optional: the pipeline's Context or its prepared bars) is what the outcome is judged
-        against; without it the hub rebuilds it from its bars with marketdata.prepare."""
+                    context: Context) -> None:
+        """A published forecast: ``summary`` is the CLI's JSON dict, ``paths`` [N, H] simulated closes,
+        ``context`` the pipeline's Context it was made from (its outcome is judged against its bars and plan)."""
         st = self._symbol(symbol)
         closes = np.asarray(paths, dtype=float)
         if closes.ndim == 3:  # [N, H, 6] paths: keep the close

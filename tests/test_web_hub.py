@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -35,15 +36,13 @@ def _metric(hub: LiveHub, name: str, **labels) -> float:
     raise AssertionError(f"{name} {labels} not in /metrics")
 
 
-@pytest.mark.parametrize("with_context", [True, False])
-def test_outcome_equals_the_backtest_rule(bars, with_context):
-    """The hub's outcome of a forecast equals evaluation.outcome's, computed here from the pipeline's context;
-    without a context the hub rebuilds it from its own bars and must get the same."""
+def test_outcome_equals_the_backtest_rule(bars):
+    """The hub's outcome of a forecast equals evaluation.outcome's, computed here from the pipeline's context."""
     pipe = pipeline(calibrated=True)
     hub = _hub()
     hub.on_bars("QQQ", bars[bars.index < NOW], NOW)
     summary, closes, ctx = synthetic_forecast(pipe, bars, NOW, seed=3)
-    hub.on_forecast("QQQ", summary, closes, 0.8, context=ctx if with_context else None)
+    hub.on_forecast("QQQ", summary, closes, 0.8, context=ctx)
     end = ctx.times[-1]
 
     hub.on_bars("QQQ", bars[(bars.index >= NOW) & (bars.index < end)], end)  # the last minute still open
@@ -171,17 +170,27 @@ def test_producer_thread_feeds_sse_subscriber(bars):
 
 
 def test_bad_input_never_reaches_the_producer(bars):
-    """A summary the history cannot read still becomes the latest (the page shows it), and a context that
-    cannot be rebuilt leaves the forecast unresolved with its reason; neither raises into the loop."""
+    """A summary the history cannot read still becomes the latest (the page shows it), and a context the
+    outcome cannot be computed from leaves the forecast unresolved with its reason; neither raises into the loop.
+    A forecast handed in before the hub holds any bar is judged on its own context."""
     hub = _hub()
     hub.on_bars("QQQ", bars[bars.index < NOW], NOW)
-    summary, closes, ctx = synthetic_forecast(pipeline(), bars, NOW)
+    pipe = pipeline()
+    summary, closes, ctx = synthetic_forecast(pipe, bars, NOW)
     broken = {k: v for k, v in summary.items() if k != "future_times"}
-    hub.on_forecast("QQQ", broken, closes, 1.0)
+    hub.on_forecast("QQQ", broken, closes, 1.0, context=ctx)
     assert hub.latest("QQQ") == broken and hub.history("QQQ") == []
-    hub2 = _hub()
-    hub2.on_forecast("QQQ", summary, closes, 1.0)         # no context given and no bars before it
+
     end = ctx.times[-1]
-    hub2.on_bars("QQQ", bars[(bars.index >= NOW) & (bars.index <= end)], end + MINUTE)
-    [f] = hub2.history("QQQ")
-    assert f["outcome"] is None and "context" in f["unresolved"]
+    after = bars[(bars.index >= NOW) & (bars.index <= end)]
+    hub2 = _hub()
+    hub2.on_forecast("QQQ", summary, closes, 1.0, context=ctx)                       # no bars before it
+    hub2.on_forecast("QQQ", summary, closes, 1.0, context=replace(ctx, bars=ctx.bars.iloc[:0]))  # unusable
+    hub2.on_bars("QQQ", after, end + MINUTE)
+    good, bad = hub2.history("QQQ")
+    cfg = pipe.cfg
+    want = realised_outcome(after, ctx.bars, ctx.times, vwap_mode=cfg.vwap_mode, mid_window=cfg.mid_window,
+                            mid_kind=cfg.mid_kind, new_session=ctx.plan.next_session)
+    assert good["outcome"]["realised_close"] == want.close[-1] == bars.loc[end, "close"]
+    assert good["outcome"]["hit_vwap"] == want.hit_vwap and good["outcome"]["hit_mid"] == want.hit_mid
+    assert bad["outcome"] is None and bad["unresolved"].startswith("outcome failed: ")
