@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, 
 from forecast.metrics import session_bars_of_last_day
 from live.scorecard import iso, make_record, num, reconcile, reliability, utc
 from marketdata import calendar as mcal
+from marketdata.prepare import session_bars
 from marketdata.frame import COLUMNS, ONE_MINUTE
 
 if TYPE_CHECKING:
@@ -52,13 +53,15 @@ class _SymbolState:
 class LiveHub:
     """Thread-safe state of the live service (see the module docstring)."""
 
-    def __init__(self, symbols: list[str], *, horizon: int, percentiles: Sequence[float], history: int = 500):
+    def __init__(self, symbols: list[str], *, horizon: int, percentiles: Sequence[float], history: int = 500,
+                 rth: bool = True):
         if not symbols:
             raise ValueError("LiveHub needs at least one symbol")
         self.symbols = [s.upper() for s in symbols]
         self.horizon = int(horizon)
         self.percentiles = tuple(float(q) for q in percentiles)
         self.history_size = int(history)
+        self.rth = bool(rth)  # the window the forecasts use (config key rth): the page's candles are drawn in it
         self.started_at = time.time()
         self._lock = threading.RLock()
         self.closed = False
@@ -214,7 +217,7 @@ class LiveHub:
         st = self._symbol(symbol)
         with self._lock:
             latest = st.latest
-            today = _todays_bars(st.bars, None if latest is None else latest["summary"])
+            today = _todays_bars(st.bars, self.rth)
             candles = {"times": [iso(t) for t in today.index],
                        **{c: [float(v) for v in today[c]] for c in ("open", "high", "low", "close")}}
             fresh = self.health()["symbols"][symbol.upper()]
@@ -263,17 +266,14 @@ class LiveHub:
             except RuntimeError:  # the web server's loop closed meanwhile: nobody is listening any more
                 return
 
-def _todays_bars(bars: pd.DataFrame, summary: dict | None) -> pd.DataFrame:
-    """The bars of the last bar's session, in the window the forecasts use (regular hours unless the latest
-    summary says rth: false); the whole New York day before the first forecast."""
+def _todays_bars(bars: pd.DataFrame, rth: bool) -> pd.DataFrame:
+    """The bars of the last bar's New York date inside that session's window (regular hours under rth), so
+    pre/post-market bars never add candles to a regular-hours page; the whole day on a date with no session."""
     if bars.empty:
         return bars
-    if summary is not None:
-        rth = bool((summary.get("settings") or {}).get("rth", True))
-        session = mcal.session_containing(bars.index[-1], rth)
-        if session is not None:
-            start, end = mcal.session_window(session, rth)
-            return bars[(bars.index >= start) & (bars.index < end)]
+    label = mcal.ny_date(bars.index[-1])
+    if mcal.is_session(label):
+        return session_bars(bars, label, rth)
     return session_bars_of_last_day(bars)
 
 

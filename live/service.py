@@ -69,7 +69,7 @@ class Service:
                      for s in self.symbols}
         pipelines[self.symbols[0]] = base
         self.hub = hub = LiveHub(self.symbols, horizon=cfg.horizon, percentiles=cfg.percentiles,
-                                 history=cfg.history)
+                                 history=cfg.history, rth=cfg.rth)
         redis = RedisPublisher(cfg.redis_url, cfg.redis_prefix, hub) if cfg.redis_url else None
         self.outputs = Outputs(out, hub, timestamped=cfg.timestamped_files, redis=redis)
         self.outputs.preflight(self.symbols)

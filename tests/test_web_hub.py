@@ -103,7 +103,8 @@ def test_health_bars_skips_errors(bars):
     hub.on_bars("QQQ", fixed, now + pd.Timedelta(seconds=1))
     candles = hub.page_state("QQQ")["candles"]
     assert candles["close"][-1] == fixed["close"].iloc[0] and candles["times"][-1] == "2025-06-10T14:59:00Z"
-    assert len(candles["times"]) == len(bars[(bars.index < NOW) & (bars.index >= "2025-06-10 08:00")])
+    # the regular session's bars so far (09:30 New York is 13:30 UTC), not the pre-market's
+    assert len(candles["times"]) == len(bars[(bars.index < NOW) & (bars.index >= "2025-06-10 13:30")]) == 90
     hub.on_skip("QQQ", NOW, "overrun", "61.0 s > budget 50 s")
     hub.on_skip("QQQ", NOW + MINUTE, "overrun", "55.0 s > budget 50 s")
     hub.on_skip("qqq", NOW + 2 * MINUTE, "gap", "12 of the last 30 bars filled")
@@ -194,3 +195,28 @@ def test_bad_input_never_reaches_the_producer(bars):
     assert good["outcome"]["realised_close"] == want.close[-1] == bars.loc[end, "close"]
     assert good["outcome"]["hit_vwap"] == want.hit_vwap and good["outcome"]["hit_mid"] == want.hit_mid
     assert bad["outcome"] is None and bad["unresolved"].startswith("outcome failed: ")
+
+
+@pytest.mark.parametrize("rth", [True, False])
+def test_todays_candles_stay_in_the_forecasts_window_after_the_close(bars, rth):
+    """The page's candles are the last bar's session in the window the forecasts use: post-market bars arriving
+    after the close never add candles to a regular-hours page, before or after the first forecast."""
+    day = bars[(bars.index >= "2025-06-10 08:00") & (bars.index < "2025-06-11 00:00")]
+    assert (day.index >= "2025-06-10 20:00").sum() > 0  # the file has post-market bars that day
+    # the windows by hand: 09:30-16:00 and 04:00-20:00 New York (13:30-20:00 and 08:00-24:00 UTC in June)
+    start = pd.Timestamp("2025-06-10 13:30" if rth else "2025-06-10 08:00", tz="UTC")
+    end = pd.Timestamp("2025-06-10 20:00" if rth else "2025-06-11 00:00", tz="UTC")
+    closing = pd.Timestamp("2025-06-10 19:59", tz="UTC")
+    hub = LiveHub(["QQQ"], horizon=10, percentiles=[10, 50, 90], rth=rth)
+    hub.on_bars("QQQ", day[day.index <= closing], closing + MINUTE)
+    want = day[(day.index >= start) & (day.index < end) & (day.index <= closing)]
+    assert len(hub.page_state("QQQ")["candles"]["times"]) == len(want)  # before the first forecast
+    summary, closes, ctx = synthetic_forecast(pipeline(), bars, NOW)
+    hub.on_forecast("QQQ", summary, closes, 1.0, context=ctx)
+    late = pd.Timestamp("2025-06-10 20:10", tz="UTC")
+    hub.on_bars("QQQ", day[(day.index > closing) & (day.index < late)], late)
+    candles = hub.page_state("QQQ")["candles"]
+    want = day[(day.index >= start) & (day.index < end) & (day.index < late)]
+    assert candles["times"] == [t.isoformat().replace("+00:00", "Z") for t in want.index]
+    if rth:
+        assert len(candles["times"]) == 390
