@@ -102,7 +102,7 @@ def test_stream_bars_corrections_and_backfill_after_a_dropped_connection(bars, r
         stream.refuse.clear()
         wait_for(lambda: hub.health()["stream_reconnects"] == 1, what="the reconnect")
         assert subscribed_before_reconnect == [True] and source.stream_up.is_set()
-        wait_for(lambda: source.backfills >= 2 + source.polls, what="the backfill after the reconnect")
+        wait_for(lambda: source.reconnect_catch_ups == 1, what="the backfill after the reconnect")
         assert len(stream.subscriptions) == 2
         frame = book.frame("QQQ")
         after = frame[frame.index > minute]
