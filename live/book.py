@@ -101,11 +101,6 @@ class BarBook:
         with self._cond:
             return self._arrival[symbol].get(minute)
 
-    @property
-    def version(self) -> int:
-        with self._cond:
-            return self._version
-
     def wait(self, version: int, timeout: float) -> int:
         """Block until the book changes past ``version`` or ``timeout`` seconds pass; the current version."""
         with self._cond:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -53,13 +53,10 @@ class _SymbolState:
 class LiveHub:
     """Thread-safe state of the live service (see the module docstring)."""
 
-    def __init__(self, symbols: list[str], *, horizon: int, percentiles: Sequence[float], history: int = 500,
-                 rth: bool = True):
+    def __init__(self, symbols: list[str], *, history: int = 500, rth: bool = True):
         if not symbols:
             raise ValueError("LiveHub needs at least one symbol")
         self.symbols = [s.upper() for s in symbols]
-        self.horizon = int(horizon)
-        self.percentiles = tuple(float(q) for q in percentiles)
         self.history_size = int(history)
         self.rth = bool(rth)  # the window the forecasts use (config key rth): the page's candles are drawn in it
         self.started_at = time.time()

@@ -46,7 +46,6 @@ class ForecastLoop:
         self.provenance = provenance or {}
         self.stop = stop or threading.Event()
         self.done: dict[str, pd.Timestamp] = {}     # newest minute handled (forecast or skipped) per symbol
-        self.forecasts = 0
         self.skips: deque = deque(maxlen=1000)  # (symbol, minute, reason), newest last
         self._closed_note: pd.Timestamp | None = None
 
@@ -142,7 +141,6 @@ class ForecastLoop:
                 status_note=status.describe(), timings={"prepare": t1 - t0, "model_load": 0.0, "sample": sample_s},
                 started=t0)
             self.outputs.publish(d.symbol, fc, d.arrived)
-            self.forecasts += 1
             log.info("%s %s: P(up) %.3f, %d paths, ready %.2f s after the bar arrived", d.symbol,
                      fc.summary["asof"], fc.metrics.p_up, fc.paths.shape[0], time.monotonic() - d.arrived)
 

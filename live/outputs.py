@@ -43,8 +43,7 @@ class RedisPublisher:
         self.url, self.prefix, self.hub = url, prefix, hub
         self.max_backoff_s = max_backoff_s
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        self.sent = self.failures = self.dropped = 0
-        self.last_sent_at: float | None = None
+        self.sent = 0
         self._pending: dict[str, bytes] = {}
         self._cond = threading.Condition()
         self._stop = False
@@ -59,9 +58,7 @@ class RedisPublisher:
 
     def submit(self, symbol: str, body: bytes) -> None:
         with self._cond:
-            if symbol in self._pending:
-                self.dropped += 1  # superseded before it could be sent (outage): the newest wins
-            self._pending[symbol] = body
+            self._pending[symbol] = body  # one superseded before it could be sent (outage): the newest wins
             self._cond.notify_all()
 
     def close(self, timeout: float = 5.0) -> None:
@@ -90,7 +87,6 @@ class RedisPublisher:
                     pipe.publish(self.channel(symbol), body)
                 pipe.execute()
             except Exception as exc:  # noqa: BLE001 - any Redis failure: count it, keep the message, retry
-                self.failures += 1
                 message = f"{redacted(self.url)}: {type(exc).__name__}: {first_line(exc)}"
                 self.hub.on_output_error("redis", message)
                 if down_since is None:
@@ -108,7 +104,6 @@ class RedisPublisher:
             backoff = 0.5
             with self._cond:
                 self.sent += len(batch)
-                self.last_sent_at = time.monotonic()
                 self._cond.notify_all()
 
 

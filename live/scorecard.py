@@ -109,8 +109,6 @@ def reconcile(history: Iterable[ForecastRecord], raw: pd.DataFrame) -> int:
             out = realised_outcome(raw, ctx.bars, r.times, vwap_mode=s.get("vwap_mode", "moving"),
                                    mid_window=int(s.get("mid_window", 20)), mid_kind=s.get("mid_kind", "sma"),
                                    new_session=bool(ctx.plan.next_session))
-            if out is None:
-                continue
             r.outcome = score(r, out)
             done += 1
         except Exception as exc:  # noqa: BLE001

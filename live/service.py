@@ -62,14 +62,12 @@ class Service:
         sock = listen_socket(cfg.host, cfg.port)  # the port is taken before the model loads, or not at all
         self.port = sock.getsockname()[1]
         out = Path(cfg.live_out)
-        self.outputs_dir = out
         frames, start = self._replay_frames()
         base = ForecastPipeline(cfg.replace(symbol=self.symbols[0]))
         pipelines = {s: ForecastPipeline(cfg.replace(symbol=s), sampler=None, calibrator=base.calibrator)
                      for s in self.symbols}
         pipelines[self.symbols[0]] = base
-        self.hub = hub = LiveHub(self.symbols, horizon=cfg.horizon, percentiles=cfg.percentiles,
-                                 history=cfg.history, rth=cfg.rth)
+        self.hub = hub = LiveHub(self.symbols, history=cfg.history, rth=cfg.rth)
         redis = RedisPublisher(cfg.redis_url, cfg.redis_prefix, hub) if cfg.redis_url else None
         self.outputs = Outputs(out, hub, timestamped=cfg.timestamped_files, redis=redis)
         self.outputs.preflight(self.symbols)

@@ -19,7 +19,7 @@ def one_bar(close: float) -> pd.DataFrame:
 def test_a_correction_from_another_thread_never_leaves_the_hub_with_the_old_bar():
     # the stream thread hands in v1, the REST thread a corrected v2 of the same minute; v1's listener call is
     # held up (a slow hub) until v2's upsert had every chance to overtake it
-    hub = LiveHub(["QQQ"], horizon=10, percentiles=[10, 50, 90], history=10)
+    hub = LiveHub(["QQQ"], history=10)
     v1_in_listener, release = threading.Event(), threading.Event()
 
     def on_change(symbol, bars):

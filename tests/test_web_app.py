@@ -23,7 +23,7 @@ ENDPOINTS = ["/", "/forecast", "/forecast/history", "/state", "/health", "/metri
 @pytest.fixture
 def fed_hub(real_data_dir):
     bars = qqq_bars(str(real_data_dir))
-    hub = LiveHub(["QQQ", "SPY"], horizon=10, percentiles=[10, 50, 90])
+    hub = LiveHub(["QQQ", "SPY"])
     hub.set_model({"model": "tiny", "tokenizer": "tiny-tok", "device": "cpu", "dtype": "float32", "load_s": 0.2})
     hub.on_bars("QQQ", bars[bars.index < NOW], NOW)
     summary, closes, ctx = synthetic_forecast(pipeline(calibrated=True), bars, NOW)

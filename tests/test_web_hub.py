@@ -25,7 +25,7 @@ def bars(real_data_dir):
 
 
 def _hub() -> LiveHub:
-    return LiveHub(["qqq"], horizon=10, percentiles=[10, 50, 90], history=50)
+    return LiveHub(["qqq"], history=50)
 
 
 def _metric(hub: LiveHub, name: str, **labels) -> float:
@@ -207,7 +207,7 @@ def test_todays_candles_stay_in_the_forecasts_window_after_the_close(bars, rth):
     start = pd.Timestamp("2025-06-10 13:30" if rth else "2025-06-10 08:00", tz="UTC")
     end = pd.Timestamp("2025-06-10 20:00" if rth else "2025-06-11 00:00", tz="UTC")
     closing = pd.Timestamp("2025-06-10 19:59", tz="UTC")
-    hub = LiveHub(["QQQ"], horizon=10, percentiles=[10, 50, 90], rth=rth)
+    hub = LiveHub(["QQQ"], rth=rth)
     hub.on_bars("QQQ", day[day.index <= closing], closing + MINUTE)
     want = day[(day.index >= start) & (day.index < end) & (day.index <= closing)]
     assert len(hub.page_state("QQQ")["candles"]["times"]) == len(want)  # before the first forecast

@@ -4,7 +4,6 @@
   var token = window.KRONOS_TOKEN;
   var params = new URLSearchParams(location.search);
   var symbol = (params.get("symbol") || "").toUpperCase();
-  var lastState = null;
   var receivedAt = null;   // browser time when the last bar was received by the service
   var nyFormat = new Intl.DateTimeFormat("en-CA", {
     timeZone: "America/New_York", year: "numeric", month: "2-digit", day: "2-digit",
@@ -95,7 +94,6 @@
   }
 
   function render(s) {
-    lastState = s;
     el("symbol").textContent = s.symbol;
     var sum = s.summary;
     Plotly.react("chart", traces(s), layout(), { displaylogo: false, responsive: true });
