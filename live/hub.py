@@ -24,7 +24,7 @@ import pandas as pd
 from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram
 
 from forecast.metrics import session_bars_of_last_day
-from live.scorecard import iso, make_record, num, reconcile, reliability, utc
+from live.scorecard import iso, make_record, num, reconcile, reliability
 from marketdata import calendar as mcal
 from marketdata.prepare import session_bars
 from marketdata.frame import COLUMNS, ONE_MINUTE
@@ -110,7 +110,7 @@ class LiveHub:
             merged = merged[merged.index >= merged.index[-1] - BARS_KEPT]
             st.bars = merged
             st.last_bar = merged.index[-1]
-            st.lag_s = (utc(now) - (st.last_bar + ONE_MINUTE)).total_seconds()
+            st.lag_s = (mcal.to_utc(now) - (st.last_bar + ONE_MINUTE)).total_seconds()
             st.received_at = time.time()
             self._m_lag.labels(symbol.upper()).set(st.lag_s)
             resolved = reconcile(st.history, st.bars)

@@ -17,6 +17,7 @@ import pandas as pd
 from evaluation.outcome import realised_outcome
 from evaluation.scoring import band_coverage, brier_score
 from forecast.calibrator import band_score, ensemble_centre_scale
+from marketdata.calendar import to_utc
 
 if TYPE_CHECKING:
     from forecast.pipeline import Context
@@ -26,15 +27,9 @@ NEW_YORK = "America/New_York"
 COIN_FLIP_BRIER = 0.25
 
 
-def utc(t: Any) -> pd.Timestamp:
-    """A timestamp in UTC (naive means UTC)."""
-    t = pd.Timestamp(t)
-    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
-
-
 def iso(t: pd.Timestamp | None) -> str | None:
     """ISO 8601 in UTC with a Z, as the JSON API writes times."""
-    return None if t is None else utc(t).isoformat().replace("+00:00", "Z")
+    return None if t is None else to_utc(t).isoformat().replace("+00:00", "Z")
 
 
 def num(x: Any) -> float | None:
@@ -89,7 +84,7 @@ def make_record(symbol: str, summary: dict, closes: np.ndarray, latency_s: float
             "hi_cal": np.array(cal_pct[hi_key], float) if hi_key in cal_pct else None}
     now_close = float(summary["now_close"])
     centre, scale = ensemble_centre_scale(closes, now_close)
-    return ForecastRecord(symbol, utc(summary["asof"]), utc(summary["last_bar"]), times, now_close, h,
+    return ForecastRecord(symbol, to_utc(summary["asof"]), to_utc(summary["last_bar"]), times, now_close, h,
                    num(block.get(f"p_up_{h}m")), num(cal.get(f"p_up_{h}m")), band, centre, scale,
                    dict(summary.get("settings") or {}), latency_s, context)
 

@@ -21,8 +21,7 @@ log = logging.getLogger(__name__)
 
 def bar_frame(bar: Any) -> pd.DataFrame:
     """One alpaca-py Bar as a one-row canonical frame."""
-    stamp = pd.Timestamp(bar.timestamp)
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    stamp = mcal.to_utc(bar.timestamp)
     return canonical(pd.DataFrame({c: [float(getattr(bar, c))] for c in COLUMNS}, index=pd.DatetimeIndex([stamp])))
 
 
