@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 PATHS_SHOWN = 20            # sample paths the page draws
 BARS_KEPT = pd.Timedelta(days=10)  # enough raw bars to rebuild a 3-session context across a long weekend
 RECENT_SKIPS = 50
-SUBSCRIBER_QUEUE = 256      # events a browser may fall behind by before it misses some (it then refetches)
+SUBSCRIBER_QUEUE = 256      # events a browser may fall behind by before its oldest are dropped (the next forecast
+                            # or outcome event carries the whole page state, a health event all of /health)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60)
 
 

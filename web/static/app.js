@@ -203,7 +203,8 @@
     ["forecast", "outcome"].forEach(function (kind) {
       es.addEventListener(kind, function (e) { render(JSON.parse(e.data)); window.KRONOS_EVENTS = (window.KRONOS_EVENTS || 0) + 1; });
     });
-    ["skip", "error", "health"].forEach(function (kind) {
+    es.addEventListener("health", function (e) { renderService(JSON.parse(e.data)); });  // carries /health
+    ["skip", "error"].forEach(function (kind) {   // these carry only the skip or the error: fetch the counts
       es.addEventListener(kind, function () { fetchJSON("health").then(renderService).catch(function () {}); });
     });
     window.KRONOS_STREAM = es;
