@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from app.config import ConfigError, add_config_flags, load_config, overrides_from_args, script_parser
+from app.config import add_config_flags, load_config, overrides_from_args, parse_time, script_parser
 from app.exits import ExitCode
 from app.operation import install_program_handlers, report_failure, run_lock, time_budget
 from forecast.errors import Skipped
@@ -42,16 +42,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only on stderr")
     add_config_flags(parser)
     return parser.parse_args(argv)
-
-
-def parse_asof(text: str | None) -> pd.Timestamp | None:
-    if text is None:
-        return None
-    try:
-        stamp = pd.Timestamp(text)
-    except (ValueError, TypeError):
-        raise ConfigError(f"--asof must be an ISO 8601 time like 2025-06-02T14:00:00Z, got {text!r}") from None
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 def run(cfg, asof: pd.Timestamp | None, cron: bool, written: list) -> object:
@@ -76,7 +66,7 @@ def run(cfg, asof: pd.Timestamp | None, cron: bool, written: list) -> object:
     fc = pipeline.forecast(recent.frame, recent.now, data_asof=recent.data_asof, provenance=recent.provenance,
                            market_open=status.is_open, status_note=status.describe(),
                            timings={"data": time.perf_counter() - t0})
-    files = publish(cfg.out, cfg.symbol, fc, plot=cfg.plot, done=written)
+    files = publish(cfg.out, cfg.symbol, fc, plot=cfg.plot, done=written).files
     t = fc.timings
     log.info("forecast in %.2f s (data %.2f, model load %.2f, sampling %.2f); wrote %s", t["total"], t["data"],
              t["model_load"], t["sample"], files["summary"])
@@ -95,7 +85,7 @@ def main(argv: list[str] | None = None, program: bool = False) -> int:
     written: list = []
     try:
         cfg = load_config(args.config, overrides_from_args(args))
-        asof = parse_asof(args.asof)
+        asof = None if args.asof is None else parse_time(args.asof, "--asof")
         from forecast.publish import preflight
 
         out = preflight(cfg.out, cfg.symbol)  # every check that can fail runs before anything is written

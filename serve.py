@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from app.config import ConfigError, add_config_flags, load_config, overrides_from_args, script_parser
+from app.config import ConfigError, add_config_flags, load_config, overrides_from_args, parse_time, script_parser
 from app.exits import ExitCode
 from app.memory import bound_kernel_caches
 from app.operation import install_program_handlers, report_failure
@@ -56,9 +56,7 @@ def replay_of(args: argparse.Namespace, symbols: list[str]):
             raise ConfigError(f"--replay: file not found: {path}")
     start = None
     if args.replay_from is not None:
-        from cli_kronos_prob_qqq import parse_asof
-
-        start = parse_asof(args.replay_from)
+        start = parse_time(args.replay_from, "--from")
     return Replay(dict(zip(symbols, args.replay)), start, args.speed)
 
 

@@ -436,6 +436,17 @@ def script_parser(doc: str | None, default_config: Path, config_help: str = "YAM
     return parser
 
 
+def parse_time(text: str, flag_name: str) -> pd.Timestamp:
+    """A time flag's value (ISO 8601; naive means UTC) in UTC; a ConfigError naming the flag otherwise."""
+    try:
+        stamp = pd.Timestamp(text)
+    except (ValueError, TypeError):
+        stamp = pd.NaT
+    if stamp is pd.NaT:
+        raise ConfigError(f"{flag_name} must be an ISO 8601 time like 2025-06-02T14:00:00Z, got {text!r}")
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

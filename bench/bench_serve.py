@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,14 +138,14 @@ def main() -> None:
             with lock:
                 received.setdefault(asof, {})[output] = time.monotonic()
 
-        real_write = outputs_mod.write_files
+        real_publish = outputs_mod.publish
 
-        def timed_write(out_dir, symbol, fc, timestamped):
-            result = real_write(out_dir, symbol, fc, timestamped)
+        def timed_publish(out_dir, symbol, fc, **kwargs):
+            result = real_publish(out_dir, symbol, fc, **kwargs)
             mark(fc.summary["asof"], "file")
             return result
 
-        outputs_mod.write_files = timed_write
+        outputs_mod.publish = timed_publish
 
         threads: list[threading.Thread] = []
         sock = listen_socket("127.0.0.1", 0)
@@ -245,9 +246,14 @@ def main() -> None:
     marks.append(len(rss) - 1)
     print("RSS (MB) after n bars: " + ", ".join(f"{i}: {rss[i]:.0f}" for i in marks))
     if skipped:
-        reasons = sorted({r['skipped'].split(':')[0] for r in skipped})
-        print(f"skipped: {len(skipped)} ({', '.join(reasons)}; the session's last minutes are shorter than "
-              f"min_horizon)")
+        codes = Counter(r["skipped"].split(":")[0] for r in skipped)  # loop.skips reads "<code>: <detail>"
+        why = {"session_end": "the session's last minutes are fewer than min_horizon or near_close: skip",
+               "overrun": "a forecast was ready later than time_budget after its bar arrived",
+               "superseded": "a newer bar arrived before the forecast could start"}
+        print(f"skipped: {len(skipped)} ({', '.join(f'{c} {n}' for c, n in sorted(codes.items()))})")
+        for code in sorted(codes):
+            example = next(r["skipped"] for r in skipped if r["skipped"].startswith(code + ":"))
+            print(f"  {code}: {why.get(code, example)}")
 
 
 if __name__ == "__main__":

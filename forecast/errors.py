@@ -3,7 +3,13 @@ from __future__ import annotations
 
 
 class Skipped(Exception):
-    """Nothing to forecast now (too few bars, too many gaps, the session closes, a quiet window); exit 3."""
+    """Nothing to forecast now (too few bars, too many gaps, the session closes, a quiet window); exit 3.
+    ``code`` is the kind of skip, a fixed word the live service counts skips by: "gap" (bars missing or too many
+    gap fills), "event" (a quiet window), "session_end" (too few minutes left), "data" (anything else)."""
+
+    def __init__(self, message: str, code: str = "data") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ModelError(Exception):

@@ -41,7 +41,7 @@ def plan_horizon(last_bar_start: pd.Timestamp, horizon: int, rth: bool, near_clo
     if next_session:
         session = session_containing(last_bar_start, rth)
         if session is None:
-            raise Skipped(f"the last bar {last_bar_start.isoformat()} lies outside every session window")
+            raise Skipped(f"the last bar {last_bar_start.isoformat()} lies outside every session window", "data")
         following = xnys().next_session(session)
         times = session_minutes(following, rth)[:horizon]
         notes.append(f"the last bar closed the {session.date()} session: forecasting the first {len(times)} "
@@ -50,10 +50,11 @@ def plan_horizon(last_bar_start: pd.Timestamp, horizon: int, rth: bool, near_clo
     if truncated:
         if near_close == "skip":
             raise Skipped(f"only {len(times)} minutes are left in the session, fewer than the horizon of "
-                          f"{horizon} (near_close: skip)")
+                          f"{horizon} (near_close: skip)", "session_end")
         notes.append(f"only {len(times)} minutes are left in the session: horizon truncated from {horizon}")
     if len(times) < min_horizon:
-        raise Skipped(f"only {len(times)} minutes are left to forecast, fewer than min_horizon {min_horizon}")
+        raise Skipped(f"only {len(times)} minutes are left to forecast, fewer than min_horizon {min_horizon}",
+                      "session_end")
     return HorizonPlan(times=times, next_session=next_session, truncated=truncated, notes=tuple(notes))
 
 

@@ -135,14 +135,14 @@ class ForecastPipeline:
                                   max_recent_filled=cfg.max_recent_filled, recent_window=cfg.recent_window,
                                   rules=BarRules(cfg.bad_bar_move, cfg.bad_bar_volume), bad_bars=cfg.bad_bars)
         if info.skip_reason:
-            raise Skipped(info.skip_reason)
+            raise Skipped(info.skip_reason, info.skip_code or "data")
         if len(bars) < cfg.lookback:
             raise Skipped(f"only {len(bars)} bars in the last {cfg.days} session(s), the lookback needs "
-                          f"{cfg.lookback}: raise days or lower lookback")
+                          f"{cfg.lookback}: raise days or lower lookback", "data")
         plan = plan_horizon(bars.index[-1], cfg.horizon, cfg.rth, cfg.near_close, cfg.min_horizon)
         events = events_in_window(now, plan.times, cfg.events, cfg.event_before, cfg.event_after)
         if events and cfg.event_action == "skip":
-            raise Skipped(f"inside the quiet window of event(s) {', '.join(events)} (event_action: skip)")
+            raise Skipped(f"inside the quiet window of event(s) {', '.join(events)} (event_action: skip)", "event")
         return Context(now=now, bars=bars, info=info, plan=plan, events=tuple(events))
 
     def sample(self, contexts: Sequence[Context], n_paths: int | None = None,

@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import pandas as pd
 
@@ -44,14 +44,21 @@ def preflight(out_dir: str | os.PathLike[str], symbol: str) -> Path:
     return out
 
 
+class Published(NamedTuple):
+    files: dict[str, Path]  # by key, as run_files names them
+    summary: bytes          # the summary JSON as written (the _latest copy's bytes)
+
+
 def publish(out_dir: str | os.PathLike[str], symbol: str, fc: Forecast, plot: bool = False,
-            done: list | None = None) -> dict[str, Path]:
-    """Write the forecast's files all or nothing; return them by key. ``done`` gets them appended the moment
-    they are all in place, before held signals are delivered: a Ctrl-C, SIGTERM or time budget that arrived
-    during the renames then ends the run with a true "all written"."""
+            done: list | None = None, timestamped: bool = True) -> Published:
+    """Write the forecast's files all or nothing; return them by key with the summary JSON's bytes. ``done``
+    gets them appended the moment they are all in place, before held signals are delivered: a Ctrl-C, SIGTERM
+    or time budget that arrived during the renames then ends the run with a true "all written". Without
+    ``timestamped`` only the ``_latest`` copies are written (the live service's default) and the run-log row
+    names the ``_latest`` summary."""
     out = Path(out_dir)
     stamp = artifact_stamp(pd.Timestamp(fc.summary["asof"]).to_pydatetime())
-    files = run_files(symbol, stamp, fc.summary, fc.paths, iso_utc(fc.context.times), EXTRA_FIELDS)
+    files = run_files(symbol, stamp, fc.summary, fc.paths, iso_utc(fc.context.times), EXTRA_FIELDS, timestamped)
     if plot:
         from forecast.plotting import fan_chart_png
 
@@ -62,7 +69,8 @@ def publish(out_dir: str | os.PathLike[str], symbol: str, fc: Forecast, plot: bo
         with held_signals():  # the renames and the run-log row happen together
             written = rename_staged(staged)
             try:
-                append_run_log(run_log_path(out, symbol), log_row(fc.summary, written["summary"].name))
+                summary = written["summary" if timestamped else "summary_latest"]
+                append_run_log(run_log_path(out, symbol), log_row(fc.summary, summary.name))
             except (OSError, RunLogSchemaError) as exc:  # the header may have changed since preflight
                 exc.renamed = list(written.values())  # type: ignore[attr-defined]
                 raise
@@ -70,7 +78,7 @@ def publish(out_dir: str | os.PathLike[str], symbol: str, fc: Forecast, plot: bo
                 done.append(written)
     except (OSError, RunLogSchemaError) as exc:
         raise PublishError(out, exc) from None
-    return written
+    return Published(written, files["summary_latest"][1])
 
 
 class PublishError(SettingsError):

@@ -31,7 +31,7 @@ class BarBook:
 
     def upsert(self, symbol: str, bars: pd.DataFrame) -> int:
         """Add or replace bars (canonical frame); returns how many minutes were new or changed. The listener
-        gets only those bars."""
+        gets only those bars, under the book's lock (lock order: book, then hub)."""
         if bars.empty:
             return 0
         now = time.monotonic()
@@ -53,8 +53,10 @@ class BarBook:
                 self._merge_frame(symbol, changed)
                 self._version += 1
                 self._cond.notify_all()
-        if len(changed) and self._on_change is not None:
-            self._on_change(symbol, changed)
+                # inside the lock: the stream and REST threads both upsert, and the listener (the hub, which
+                # never calls the book back) must see a minute's versions in the order the book took them
+                if self._on_change is not None:
+                    self._on_change(symbol, changed)
         return len(changed)
 
     def _merge_frame(self, symbol: str, changed: pd.DataFrame) -> None:
@@ -98,11 +100,6 @@ class BarBook:
     def arrival(self, symbol: str, minute: pd.Timestamp) -> float | None:
         with self._cond:
             return self._arrival[symbol].get(minute)
-
-    @property
-    def version(self) -> int:
-        with self._cond:
-            return self._version
 
     def wait(self, version: int, timeout: float) -> int:
         """Block until the book changes past ``version`` or ``timeout`` seconds pass; the current version."""

@@ -17,29 +17,28 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram
 
 from forecast.metrics import session_bars_of_last_day
-from live.scorecard import iso, make_record, num, reconcile, reliability, utc
+from live.scorecard import iso, make_record, num, reconcile, reliability
 from marketdata import calendar as mcal
+from marketdata.prepare import session_bars
 from marketdata.frame import COLUMNS, ONE_MINUTE
+
+if TYPE_CHECKING:
+    from forecast.pipeline import Context
 
 log = logging.getLogger(__name__)
 PATHS_SHOWN = 20            # sample paths the page draws
 BARS_KEPT = pd.Timedelta(days=10)  # enough raw bars to rebuild a 3-session context across a long weekend
 RECENT_SKIPS = 50
-SUBSCRIBER_QUEUE = 256      # events a browser may fall behind by before it misses some (it then refetches)
+SUBSCRIBER_QUEUE = 256      # events a browser may fall behind by before its oldest are dropped (the next forecast
+                            # or outcome event carries the whole page state, a health event all of /health)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60)
-
-
-def skip_category(reason: str) -> str:
-    """The metric label of a skip reason: its text before the first colon ("overrun: 61 s > 50 s" -> "overrun"),
-    so free-text details never become unbounded label values."""
-    return reason.split(":", 1)[0].strip()[:60] or "unknown"
 
 
 @dataclass
@@ -55,13 +54,12 @@ class _SymbolState:
 class LiveHub:
     """Thread-safe state of the live service (see the module docstring)."""
 
-    def __init__(self, symbols: list[str], *, horizon: int, percentiles: Sequence[float], history: int = 500):
+    def __init__(self, symbols: list[str], *, history: int = 500, rth: bool = True):
         if not symbols:
             raise ValueError("LiveHub needs at least one symbol")
         self.symbols = [s.upper() for s in symbols]
-        self.horizon = int(horizon)
-        self.percentiles = tuple(float(q) for q in percentiles)
         self.history_size = int(history)
+        self.rth = bool(rth)  # the window the forecasts use (config key rth): the page's candles are drawn in it
         self.started_at = time.time()
         self._lock = threading.RLock()
         self.closed = False
@@ -113,7 +111,7 @@ class LiveHub:
             merged = merged[merged.index >= merged.index[-1] - BARS_KEPT]
             st.bars = merged
             st.last_bar = merged.index[-1]
-            st.lag_s = (utc(now) - (st.last_bar + ONE_MINUTE)).total_seconds()
+            st.lag_s = (mcal.to_utc(now) - (st.last_bar + ONE_MINUTE)).total_seconds()
             st.received_at = time.time()
             self._m_lag.labels(symbol.upper()).set(st.lag_s)
             resolved = reconcile(st.history, st.bars)
@@ -121,10 +119,9 @@ class LiveHub:
             self._publish({"event": "outcome", "symbol": symbol.upper(), "n": resolved})
 
     def on_forecast(self, symbol: str, summary: dict, paths: np.ndarray, latency_s: float, *,
-                    context: Any = None) -> None:
-        """A published forecast: ``summary`` is the CLI's JSON dict, ``paths`` [N, H] simulated closes.
-        ``context`` (optional: the pipeline's Context or its prepared bars) is what the outcome is judged
-        against; without it the hub rebuilds it from its bars with marketdata.prepare."""
+                    context: Context) -> None:
+        """A published forecast: ``summary`` is the CLI's JSON dict, ``paths`` [N, H] simulated closes,
+        ``context`` the pipeline's Context it was made from (its outcome is judged against its bars and plan)."""
         st = self._symbol(symbol)
         closes = np.asarray(paths, dtype=float)
         if closes.ndim == 3:  # [N, H, 6] paths: keep the close
@@ -145,10 +142,10 @@ class LiveHub:
         self._m_forecasts.labels(symbol.upper()).inc()
         self._publish({"event": "forecast", "symbol": symbol.upper()})
 
-    def on_skip(self, symbol: str, minute: pd.Timestamp, reason: str) -> None:
-        """A skipped minute. ``reason`` reads "<code>: <detail>"; metrics count by the code (``skip_category``)."""
-        code = skip_category(reason)
-        item = {"symbol": symbol.upper(), "minute": iso(minute), "reason": reason, "code": code,
+    def on_skip(self, symbol: str, minute: pd.Timestamp, code: str, detail: str) -> None:
+        """A skipped minute: ``code`` is a fixed word (the metric label, so labels stay few), ``detail`` free text;
+        the health page shows them as one reason, "<code>: <detail>"."""
+        item = {"symbol": symbol.upper(), "minute": iso(minute), "reason": f"{code}: {detail}", "code": code,
                 "at": iso(pd.Timestamp.now(tz="UTC"))}
         with self._lock:
             self._skips[code] += 1
@@ -218,7 +215,7 @@ class LiveHub:
         st = self._symbol(symbol)
         with self._lock:
             latest = st.latest
-            today = _todays_bars(st.bars, None if latest is None else latest["summary"])
+            today = _todays_bars(st.bars, self.rth)
             candles = {"times": [iso(t) for t in today.index],
                        **{c: [float(v) for v in today[c]] for c in ("open", "high", "low", "close")}}
             fresh = self.health()["symbols"][symbol.upper()]
@@ -267,17 +264,14 @@ class LiveHub:
             except RuntimeError:  # the web server's loop closed meanwhile: nobody is listening any more
                 return
 
-def _todays_bars(bars: pd.DataFrame, summary: dict | None) -> pd.DataFrame:
-    """The bars of the last bar's session, in the window the forecasts use (regular hours unless the latest
-    summary says rth: false); the whole New York day before the first forecast."""
+def _todays_bars(bars: pd.DataFrame, rth: bool) -> pd.DataFrame:
+    """The bars of the last bar's New York date inside that session's window (regular hours under rth), so
+    pre/post-market bars never add candles to a regular-hours page; the whole day on a date with no session."""
     if bars.empty:
         return bars
-    if summary is not None:
-        rth = bool((summary.get("settings") or {}).get("rth", True))
-        session = mcal.session_containing(bars.index[-1], rth)
-        if session is not None:
-            start, end = mcal.session_window(session, rth)
-            return bars[(bars.index >= start) & (bars.index < end)]
+    label = mcal.ny_date(bars.index[-1])
+    if mcal.is_session(label):
+        return session_bars(bars, label, rth)
     return session_bars_of_last_day(bars)
 
 

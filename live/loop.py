@@ -28,18 +28,6 @@ log = logging.getLogger(__name__)
 IDLE_WAIT_S = 1.0  # longest wait between looks at the clock and the stop flag
 
 
-def skip_code(reason: str) -> str:
-    """The category a pipeline's skip reason belongs to (the hub counts skips by it)."""
-    text = reason.lower()
-    if "gap fill" in text or "no bars yet" in text or "no closed bars" in text:
-        return "gap"
-    if "quiet window" in text:
-        return "event"
-    if "minutes are left" in text:
-        return "session_end"
-    return "data"
-
-
 @dataclass
 class Due:
     symbol: str
@@ -58,7 +46,6 @@ class ForecastLoop:
         self.provenance = provenance or {}
         self.stop = stop or threading.Event()
         self.done: dict[str, pd.Timestamp] = {}     # newest minute handled (forecast or skipped) per symbol
-        self.forecasts = 0
         self.skips: deque = deque(maxlen=1000)  # (symbol, minute, reason), newest last
         self._closed_note: pd.Timestamp | None = None
 
@@ -100,8 +87,8 @@ class ForecastLoop:
                 passed = closed[(closed > last) & (closed < minute)]
                 for m in passed:
                     if mcal.session_containing(m, self.rth) is not None:
-                        self._skip(symbol, m, f"superseded: a newer bar ({minute.isoformat()}) arrived before "
-                                              "this one's forecast could start")
+                        self._skip(symbol, m, "superseded", f"a newer bar ({minute.isoformat()}) arrived before "
+                                                            "this one's forecast could start")
             out.append(Due(symbol, minute, self.book.arrival(symbol, minute) or time.monotonic()))
         return out
 
@@ -120,7 +107,7 @@ class ForecastLoop:
                       exc_info=not isinstance(exc, ModelError))
             self.hub.on_error(message)
             for d in due:
-                self._skip(d.symbol, d.minute, f"error: {message}")
+                self._skip(d.symbol, d.minute, "error", message)
         return True
 
     # --------------------------------------------------------------------------------------------- one batch
@@ -133,7 +120,7 @@ class ForecastLoop:
             try:
                 ctx = self.pipelines[d.symbol].prepare(self.book.frame(d.symbol), now)
             except Skipped as exc:
-                self._skip(d.symbol, d.minute, f"{skip_code(str(exc))}: {exc}")
+                self._skip(d.symbol, d.minute, exc.code, str(exc))
                 continue
             ready.append((d, ctx, t0))
         if not ready:
@@ -145,8 +132,8 @@ class ForecastLoop:
         for (d, ctx, t0), raw in zip(ready, raws):
             took = time.monotonic() - d.arrived
             if took > self.budget_s:
-                self._skip(d.symbol, d.minute, f"overrun: the forecast was ready {took:.1f} s after its bar "
-                                                f"arrived, over the time budget of {self.budget_s:g} s")
+                self._skip(d.symbol, d.minute, "overrun", f"the forecast was ready {took:.1f} s after its bar "
+                                                           f"arrived, over the time budget of {self.budget_s:g} s")
                 continue
             status = mcal.market_status(ctx.now, self.rth)
             fc = self.pipelines[d.symbol].finish(
@@ -154,11 +141,11 @@ class ForecastLoop:
                 status_note=status.describe(), timings={"prepare": t1 - t0, "model_load": 0.0, "sample": sample_s},
                 started=t0)
             self.outputs.publish(d.symbol, fc, d.arrived)
-            self.forecasts += 1
             log.info("%s %s: P(up) %.3f, %d paths, ready %.2f s after the bar arrived", d.symbol,
                      fc.summary["asof"], fc.metrics.p_up, fc.paths.shape[0], time.monotonic() - d.arrived)
 
-    def _skip(self, symbol: str, minute: pd.Timestamp, reason: str) -> None:
+    def _skip(self, symbol: str, minute: pd.Timestamp, code: str, detail: str) -> None:
+        reason = f"{code}: {detail}"
         self.skips.append((symbol, minute, reason))
         log.warning("%s %s skipped: %s", symbol, minute.isoformat(), reason)
-        self.hub.on_skip(symbol, minute, reason)
+        self.hub.on_skip(symbol, minute, code, detail)

@@ -1,7 +1,7 @@
 """Where each forecast goes: the CLI's files, the hub (the page's SSE and the API), and Redis when configured.
 
-Files are written through forecast.artifacts / forecast.runlog exactly as the CLI writes them (all or nothing,
-the run-log row last); with ``timestamped_files`` off only the ``_latest`` copies and the run log are kept.
+Files are written by forecast.publish exactly as the CLI writes them (all or nothing, the run-log row last);
+with ``timestamped_files`` off only the ``_latest`` copies and the run log are kept.
 Redis runs on its own thread with the latest message per symbol pending, so an outage never delays a forecast:
 it is logged once, counted on the hub and retried with back-off until the server answers again.
 """
@@ -15,35 +15,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import pandas as pd
-
-from forecast.artifacts import artifact_stamp, held_signals, iso_utc, rename_staged, run_files, stage_files
-from forecast.publish import EXTRA_FIELDS, preflight
-from forecast.runlog import append_run_log, log_row, run_log_path
+from forecast.publish import preflight, publish
 from marketdata.frame import first_line
 
 log = logging.getLogger(__name__)
-
-
-def write_files(out_dir: Path, symbol: str, fc: Any, timestamped: bool) -> tuple[dict[str, Path], bytes]:
-    """The forecast's files, all or nothing, then its run-log row; returns them and the summary JSON bytes."""
-    stamp = artifact_stamp(pd.Timestamp(fc.summary["asof"]).to_pydatetime())
-    # without timestamped files only the close paths are kept (their _latest copy): format nothing else
-    extra = EXTRA_FIELDS if timestamped else ()
-    files = run_files(symbol, stamp, fc.summary, fc.paths, iso_utc(fc.context.times), extra)
-    if not timestamped:
-        files = {k: v for k, v in files.items() if k.endswith("_latest")}
-        block = {"stamp": stamp, "summary_latest": files["summary_latest"][0],
-                 "paths_close_latest": files["paths_close_latest"][0]}
-        body = (json.dumps({**fc.summary, "artifacts": block}, indent=2, allow_nan=False) + "\n").encode()
-        files["summary_latest"] = (files["summary_latest"][0], body)
-    body = files["summary_latest"][1]
-    staged = stage_files(out_dir, files)
-    with held_signals():
-        written = rename_staged(staged)
-        name = written["summary" if timestamped else "summary_latest"].name
-        append_run_log(run_log_path(out_dir, symbol), log_row(fc.summary, name))
-    return written, body
 
 
 def redacted(url: str) -> str:
@@ -68,8 +43,7 @@ class RedisPublisher:
         self.url, self.prefix, self.hub = url, prefix, hub
         self.max_backoff_s = max_backoff_s
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        self.sent = self.failures = self.dropped = 0
-        self.last_sent_at: float | None = None
+        self.sent = 0
         self._pending: dict[str, bytes] = {}
         self._cond = threading.Condition()
         self._stop = False
@@ -84,9 +58,7 @@ class RedisPublisher:
 
     def submit(self, symbol: str, body: bytes) -> None:
         with self._cond:
-            if symbol in self._pending:
-                self.dropped += 1  # superseded before it could be sent (outage): the newest wins
-            self._pending[symbol] = body
+            self._pending[symbol] = body  # one superseded before it could be sent (outage): the newest wins
             self._cond.notify_all()
 
     def close(self, timeout: float = 5.0) -> None:
@@ -115,7 +87,6 @@ class RedisPublisher:
                     pipe.publish(self.channel(symbol), body)
                 pipe.execute()
             except Exception as exc:  # noqa: BLE001 - any Redis failure: count it, keep the message, retry
-                self.failures += 1
                 message = f"{redacted(self.url)}: {type(exc).__name__}: {first_line(exc)}"
                 self.hub.on_output_error("redis", message)
                 if down_since is None:
@@ -133,7 +104,6 @@ class RedisPublisher:
             backoff = 0.5
             with self._cond:
                 self.sent += len(batch)
-                self.last_sent_at = time.monotonic()
                 self._cond.notify_all()
 
 
@@ -153,7 +123,7 @@ class Outputs:
     def publish(self, symbol: str, fc: Any, latency_start: float) -> dict[str, Any]:
         """Send the forecast everywhere; returns the summary JSON document (the one every output carries)."""
         try:
-            _, body = write_files(self.out, symbol, fc, self.timestamped)
+            body = publish(self.out, symbol, fc, timestamped=self.timestamped).summary
         except Exception as exc:  # noqa: BLE001 - a full disk must not stop the page or Redis
             log.error("files: cannot write the forecast of %s: %s", symbol, first_line(exc))
             self.hub.on_output_error("files", first_line(exc))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -17,23 +17,19 @@ import pandas as pd
 from evaluation.outcome import realised_outcome
 from evaluation.scoring import band_coverage, brier_score
 from forecast.calibrator import band_score, ensemble_centre_scale
-from marketdata.frame import ONE_MINUTE
-from marketdata.prepare import prepare_bars
+from marketdata.calendar import to_utc
+
+if TYPE_CHECKING:
+    from forecast.pipeline import Context
 
 log = logging.getLogger(__name__)
 NEW_YORK = "America/New_York"
 COIN_FLIP_BRIER = 0.25
 
 
-def utc(t: Any) -> pd.Timestamp:
-    """A timestamp in UTC (naive means UTC)."""
-    t = pd.Timestamp(t)
-    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
-
-
 def iso(t: pd.Timestamp | None) -> str | None:
     """ISO 8601 in UTC with a Z, as the JSON API writes times."""
-    return None if t is None else utc(t).isoformat().replace("+00:00", "Z")
+    return None if t is None else to_utc(t).isoformat().replace("+00:00", "Z")
 
 
 def num(x: Any) -> float | None:
@@ -57,7 +53,7 @@ class ForecastRecord:
     scale: np.ndarray
     settings: dict[str, Any]
     latency_s: float
-    context: Any = None             # the forecast's prepared bars (dropped once reconciled)
+    context: Context | None         # what the forecast saw: its prepared bars and plan (dropped once reconciled)
     outcome: dict[str, Any] | None = None
     unresolved: str | None = None   # why the outcome cannot be computed, if so
 
@@ -71,7 +67,8 @@ class ForecastRecord:
                 "outcome": self.outcome, "unresolved": self.unresolved}
 
 
-def make_record(symbol: str, summary: dict, closes: np.ndarray, latency_s: float, context: Any) -> ForecastRecord:
+def make_record(symbol: str, summary: dict, closes: np.ndarray, latency_s: float,
+                context: Context) -> ForecastRecord:
     """A published forecast as the history keeps it: its band, centre and scale for the band score, settings."""
     times = pd.DatetimeIndex(pd.to_datetime(summary["future_times"], utc=True))
     h = int(summary["horizon_min"])
@@ -87,7 +84,7 @@ def make_record(symbol: str, summary: dict, closes: np.ndarray, latency_s: float
             "hi_cal": np.array(cal_pct[hi_key], float) if hi_key in cal_pct else None}
     now_close = float(summary["now_close"])
     centre, scale = ensemble_centre_scale(closes, now_close)
-    return ForecastRecord(symbol, utc(summary["asof"]), utc(summary["last_bar"]), times, now_close, h,
+    return ForecastRecord(symbol, to_utc(summary["asof"]), to_utc(summary["last_bar"]), times, now_close, h,
                    num(block.get(f"p_up_{h}m")), num(cal.get(f"p_up_{h}m")), band, centre, scale,
                    dict(summary.get("settings") or {}), latency_s, context)
 
@@ -102,41 +99,17 @@ def reconcile(history: Iterable[ForecastRecord], raw: pd.DataFrame) -> int:
         if r.outcome is not None or r.unresolved or raw.index[-1] < r.times[-1]:
             continue
         try:  # the page's bookkeeping must never stop the bars reaching the forecasting loop
-            bars, new_session = context_of(r, raw)
-            r.context = None
-            if bars is None or bars.empty:
-                r.unresolved = "the forecast's context is no longer in the hub's bars"
-                continue
+            ctx, r.context = r.context, None
             s = r.settings
-            out = realised_outcome(raw, bars, r.times, vwap_mode=s.get("vwap_mode", "moving"),
+            out = realised_outcome(raw, ctx.bars, r.times, vwap_mode=s.get("vwap_mode", "moving"),
                                    mid_window=int(s.get("mid_window", 20)), mid_kind=s.get("mid_kind", "sma"),
-                                   new_session=new_session)
-            if out is None:
-                continue
+                                   new_session=bool(ctx.plan.next_session))
             r.outcome = score(r, out)
             done += 1
         except Exception as exc:  # noqa: BLE001
             r.unresolved = f"outcome failed: {type(exc).__name__}: {exc}"
             log.warning("%s %s: %s", r.symbol, iso(r.asof), r.unresolved)
     return done
-
-
-def context_of(r: ForecastRecord, raw: pd.DataFrame) -> tuple[pd.DataFrame | None, bool]:
-    """The prepared bars the forecast saw, and whether it covered the next session's start."""
-    ctx = r.context
-    if ctx is not None and hasattr(ctx, "bars"):
-        return ctx.bars, bool(ctx.plan.next_session)
-    if isinstance(ctx, pd.DataFrame):
-        bars = ctx
-    else:  # the same preparation the pipeline ran, at the instant its data ended
-        s = r.settings
-        bars, _ = prepare_bars(raw[raw.index <= r.last_bar], r.last_bar + ONE_MINUTE,
-                               days=int(s.get("days", 3)), rth=bool(s.get("rth", True)))
-        if bars.empty or bars.index[-1] != r.last_bar:
-            return None, False
-    # next_session means the plan's minutes begin on a later New York date than the last bar
-    new_session = r.times[0].tz_convert(NEW_YORK).date() != bars.index[-1].tz_convert(NEW_YORK).date()
-    return bars, new_session
 
 
 def score(r: ForecastRecord, out: Any) -> dict[str, Any]:

@@ -62,14 +62,10 @@ class Service:
         sock = listen_socket(cfg.host, cfg.port)  # the port is taken before the model loads, or not at all
         self.port = sock.getsockname()[1]
         out = Path(cfg.live_out)
-        self.outputs_dir = out
         frames, start = self._replay_frames()
-        base = ForecastPipeline(cfg.replace(symbol=self.symbols[0]))
-        pipelines = {s: ForecastPipeline(cfg.replace(symbol=s), sampler=None, calibrator=base.calibrator)
-                     for s in self.symbols}
-        pipelines[self.symbols[0]] = base
-        self.hub = hub = LiveHub(self.symbols, horizon=cfg.horizon, percentiles=cfg.percentiles,
-                                 history=cfg.history)
+        configs = {s: cfg.replace(symbol=s) for s in self.symbols}
+        base = ForecastPipeline(configs[self.symbols[0]])  # a bad calibrator file fails here, before the lock
+        self.hub = hub = LiveHub(self.symbols, history=cfg.history, rth=cfg.rth)
         redis = RedisPublisher(cfg.redis_url, cfg.redis_prefix, hub) if cfg.redis_url else None
         self.outputs = Outputs(out, hub, timestamped=cfg.timestamped_files, redis=redis)
         self.outputs.preflight(self.symbols)
@@ -77,8 +73,9 @@ class Service:
         self._lock.__enter__()
 
         load_s = base.load()
-        for p in pipelines.values():
-            p._sampler = base.sampler  # one engine, shared: the model is loaded once
+        # one engine and one calibrator, shared: the model is loaded once
+        pipelines = {s: ForecastPipeline(c, sampler=base.sampler, calibrator=base.calibrator)
+                     for s, c in configs.items()}
         hub.set_model({**base.engine_info(), "load_s": round(load_s, 3)})
         log.info("model %s loaded on %s in %.1f s", cfg.model, base.sampler.device, load_s)
 

@@ -21,8 +21,7 @@ log = logging.getLogger(__name__)
 
 def bar_frame(bar: Any) -> pd.DataFrame:
     """One alpaca-py Bar as a one-row canonical frame."""
-    stamp = pd.Timestamp(bar.timestamp)
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    stamp = mcal.to_utc(bar.timestamp)
     return canonical(pd.DataFrame({c: [float(getattr(bar, c))] for c in COLUMNS}, index=pd.DatetimeIndex([stamp])))
 
 
@@ -68,8 +67,8 @@ class AlpacaLiveSource:
         self.rest = AlpacaBarSource(credentials.key_id, credentials.secret_key, feed=feed, url_override=rest_url)
         self.connections = 0
         self.stream_up = threading.Event()
-        self.polls = 0
-        self.backfills = 0
+        self.polls = 0                  # catch-ups polled while the stream was down
+        self.reconnect_catch_ups = 0    # catch-ups after a reconnect
         self._wake = threading.Event()      # the REST worker: a backfill is wanted now
         self._catch_up_pending = False
         self._stream: Any = None
@@ -114,7 +113,6 @@ class AlpacaLiveSource:
                 continue
             fetched = fetch_with_fallback(self.rest, symbol, start, end, now, policy=self.sip_fallback)
             changed += self.book.upsert(symbol, fetched.frame)
-        self.backfills += 1
         return changed
 
     def catch_up(self) -> int:
@@ -140,7 +138,9 @@ class AlpacaLiveSource:
                 continue
             try:
                 changed = self.catch_up()
-                if not reconnected:
+                if reconnected:
+                    self.reconnect_catch_ups += 1
+                else:
                     self.polls += 1
                 log.info("REST %s: %d new or corrected bar(s)", "backfill after reconnect" if reconnected
                          else "poll (stream down)", changed)

@@ -36,6 +36,7 @@ class PrepareInfo:
     dropped_unclosed: int             # the bar still forming at asof (started before it, closes after it)
     dropped_outside: int              # closed input bars outside the chosen sessions' windows
     skip_reason: Optional[str]
+    skip_code: Optional[str] = None   # the kind of skip (forecast.errors.Skipped.code); not in to_dict
     after_asof: int = 0               # input bars starting at or after asof (a replay's future): never used
     filled_max_window: int = 0        # most gap fills among any `recent_window` consecutive bars of the context
     bad_bars: int = 0                 # bars a market cannot print (marketdata.quality), dropped and filled
@@ -47,6 +48,7 @@ class PrepareInfo:
         """JSON-friendly dict (without the filled bar list)."""
         d = asdict(self)
         d.pop("filled_index")
+        d.pop("skip_code")
         return d
 
     def notes(self) -> list[str]:
@@ -134,8 +136,10 @@ def prepare_bars(frame: pd.DataFrame, asof: mcal.TimeLike, days: int = 3, rth: b
         filled_index=filled_index,
     )
     info.skip_reason = _skip_reason(info, sessions, t, rth)
+    info.skip_code = "gap" if info.skip_reason else None  # every reason _skip_reason gives is missing bars
     if bad and bad_bars == "skip":
         more = f" and {len(bad) - SHOWN_BAD_BARS} more" if len(bad) > SHOWN_BAD_BARS else ""
+        info.skip_code = "data"
         info.skip_reason = (f"{len(bad)} bad bar(s) in the context (bad_bars: skip): "
                             f"{'; '.join(info.bad_bar_details)}{more}")
     return bars, info

@@ -68,7 +68,7 @@ def make_loop(cfg, symbols=("QQQ",), clock=None, budget=None, sampler=None):
     """The forecasting loop over a fresh book and hub, the pipelines sharing one (possibly wrapped) engine."""
     from forecast.pipeline import ForecastPipeline
 
-    hub = LiveHub(list(symbols), horizon=cfg.horizon, percentiles=cfg.percentiles)
+    hub = LiveHub(list(symbols), rth=cfg.rth)
     clock = clock or ManualClock("2025-06-04T15:01:00Z")
     book = BarBook(list(symbols), on_change=lambda s, f: hub.on_bars(s, f, clock.now()))
     base = ForecastPipeline(cfg.replace(symbol=symbols[0]))

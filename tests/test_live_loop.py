@@ -157,3 +157,27 @@ def test_only_minutes_inside_a_session_are_forecast_half_day_and_holiday(ckpt, t
     with caplog.at_level(logging.INFO, logger="live.loop"):
         loop._idle_wait()
     assert "market closed; sleeping until the open at 2025-07-07T13:30:00+00:00" in caplog.text
+
+
+@pytest.mark.parametrize("last_bar, near_close, min_horizon, code", [
+    ("2025-06-04T19:58Z", "skip", 1, "session_end"),       # 1 minute left, near_close: skip
+    ("2025-06-04T19:58Z", "truncate", 5, "session_end"),   # 1 minute left, fewer than min_horizon
+    ("2025-06-04T02:00Z", "truncate", 1, "data"),          # a night bar: outside every session window
+])
+def test_a_skip_carries_its_code_from_where_it_is_raised(last_bar, near_close, min_horizon, code):
+    from forecast.errors import Skipped
+    from forecast.horizon import plan_horizon
+
+    with pytest.raises(Skipped) as caught:
+        plan_horizon(pd.Timestamp(last_bar), 30, True, near_close, min_horizon)
+    assert caught.value.code == code
+
+
+def test_a_sparse_context_is_a_gap_skip_with_the_code_beside_the_reason():
+    from marketdata.prepare import prepare_bars
+
+    bars = canonical_bars()
+    sparse = bars[(bars.index < "2025-06-04T14:30Z") | (bars.index.minute % 3 == 0)]
+    _, info = prepare_bars(sparse, T_CLOSE, days=3, rth=True, max_recent_filled=5, recent_window=30)
+    assert info.skip_code == "gap" and "gap fills" in info.skip_reason
+    assert "skip_code" not in info.to_dict()  # the summary's provenance block is unchanged

@@ -131,6 +131,11 @@ def test_bad_replay_flags_are_one_line_errors(ckpt, bars_csv, tmp_path, caplog):
     assert serve.main(flags(ckpt, tmp_path / "o", "--replay", str(bars_csv), "--from", "2030-01-02T15:00:00Z")) \
         == ExitCode.BAD_INPUT
     assert "outside the replay data" in caplog.text
+    caplog.clear()
+    assert serve.main(flags(ckpt, tmp_path / "o", "--replay", str(bars_csv), "--from", "yesterday")) \
+        == ExitCode.BAD_INPUT
+    assert "--from must be an ISO 8601 time like 2025-06-02T14:00:00Z, got 'yesterday'" in caplog.text
+    assert "--asof" not in caplog.text  # the flag the user gave is the one named
 
 
 def test_a_second_service_on_the_same_folder_is_refused(ckpt, bars_csv, tmp_path, caplog):

@@ -46,7 +46,7 @@ def stream():
 
 def test_stream_bars_corrections_and_backfill_after_a_dropped_connection(bars, rest, stream):
     clock = ReplayClock(pd.Timestamp("2025-06-04T15:00:05Z"), speed=60)  # a market minute each wall second
-    hub = LiveHub(["QQQ"], horizon=30, percentiles=[10, 50, 90])
+    hub = LiveHub(["QQQ"])
     # A reconnect is announced on the stream's own event loop. Waiting there for the server to hold the new
     # connection's subscription proves it was sent first: the backfill it triggers then misses no streamed bar.
     subscribed_before_reconnect = []
@@ -102,7 +102,7 @@ def test_stream_bars_corrections_and_backfill_after_a_dropped_connection(bars, r
         stream.refuse.clear()
         wait_for(lambda: hub.health()["stream_reconnects"] == 1, what="the reconnect")
         assert subscribed_before_reconnect == [True] and source.stream_up.is_set()
-        wait_for(lambda: source.backfills >= 2 + source.polls, what="the backfill after the reconnect")
+        wait_for(lambda: source.reconnect_catch_ups == 1, what="the backfill after the reconnect")
         assert len(stream.subscriptions) == 2
         frame = book.frame("QQQ")
         after = frame[frame.index > minute]

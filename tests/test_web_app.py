@@ -23,12 +23,12 @@ ENDPOINTS = ["/", "/forecast", "/forecast/history", "/state", "/health", "/metri
 @pytest.fixture
 def fed_hub(real_data_dir):
     bars = qqq_bars(str(real_data_dir))
-    hub = LiveHub(["QQQ", "SPY"], horizon=10, percentiles=[10, 50, 90])
+    hub = LiveHub(["QQQ", "SPY"])
     hub.set_model({"model": "tiny", "tokenizer": "tiny-tok", "device": "cpu", "dtype": "float32", "load_s": 0.2})
     hub.on_bars("QQQ", bars[bars.index < NOW], NOW)
     summary, closes, ctx = synthetic_forecast(pipeline(calibrated=True), bars, NOW)
     hub.on_forecast("QQQ", summary, closes, 1.5, context=ctx)
-    hub.on_skip("QQQ", NOW + pd.Timedelta(minutes=1), "overrun: 70 s > budget 50 s")
+    hub.on_skip("QQQ", NOW + pd.Timedelta(minutes=1), "overrun", "70 s > budget 50 s")
     return hub, summary, bars
 
 
@@ -116,7 +116,7 @@ def test_sse_stream_over_http(fed_hub):
                 assert next(lines) == "retry: 3000"
 
                 def produce() -> None:
-                    hub.on_skip("SPY", later, "gap: 11 fills")            # another symbol: filtered out
+                    hub.on_skip("SPY", later, "gap", "11 fills")            # another symbol: filtered out
                     hub.on_bars("QQQ", bars[bars.index < later], later)
                     hub.on_forecast("QQQ", summary2, closes2, 2.0, context=ctx2)
 

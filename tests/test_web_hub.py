@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from evaluation.outcome import realised_outcome
-from live.hub import LiveHub, skip_category
+from live.hub import LiveHub
 from web_forecasts import pipeline, qqq_bars, synthetic_forecast
 
 NOW = pd.Timestamp("2025-06-10 15:00", tz="UTC")   # a regular Tuesday session in the QQQ file
@@ -24,7 +25,7 @@ def bars(real_data_dir):
 
 
 def _hub() -> LiveHub:
-    return LiveHub(["qqq"], horizon=10, percentiles=[10, 50, 90], history=50)
+    return LiveHub(["qqq"], history=50)
 
 
 def _metric(hub: LiveHub, name: str, **labels) -> float:
@@ -35,15 +36,13 @@ def _metric(hub: LiveHub, name: str, **labels) -> float:
     raise AssertionError(f"{name} {labels} not in /metrics")
 
 
-@pytest.mark.parametrize("with_context", [True, False])
-def test_outcome_equals_the_backtest_rule(bars, with_context):
-    """The hub's outcome of a forecast equals evaluation.outcome's, computed here from the pipeline's context;
-    without a context the hub rebuilds it from its own bars and must get the same."""
+def test_outcome_equals_the_backtest_rule(bars):
+    """The hub's outcome of a forecast equals evaluation.outcome's, computed here from the pipeline's context."""
     pipe = pipeline(calibrated=True)
     hub = _hub()
     hub.on_bars("QQQ", bars[bars.index < NOW], NOW)
     summary, closes, ctx = synthetic_forecast(pipe, bars, NOW, seed=3)
-    hub.on_forecast("QQQ", summary, closes, 0.8, context=ctx if with_context else None)
+    hub.on_forecast("QQQ", summary, closes, 0.8, context=ctx)
     end = ctx.times[-1]
 
     hub.on_bars("QQQ", bars[(bars.index >= NOW) & (bars.index < end)], end)  # the last minute still open
@@ -104,10 +103,11 @@ def test_health_bars_skips_errors(bars):
     hub.on_bars("QQQ", fixed, now + pd.Timedelta(seconds=1))
     candles = hub.page_state("QQQ")["candles"]
     assert candles["close"][-1] == fixed["close"].iloc[0] and candles["times"][-1] == "2025-06-10T14:59:00Z"
-    assert len(candles["times"]) == len(bars[(bars.index < NOW) & (bars.index >= "2025-06-10 08:00")])
-    hub.on_skip("QQQ", NOW, "overrun: 61.0 s > budget 50 s")
-    hub.on_skip("QQQ", NOW + MINUTE, "overrun: 55.0 s > budget 50 s")
-    hub.on_skip("qqq", NOW + 2 * MINUTE, "gap: 12 of the last 30 bars filled")
+    # the regular session's bars so far (09:30 New York is 13:30 UTC), not the pre-market's
+    assert len(candles["times"]) == len(bars[(bars.index < NOW) & (bars.index >= "2025-06-10 13:30")]) == 90
+    hub.on_skip("QQQ", NOW, "overrun", "61.0 s > budget 50 s")
+    hub.on_skip("QQQ", NOW + MINUTE, "overrun", "55.0 s > budget 50 s")
+    hub.on_skip("qqq", NOW + 2 * MINUTE, "gap", "12 of the last 30 bars filled")
     hub.on_error("stream: connection refused")
     hub.on_reconnect()
     hub.on_output_error("redis", "Connection refused")
@@ -128,7 +128,6 @@ def test_health_bars_skips_errors(bars):
     assert _metric(hub, "kronos_model_loaded") == 1
     with pytest.raises(KeyError, match="unknown symbol 'SPY'"):
         hub.latest("SPY")
-    assert skip_category("no colon here") == "no colon here" and skip_category(": x") == "unknown"
 
 
 def test_producer_thread_feeds_sse_subscriber(bars):
@@ -147,7 +146,7 @@ def test_producer_thread_feeds_sse_subscriber(bars):
                 t = NOW + k * MINUTE
                 hub.on_bars("QQQ", bars[(bars.index >= t - 60 * MINUTE) & (bars.index < t)], t)
                 hub.on_forecast("QQQ", summary, closes, 0.1 * k, context=ctx)
-                hub.on_skip("QQQ", t, f"test: {k}")
+                hub.on_skip("QQQ", t, "test", str(k))
 
         thread = threading.Thread(target=produce)
         thread.start()
@@ -172,17 +171,52 @@ def test_producer_thread_feeds_sse_subscriber(bars):
 
 
 def test_bad_input_never_reaches_the_producer(bars):
-    """A summary the history cannot read still becomes the latest (the page shows it), and a context that
-    cannot be rebuilt leaves the forecast unresolved with its reason; neither raises into the loop."""
+    """A summary the history cannot read still becomes the latest (the page shows it), and a context the
+    outcome cannot be computed from leaves the forecast unresolved with its reason; neither raises into the loop.
+    A forecast handed in before the hub holds any bar is judged on its own context."""
     hub = _hub()
     hub.on_bars("QQQ", bars[bars.index < NOW], NOW)
-    summary, closes, ctx = synthetic_forecast(pipeline(), bars, NOW)
+    pipe = pipeline()
+    summary, closes, ctx = synthetic_forecast(pipe, bars, NOW)
     broken = {k: v for k, v in summary.items() if k != "future_times"}
-    hub.on_forecast("QQQ", broken, closes, 1.0)
+    hub.on_forecast("QQQ", broken, closes, 1.0, context=ctx)
     assert hub.latest("QQQ") == broken and hub.history("QQQ") == []
-    hub2 = _hub()
-    hub2.on_forecast("QQQ", summary, closes, 1.0)         # no context given and no bars before it
+
     end = ctx.times[-1]
-    hub2.on_bars("QQQ", bars[(bars.index >= NOW) & (bars.index <= end)], end + MINUTE)
-    [f] = hub2.history("QQQ")
-    assert f["outcome"] is None and "context" in f["unresolved"]
+    after = bars[(bars.index >= NOW) & (bars.index <= end)]
+    hub2 = _hub()
+    hub2.on_forecast("QQQ", summary, closes, 1.0, context=ctx)                       # no bars before it
+    hub2.on_forecast("QQQ", summary, closes, 1.0, context=replace(ctx, bars=ctx.bars.iloc[:0]))  # unusable
+    hub2.on_bars("QQQ", after, end + MINUTE)
+    good, bad = hub2.history("QQQ")
+    cfg = pipe.cfg
+    want = realised_outcome(after, ctx.bars, ctx.times, vwap_mode=cfg.vwap_mode, mid_window=cfg.mid_window,
+                            mid_kind=cfg.mid_kind, new_session=ctx.plan.next_session)
+    assert good["outcome"]["realised_close"] == want.close[-1] == bars.loc[end, "close"]
+    assert good["outcome"]["hit_vwap"] == want.hit_vwap and good["outcome"]["hit_mid"] == want.hit_mid
+    assert bad["outcome"] is None and bad["unresolved"].startswith("outcome failed: ")
+
+
+@pytest.mark.parametrize("rth", [True, False])
+def test_todays_candles_stay_in_the_forecasts_window_after_the_close(bars, rth):
+    """The page's candles are the last bar's session in the window the forecasts use: post-market bars arriving
+    after the close never add candles to a regular-hours page, before or after the first forecast."""
+    day = bars[(bars.index >= "2025-06-10 08:00") & (bars.index < "2025-06-11 00:00")]
+    assert (day.index >= "2025-06-10 20:00").sum() > 0  # the file has post-market bars that day
+    # the windows by hand: 09:30-16:00 and 04:00-20:00 New York (13:30-20:00 and 08:00-24:00 UTC in June)
+    start = pd.Timestamp("2025-06-10 13:30" if rth else "2025-06-10 08:00", tz="UTC")
+    end = pd.Timestamp("2025-06-10 20:00" if rth else "2025-06-11 00:00", tz="UTC")
+    closing = pd.Timestamp("2025-06-10 19:59", tz="UTC")
+    hub = LiveHub(["QQQ"], rth=rth)
+    hub.on_bars("QQQ", day[day.index <= closing], closing + MINUTE)
+    want = day[(day.index >= start) & (day.index < end) & (day.index <= closing)]
+    assert len(hub.page_state("QQQ")["candles"]["times"]) == len(want)  # before the first forecast
+    summary, closes, ctx = synthetic_forecast(pipeline(), bars, NOW)
+    hub.on_forecast("QQQ", summary, closes, 1.0, context=ctx)
+    late = pd.Timestamp("2025-06-10 20:10", tz="UTC")
+    hub.on_bars("QQQ", day[(day.index > closing) & (day.index < late)], late)
+    candles = hub.page_state("QQQ")["candles"]
+    want = day[(day.index >= start) & (day.index < end) & (day.index < late)]
+    assert candles["times"] == [t.isoformat().replace("+00:00", "Z") for t in want.index]
+    if rth:
+        assert len(candles["times"]) == 390

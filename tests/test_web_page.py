@@ -55,7 +55,7 @@ def _wait(driver, script: str, timeout: float = 15.0):
 def test_page_in_headless_chromium(real_data_dir, tmp_path):
     bars = qqq_bars(str(real_data_dir))
     pipe = pipeline(horizon=30, n_samples=60, calibrated=True)
-    hub = LiveHub(["QQQ"], horizon=30, percentiles=[10, 50, 90])
+    hub = LiveHub(["QQQ"])
     hub.set_model({"model": "synthetic paths (test)", "tokenizer": "none", "device": "cpu", "dtype": "float32",
                    "load_s": 0.1})
     # the morning's forecasts, most of them reconciled, so the reliability panel has numbers

@@ -4,7 +4,6 @@
   var token = window.KRONOS_TOKEN;
   var params = new URLSearchParams(location.search);
   var symbol = (params.get("symbol") || "").toUpperCase();
-  var lastState = null;
   var receivedAt = null;   // browser time when the last bar was received by the service
   var nyFormat = new Intl.DateTimeFormat("en-CA", {
     timeZone: "America/New_York", year: "numeric", month: "2-digit", day: "2-digit",
@@ -95,7 +94,6 @@
   }
 
   function render(s) {
-    lastState = s;
     el("symbol").textContent = s.symbol;
     var sum = s.summary;
     Plotly.react("chart", traces(s), layout(), { displaylogo: false, responsive: true });
@@ -205,7 +203,8 @@
     ["forecast", "outcome"].forEach(function (kind) {
       es.addEventListener(kind, function (e) { render(JSON.parse(e.data)); window.KRONOS_EVENTS = (window.KRONOS_EVENTS || 0) + 1; });
     });
-    ["skip", "error", "health"].forEach(function (kind) {
+    es.addEventListener("health", function (e) { renderService(JSON.parse(e.data)); });  // carries /health
+    ["skip", "error"].forEach(function (kind) {   // these carry only the skip or the error: fetch the counts
       es.addEventListener(kind, function () { fetchJSON("health").then(renderService).catch(function () {}); });
     });
     window.KRONOS_STREAM = es;
