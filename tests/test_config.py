@@ -102,6 +102,12 @@ def test_readme_serve_keys_reference_is_current():
     assert reference_table(SERVE_KEYS) in (ROOT / "README.md").read_text(), "regenerate the README's serve table"
 
 
+def test_readme_backtest_keys_reference_is_current():
+    from app.config import BACKTEST_KEYS, reference_table
+
+    assert reference_table(BACKTEST_KEYS) in (ROOT / "README.md").read_text(), "regenerate the backtest table"
+
+
 def test_serve_keys_are_validated():
     cfg = build_config({"symbols": ["qqq", "SPY"], "port": 0}, {}, script="serve")
     assert cfg.symbols == ["qqq", "SPY"] and cfg.port == 0 and cfg.redis_url is None
