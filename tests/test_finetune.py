@@ -305,6 +305,18 @@ def test_readme_documents_the_finetune_keys():
     assert reference_table(FINETUNE_KEYS) in text and text.index("## Fine-tuning") < text.index("## Limitations")
 
 
+def alpaca_run(tiny, out, fake, monkeypatch, secret: str) -> list[str]:
+    """finetune.py's flags for a short run on the last 6 sessions from the fake Alpaca, with its keys set."""
+    monkeypatch.setenv("ALPACA_KEY_ID", "AKFAKE0003")
+    monkeypatch.setenv("ALPACA_SECRET_KEY", secret)
+    monkeypatch.setenv("ALPACA_DATA_URL", fake.url)
+    model, tok = tiny
+    return ["--config", str(ROOT / "config.yaml"), "--source", "alpaca", "--model", str(model), "--tokenizer",
+            str(tok), "--out", str(out), "--sessions", "6", "--val-sessions", "1", "--test-sessions", "1",
+            "--lookback", "30", "--horizon", "10", "--stride", "30", "--batch-size", "8", "--max-steps", "2",
+            "--eval-every", "2", "--warmup-steps", "1", "--no-progress", "--device", "cpu"]
+
+
 def test_bars_from_alpaca_the_last_sessions(tiny, tmp_path, monkeypatch):
     """--source alpaca: the last K sessions up to now, fetched through alpaca-py from a fake server."""
     import simulated
@@ -317,16 +329,8 @@ def test_bars_from_alpaca_the_last_sessions(tiny, tmp_path, monkeypatch):
 
     fake = FakeAlpaca(lambda query: bars_page(frame, query))
     try:
-        monkeypatch.setenv("ALPACA_KEY_ID", "AKFAKE0003")
-        monkeypatch.setenv("ALPACA_SECRET_KEY", "fake-secret-finetune")
-        monkeypatch.setenv("ALPACA_DATA_URL", fake.url)
-        model, tok = tiny
         out = tmp_path / "alpaca"
-        args = ["--config", str(ROOT / "config.yaml"), "--source", "alpaca", "--model", str(model), "--tokenizer",
-                str(tok), "--out", str(out), "--sessions", "6", "--val-sessions", "1", "--test-sessions", "1",
-                "--lookback", "30", "--horizon", "10", "--stride", "30", "--batch-size", "8", "--max-steps", "2",
-                "--eval-every", "2", "--warmup-steps", "1", "--no-ab-after-training", "--no-progress",
-                "--device", "cpu"]
+        args = alpaca_run(tiny, out, fake, monkeypatch, "fake-secret-finetune") + ["--no-ab-after-training"]
         assert finetune.main(args) == 0
     finally:
         fake.close()
@@ -349,16 +353,9 @@ def test_ab_of_alpaca_bars_resumes_on_a_rerun(tiny, tmp_path, monkeypatch):
     frame = frame[frame.index < mcal.session_window(sessions[-1], True)[0]]
     fake = FakeAlpaca(lambda query: bars_page(frame, query))
     try:
-        monkeypatch.setenv("ALPACA_KEY_ID", "AKFAKE0004")
-        monkeypatch.setenv("ALPACA_SECRET_KEY", "fake-secret-ab")
-        monkeypatch.setenv("ALPACA_DATA_URL", fake.url)
-        model, tok = tiny
         out = tmp_path / "alpaca"
-        args = ["--config", str(ROOT / "config.yaml"), "--source", "alpaca", "--model", str(model), "--tokenizer",
-                str(tok), "--out", str(out), "--sessions", "6", "--val-sessions", "1", "--test-sessions", "1",
-                "--lookback", "30", "--horizon", "10", "--stride", "30", "--batch-size", "8", "--max-steps", "2",
-                "--eval-every", "2", "--warmup-steps", "1", "--ab-every", "120", "--ab-baselines", "random_walk",
-                "--n-samples", "4", "--no-progress", "--no-plots", "--device", "cpu"]
+        args = alpaca_run(tiny, out, fake, monkeypatch, "fake-secret-ab") + [
+            "--ab-every", "120", "--ab-baselines", "random_walk", "--n-samples", "4", "--no-plots"]
         assert finetune.main(args) == 0
         mark_first_record(out / "ab")
         assert finetune.main(args + ["--ab"]) == 0
