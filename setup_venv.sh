@@ -1,28 +1,36 @@
 #!/usr/bin/env bash
-# Create or update .venv with everything the forecast needs; safe to run again (it only installs what is missing).
+# Create or update .venv with everything the forecast needs, at the exact versions of the locks; safe to run
+# again (it installs only what is missing or not the locked version).
 #
-#   bash setup_venv.sh          runtime dependencies
-#   bash setup_venv.sh --test   plus the test dependencies, the reference Kronos package (test-only) and the
-#                               Debian packages the tests start (redis-server, chromium, chromium-driver)
-#   bash setup_venv.sh --ray    plus Ray, for backtests on a cluster (backtest.py --ray); --test includes it
+#   bash setup_venv.sh          runtime dependencies (requirements.lock)
+#   bash setup_venv.sh --test   plus the test dependencies (requirements-test.lock), the reference Kronos package
+#                               (test-only) and the Debian packages the tests start (redis-server, chromium,
+#                               chromium-driver)
+#   bash setup_venv.sh --ray    plus Ray (requirements-ray.lock), for backtests on a cluster; --test includes it
+#   bash setup_venv.sh --lock   refresh the three locks from requirements*.txt (the ranges we accept) with uv,
+#                               for Linux x86-64 and Python 3.10 and newer; then rerun --test and commit the locks
 #
 # Environment:
 #   PYTHON          interpreter that creates the venv (default: python3; 3.10 or newer)
 #   TORCH_VARIANT   auto (default) | cpu | cu128. auto picks cu128 when nvidia-smi sees a GPU: an RTX 50xx
 #                   (Blackwell, sm_120) needs a PyTorch built for CUDA 12.8 or newer.
-#   TORCH_SPEC      pip requirement for torch (default: torch==2.13.0 for cpu, torch>=2.7 for cu128)
-#   TORCH_INDEX_URL index for the CUDA build (default: PyTorch's own cu128 wheel index)
+#   TORCH_VERSION   the pinned PyTorch release (default 2.13.0); cu128 installs its +cu128 build
+#   TORCH_SPEC      a pip requirement for torch instead (e.g. torch==2.9.1), for either variant
+#   TORCH_INDEX_URL extra index holding the torch build (cu128 default: PyTorch's own cu128 wheel index; cpu: none,
+#                   https://download.pytorch.org/whl/cpu gives a smaller CPU-only build)
 set -euo pipefail
 cd "$(dirname "$0")"
 
 want_tests=0
 want_ray=0
+want_lock=0
 for arg in "$@"; do
   case "$arg" in
     --test) want_tests=1; want_ray=1 ;;
     --ray) want_ray=1 ;;
+    --lock) want_lock=1 ;;
     -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;  # the comment block at the top
-    *) echo "setup_venv.sh: unknown argument '$arg' (use --test, --ray or --help)" >&2; exit 2 ;;
+    *) echo "setup_venv.sh: unknown argument '$arg' (use --test, --ray, --lock or --help)" >&2; exit 2 ;;
   esac
 done
 
@@ -39,6 +47,24 @@ fi
 py=.venv/bin/python
 pip_install() { "$py" -m pip install --quiet --disable-pip-version-check "$@"; }
 
+if [ "$want_lock" = 1 ]; then
+  # uv resolves for every supported Python at once (--universal) and records each file's hash.
+  pip_install uv==0.13.9
+  compile() { "$py" -m uv pip compile --quiet --universal --python-version 3.10 --generate-hashes "$@"; }
+  compile requirements.txt -o requirements.lock
+  compile requirements-ray.txt -c requirements.lock -o requirements-ray.lock
+  compile requirements-test.txt -c requirements.lock -c requirements-ray.lock -o requirements-test.lock
+  echo "locks refreshed: review 'git diff requirements*.lock', run 'bash setup_venv.sh --test && .venv/bin/python -m pytest', commit"
+  exit 0
+fi
+
+# The runtime lock without its hashes, as constraints for the torch step (pip refuses hashes in constraints):
+# torch's own dependencies then install at the locked versions too.
+constraints=$(mktemp)
+trap 'rm -f "$constraints"' EXIT
+sed -e '/^ *--hash=/d' -e 's/ *\\$//' requirements.lock > "$constraints"
+locked_install() { pip_install --require-hashes -r "$1"; }
+
 variant=${TORCH_VARIANT:-auto}
 if [ "$variant" = auto ]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then variant=cu128; else variant=cpu; fi
@@ -48,33 +74,39 @@ case "$variant" in
   *) echo "setup_venv.sh: TORCH_VARIANT must be auto, cpu or cu128, not '$variant'" >&2; exit 2 ;;
 esac
 
-# Which build is installed now: "cpu", "cu12.8", ... or "none".
-installed=$("$py" -c 'import torch; print("cu" + torch.version.cuda if torch.version.cuda else "cpu")' 2>/dev/null || echo none)
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 if [ "$variant" = cpu ]; then
-  if [ "$installed" != cpu ]; then
-    echo "installing PyTorch (CPU build)"
-    pip_install "${TORCH_SPEC:-torch==2.13.0}"
-  fi
+  spec=${TORCH_SPEC:-torch==$TORCH_VERSION}
+  index=${TORCH_INDEX_URL:-}
 else
-  case "$installed" in
-    cu12.8|cu12.9|cu13.*) ;;
-    *)
-      echo "installing PyTorch built for CUDA 12.8"
-      pip_install --upgrade "${TORCH_SPEC:-torch>=2.7}" \
-        --index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cu128}"
-      ;;
-  esac
+  spec=${TORCH_SPEC:-torch==$TORCH_VERSION+cu128}
+  index=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cu128}
+fi
+# The build installed now, as "2.13.0+cpu", "2.13.0+cu128", ... or "none"; reinstall when it does not satisfy spec.
+installed=$("$py" -c 'import torch; print(torch.__version__)' 2>/dev/null || echo none)
+if [ "$installed" = none ] || ! "$py" - "$spec" "$installed" "$variant" <<'PY'
+import sys
+from packaging.requirements import Requirement
+from packaging.version import Version
+spec, installed, variant = Requirement(sys.argv[1]), Version(sys.argv[2]), sys.argv[3]
+cuda = installed.local is not None and installed.local.startswith("cu")
+ok = spec.specifier.contains(installed, prereleases=True) or spec.specifier.contains(installed.public)
+sys.exit(0 if ok and cuda == (variant != "cpu") else 1)
+PY
+then
+  echo "installing PyTorch ($spec, $variant build)"
+  pip_install -c "$constraints" "$spec" ${index:+--extra-index-url "$index"}
 fi
 
-pip_install -r requirements.txt
+locked_install requirements.lock
 # Our own packages, editable: the scripts, tests and benchmarks import them from this checkout.
 pip_install "setuptools>=68"
 pip_install --no-deps --no-build-isolation -e .
 if [ "$want_ray" = 1 ]; then
-  pip_install -r requirements-ray.txt
+  locked_install requirements-ray.lock
 fi
 if [ "$want_tests" = 1 ]; then
-  pip_install -r requirements-test.txt
+  locked_install requirements-test.lock
   # The upstream Kronos code is the test oracle only; its own pins are too strict, hence --no-deps.
   pip_install --no-deps kronos-model-arch==0.1.0 einops==0.8.2
   # Servers the tests start on 127.0.0.1: a real Redis, and a headless Chromium with its WebDriver (Debian).

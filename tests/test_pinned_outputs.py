@@ -1,7 +1,8 @@
 """Outputs pinned on the real QQQ bars: the files in tests/golden were written by the code before the forecast
 pipeline was extracted (commit 5c4c8bc). The forecast CLI (with a deterministic stand-in for the engine, so the
 pin covers every rule after sampling: data preparation, horizon, metrics, calibration, summary, files) and the
-baselines' backtest must still produce them exactly."""
+baselines' backtest must still produce them: text and integers exactly, floats to a relative 1e-9 (support.compare),
+so that another numpy, pandas or scikit-learn summing in another order passes and a changed rule does not."""
 import json
 import os
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import backtest
 import cli_kronos_prob_qqq as cli
 import forecast.pipeline as pipeline
+from support.compare import csv_differences, differences
 
 GOLDEN = Path(__file__).parent / "golden"
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,9 +69,10 @@ def baselines_backtest(shared_data, tmp_path_factory) -> Path:
 
 
 def test_baselines_backtest_is_unchanged(baselines_backtest: Path) -> None:
-    assert (baselines_backtest / "per_origin.csv").read_text() == (GOLDEN / "backtest_per_origin.csv").read_text()
+    assert csv_differences((baselines_backtest / "per_origin.csv").read_text(),
+                           (GOLDEN / "backtest_per_origin.csv").read_text()) == []
     scores = json.loads((baselines_backtest / "report.json").read_text())["forecasters"]
-    assert scores == json.loads((GOLDEN / "backtest_scores.json").read_text())
+    assert differences(scores, json.loads((GOLDEN / "backtest_scores.json").read_text())) == []
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -85,6 +88,7 @@ def test_forecast_files_are_unchanged(case, real_data_dir, baselines_backtest, t
         assert cli.main(argv) == 0
         summary = json.loads((out / f"pred_summary_QQQ_{stamp}.json").read_text())
         golden = json.loads((GOLDEN / f"{case}{'_cal' if calibrated else ''}_summary.json").read_text())
-        assert comparable(summary) == comparable(golden)
+        assert differences(comparable(summary), comparable(golden)) == []
         if not calibrated:
-            assert (out / f"paths_QQQ_{stamp}.csv").read_text() == (GOLDEN / f"{case}_paths.csv").read_text()
+            assert csv_differences((out / f"paths_QQQ_{stamp}.csv").read_text(),
+                                   (GOLDEN / f"{case}_paths.csv").read_text()) == []
