@@ -153,6 +153,29 @@ def test_cli_check_runs_on_stand_in_weights(stand_in_hub, one_thread, tmp_path, 
     trw.test_cli_forecast_with_the_real_checkpoint(rw.cached_snapshots()[0], "cpu", tmp_path)
 
 
+def test_verify_install_without_the_hub_is_one_line_and_exit_5(tmp_path, monkeypatch, capsys):
+    import verify_install
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # empty, and the tests run offline
+    assert verify_install.main([]) == 5
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"verify_install: cannot fetch {rw.MODEL_REPO} at "
+                                                         f"revision {rw.MODEL_REVISION}: "), err
+
+
+def test_verify_install_runs_the_checks_on_what_it_finds(stand_in_hub, monkeypatch, capfd):
+    """Weights already cached (offline): no download, then pytest -m real_weights; here only the CLI check, which
+    passes on stand-in weights too (the record checks would fail on them, as they should)."""
+    import verify_install
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(stand_in_hub))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a 32-wide network in the child: one thread is quickest
+    assert verify_install.main(["-k", "cli"]) == 0
+    out = capfd.readouterr().out
+    assert f"{rw.MODEL_REPO}@{rw.MODEL_REVISION[:12]} is in {stand_in_hub}" in out and "1 passed" in out
+    assert "every real-weights check passed" in out
+
+
 # ---------------------------------------------------------------- the rules, on fabricated runs
 
 
