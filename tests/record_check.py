@@ -75,6 +75,19 @@ def mse(run: Run, origin: Origin) -> float:
     return float(np.mean((got - real) ** 2))
 
 
+def reference_hint(ours32: list[Run], ref: list[Run] | None, origins: list[Origin], miss) -> str:
+    """For a failure message: does the reference reproduce the record here, and where do its tokens part from
+    ours? (If it misses too, this machine does not compute what upstream's did: look at the environment.)"""
+    if ref is None:
+        return "; the reference package is not installed to tell whether it reproduces the record here"
+    ref_miss = miss(ref)
+    text = f"; the reference misses it too: {ref_miss}" if ref_miss else "; the reference reproduces the record"
+    diffs = [f"origin {k}: {d}" for k, (a, b, o) in enumerate(zip(ours32, ref, origins))
+             if (d := first_token_difference(a, b, o))]
+    return text + (f"; our tokens part from the reference's at {diffs[0]} (ours vs reference)" if diffs else
+                   "; our tokens equal the reference's")
+
+
 def check_tokens(ours32: list[Run], ref: list[Run] | None, origins: list[Origin], label: str) -> None:
     if ref is None:
         return
@@ -116,9 +129,9 @@ def judge_greedy(label: str, origin: Origin, record: pd.DataFrame, ours64: Run, 
     assert (record["timestamps"].to_numpy() == origin.future["timestamps"].to_numpy()).all(), "record misaligned"
     miss = value_miss(ours32.values, rec, origin)
     if miss:
-        hint = first_token_difference(ours32, ref, origin) if ref is not None else None
         raise RecordMismatch(f"{label}: our engine with upstream's float32 statistics misses the record: {miss}" +
-                             (f"; first token differing from the reference's: {hint}" if hint else ""))
+                             reference_hint([ours32], None if ref is None else [ref], [origin],
+                                            lambda r: value_miss(r[0].values, rec, origin)))
     check_tokens([ours32], None if ref is None else [ref], [origin], label)
     if ref is not None:
         ref_miss = value_miss(ref.values, rec, origin)
@@ -137,11 +150,14 @@ def judge_mse(label: str, expected: float, origins: list[Origin], ours64: list[R
     def gap(runs: list[Run]) -> tuple[float, str]:
         per = [mse(r, o) for r, o in zip(runs, origins)]
         value = float(np.mean(per))
-        return value - expected, f"MSE {value:.7f} vs recorded {expected} (per origin {', '.join(f'{m:.6f}' for m in per)})"
+        each = ", ".join(f"{m:.6f}" for m in per)
+        return value - expected, f"MSE {value:.7f} vs recorded {expected} (per origin {each})"
 
     d32, text32 = gap(ours32)
     if not abs(d32) <= MSE_TOL:
-        raise RecordMismatch(f"{label}: our engine with upstream's float32 statistics gives {text32}")
+        raise RecordMismatch(f"{label}: our engine with upstream's float32 statistics gives {text32}" +
+                             reference_hint(ours32, ref, origins,
+                                            lambda r: None if abs(gap(r)[0]) <= MSE_TOL else gap(r)[1]))
     check_tokens(ours32, ref, origins, label)
     if ref is not None:
         dref, text_ref = gap(ref)

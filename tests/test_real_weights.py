@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 
 import numpy as np
@@ -56,8 +57,6 @@ def bars():
 
 
 def precisions() -> list[str]:
-    import os
-
     return ["float32", "bfloat16"] if os.environ.get("KRONOS_TEST_DEVICE", "cpu").startswith("cuda") else ["float32"]
 
 
@@ -156,7 +155,7 @@ def test_cli_forecast_with_the_real_checkpoint(snapshots, engine_device, tmp_pat
     assert summary["model"]["model_revision"] == rw.MODEL_REVISION
     assert summary["model"]["tokenizer_revision"] == rw.TOKENIZER_REVISION
     s = summary["summary"]
-    numbers = [v for v in _numbers(s)]
+    numbers = list(_numbers(s))
     assert numbers and all(math.isfinite(v) for v in numbers), "non-finite number in the summary"
     for key, value in s.items():
         if key.startswith("p_") and value is not None:
@@ -165,8 +164,13 @@ def test_cli_forecast_with_the_real_checkpoint(snapshots, engine_device, tmp_pat
     levels = sorted(pct, key=lambda k: float(k[1:]))
     bands = np.array([pct[k] for k in levels], dtype=float)  # [levels, minutes]
     assert bands.shape == (len(levels), h) and (np.diff(bands, axis=0) >= 0).all(), "percentiles out of order"
-    paths = pd.read_csv(next(out.glob("paths_QQQ_2*.csv")), index_col=0).to_numpy(float)
-    assert paths.shape == (100, h) and np.isfinite(paths).all() and (paths > 0).all()
+    assert bands[0, -1] < bands[-1, -1], "no spread at the horizon: the paths are all alike"
+    stamp = asof.strftime("%Y%m%dT%H%M%SZ")
+    paths, highs, lows = (pd.read_csv(out / f"{kind}_QQQ_{stamp}.csv", index_col=0).to_numpy(float)
+                          for kind in ("paths", "paths_high", "paths_low"))
+    for p in (paths, highs, lows):
+        assert p.shape == (100, h) and np.isfinite(p).all() and (p > 0).all()
+    assert (highs >= paths - 1e-9).all() and (lows <= paths + 1e-9).all()
     # a forecast of the next 30 minutes stays near the last price: a wild path means broken weights or inputs
     assert np.abs(np.log(paths / summary["now_close"])).max() < 0.2
 

@@ -69,7 +69,8 @@ def runs(stand_in_hub, one_thread):
 
 
 def start_pytest(args, cache: Path) -> subprocess.Popen:
-    env = dict(os.environ, HF_HUB_CACHE=str(cache), PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    env = dict(os.environ, HF_HUB_CACHE=str(cache), KRONOS_TEST_DEVICE="cpu",
+               PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
     return subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-rs", "tests/test_real_weights.py", *args],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -96,13 +97,14 @@ def test_without_the_weights_every_check_skips_with_one_reason(tmp_path, monkeyp
 def test_stand_in_weights_miss_the_record_and_the_failure_names_the_bar(runs, context):
     origin, ours64, ours32, ref, _ = runs[context]
     with pytest.raises(rc.RecordMismatch, match=r"float32 statistics misses the record: predicted bar 0 "
-                                                r"\(2024-0\d-\d\d \d\d:\d\d\) open: [\d.]+ vs recorded [\d.]+"):
+                                                r"\(2024-0\d-\d\d \d\d:\d\d\) open: [\d.]+ vs recorded [\d.]+.*"
+                                                r"the reference misses it too: .*our tokens equal the reference's"):
         rc.judge_greedy(f"greedy from {context}", origin, rw.recorded(context), ours64, ours32, ref)
 
 
 def test_stand_in_weights_miss_the_recorded_mse(runs):
     origins, ours64, ours32, ref = runs["mse"]
-    with pytest.raises(rc.RecordMismatch, match=r"MSE [\d.]+ vs recorded 0.003741"):
+    with pytest.raises(rc.RecordMismatch, match=r"MSE [\d.]+ vs recorded 0.003741 .*the reference misses it too"):
         rc.judge_mse("mse", 0.003741, origins, ours64, ours32, ref)
 
 
@@ -143,6 +145,25 @@ def test_windowed_decoding_equals_the_engine_where_both_apply(runs, one_thread):
     for x, y in zip(a[1:], b[1:]):
         np.testing.assert_array_equal(x, y)
     np.testing.assert_allclose(a[0], b[0], rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_check_plumbing_on_the_cpu(runs, one_thread):
+    """The bf16 check's path on the CPU (bf16 itself needs CUDA): float32 against itself parts nowhere, and the
+    logit gap it would ask for is 0 for float32's own token and positive for any other at a greedy step."""
+    import test_real_weights as trw
+
+    sampler, (origin, ours64) = runs["sampler"], runs[512][:2]
+    assert trw.bf16_verdict(lambda dtype: sampler, "plumbing", [origin]).notes == []
+    for step, name, own in ((0, "s1", ours64.s1[0]), (5, "s2", ours64.s2[5])):  # step 5: the window has slid
+        other = (int(own) + 1) % 1024
+        assert rw.logit_gap(sampler, origin, ours64, step, name, other) > 0.0
+    for step in (0, 5):  # the logits it reads are the ones the greedy run chose from
+        s1 = torch.from_numpy(np.concatenate([ours64.context_s1, ours64.s1[:step]]))[None]
+        s2 = torch.from_numpy(np.concatenate([ours64.context_s2, ours64.s2[:step]]))[None]
+        stamps = torch.from_numpy(np.concatenate([origin.x_stamp, origin.y_stamp[:step]]))[None]
+        with torch.inference_mode():
+            l1, l2 = rw.window_step(sampler, s1, s2, stamps)
+        assert (int(l1.argmax()), int(l2.argmax())) == (ours64.s1[step], ours64.s2[step])
 
 
 def test_cli_check_runs_on_stand_in_weights(stand_in_hub, one_thread, tmp_path, monkeypatch):
@@ -217,8 +238,12 @@ def test_other_differences_fail(fabricated):
         rc.judge_greedy("fab", origin, rec, flipped, run, None)
     with pytest.raises(rc.RecordMismatch, match=r"different tokens, first at predicted bar 5 .*: s1 token"):
         rc.judge_greedy("fab", origin, rec, run, run, replace(run, s1=s1))
-    with pytest.raises(rc.RecordMismatch, match="float32 statistics misses the record: predicted bar 0"):
+    with pytest.raises(rc.RecordMismatch, match="float32 statistics misses the record: predicted bar 0.*the "
+                                                "reference reproduces the record; our tokens equal"):
         rc.judge_greedy("fab", origin, rec, run, off, run)
+    with pytest.raises(rc.RecordMismatch, match="reproduces the record; our tokens part from the reference's at "
+                                                "origin 0: predicted bar 5"):
+        rc.judge_greedy("fab", origin, rec, run, replace(off, s1=s1), run)
 
 
 def test_bf16_may_part_from_float32_only_at_a_near_tie(fabricated):
