@@ -20,7 +20,8 @@ from app.operation import run_lock
 from live.book import BarBook
 from live.clock import ReplayClock, WallClock
 from live.loop import ForecastLoop
-from live.outputs import Outputs, RedisPublisher, redacted
+from live.outputs import Outputs, RedisPublisher
+from marketdata.redact import redact_url
 
 log = logging.getLogger(__name__)
 TOKEN_ENV = "KRONOS_SERVE_TOKEN"
@@ -83,7 +84,7 @@ class Service:
         log.info("web page on http://%s:%d/%s", cfg.host, self.port, "" if self.token is None else
                  " (token required)")
         if redis is not None:
-            log.info("publishing to Redis %s on %s:<SYMBOL>", redacted(cfg.redis_url), cfg.redis_prefix)
+            log.info("publishing to Redis %s on %s:<SYMBOL>", redact_url(cfg.redis_url), cfg.redis_prefix)
 
         self.clock = WallClock() if frames is None else ReplayClock(start, self.replay.speed)
         self.book = BarBook(self.symbols, on_change=lambda s, f: hub.on_bars(s, f, self.clock.now()), days=cfg.days)
