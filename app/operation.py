@@ -74,6 +74,26 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, on_term)
 
 
+def interrupt_once(log: logging.Logger) -> None:
+    """SIGINT and SIGTERM stop the program once (KeyboardInterrupt in the main thread); a second one while it
+    is already stopping is told once and otherwise ignored, so the shutdown under way finishes writing its files
+    and the program still exits with its code instead of a traceback (a service's operator presses Ctrl-C
+    twice; systemd may send SIGTERM again)."""
+    state = {"stopping": False, "told": False}
+
+    def on_signal(signum: int, frame: object) -> None:
+        if not state["stopping"]:
+            state["stopping"] = True
+            raise KeyboardInterrupt
+        if not state["told"]:
+            state["told"] = True
+            log.warning("already stopping (%s ignored); the shutdown finishes its work first",
+                        signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     """Logs go to stderr with UTC timestamps; stdout stays for the result."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO

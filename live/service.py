@@ -46,6 +46,8 @@ class Service:
     def __post_init__(self) -> None:
         self.symbols = symbols_of(self.cfg)
         self.token = listen_token(self.cfg.host, self.environ)
+        # live needs the keys: refused here, before the port, the folder, the lock or the model
+        self.credentials = None if self.replay is not None else alpaca_credentials(self.environ)
         self.threads: list[threading.Thread] = []
         self.server: Any = None
         self.source: Any = None
@@ -56,11 +58,19 @@ class Service:
     # --------------------------------------------------------------------------------------------- start
 
     def start(self) -> None:
+        sock = listen_socket(self.cfg.host, self.cfg.port)  # the port is taken before the model loads, or never
+        try:
+            self._start(sock)
+        except BaseException:
+            if self.server is None:  # the web server owns the socket once it runs; until then it is ours
+                sock.close()
+            raise
+
+    def _start(self, sock: socket.socket) -> None:
         from forecast.pipeline import ForecastPipeline
         from live.hub import LiveHub
 
         cfg = self.cfg
-        sock = listen_socket(cfg.host, cfg.port)  # the port is taken before the model loads, or not at all
         self.port = sock.getsockname()[1]
         out = Path(cfg.live_out)
         frames, start = self._replay_frames()
@@ -118,15 +128,9 @@ class Service:
 
     def _alpaca_source(self) -> Any:
         from live.sources import AlpacaLiveSource
-        from marketdata.alpaca import credentials_from_env
-        from marketdata.frame import DataError
 
-        credentials = credentials_from_env(self.environ)
-        if credentials is None:
-            raise DataError("no Alpaca keys: set ALPACA_KEY_ID and ALPACA_SECRET_KEY (or APCA_API_KEY_ID and "
-                            "APCA_API_SECRET_KEY), or try it offline with --replay FILE")
         cfg = self.cfg
-        return AlpacaLiveSource(self.symbols, self.book, self.clock, self.hub, credentials, feed=cfg.feed,
+        return AlpacaLiveSource(self.symbols, self.book, self.clock, self.hub, self.credentials, feed=cfg.feed,
                                 sip_fallback=cfg.sip_fallback, days=cfg.days, rth=cfg.rth, stop=self.stop,
                                 rest_url=self.environ.get(REST_URL_ENV) or None,
                                 stream_url=self.environ.get(STREAM_URL_ENV) or None,
@@ -167,6 +171,18 @@ def symbols_of(cfg: Any) -> list[str]:
     if len(set(symbols)) != len(symbols):
         raise ConfigError(f"config key 'symbols' lists a ticker twice: {', '.join(symbols)}")
     return symbols
+
+
+def alpaca_credentials(environ: Mapping[str, str]) -> Any:
+    """The Alpaca key pair from the environment; a DataError saying what to set when there is none."""
+    from marketdata.alpaca import credentials_from_env
+    from marketdata.frame import DataError
+
+    credentials = credentials_from_env(environ)
+    if credentials is None:
+        raise DataError("no Alpaca keys: set ALPACA_KEY_ID and ALPACA_SECRET_KEY (or APCA_API_KEY_ID and "
+                        "APCA_API_SECRET_KEY), or try it offline with --replay FILE")
+    return credentials
 
 
 def is_loopback(host: str) -> bool:
