@@ -215,19 +215,26 @@ def listen_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port or "
                           "--host") from None
-    sock.listen(128)
+    sock.listen(32)  # uvicorn listens again with web.guard.BACKLOG
     sock.set_inheritable(True)
     return sock
 
 
 def start_web(hub: Any, token: str | None, sock: socket.socket, threads: list[threading.Thread]) -> Any:
-    """uvicorn serving web.app.create_app(hub, token) on the bound socket, on its own thread."""
+    """uvicorn serving web.app.create_app(hub, token) on the bound socket, on its own thread, behind
+    web.guard: connections capped by the descriptor limit, a deadline for each request's headers."""
     import uvicorn
 
     from web.app import create_app
+    from web.guard import BACKLOG, HEADER_TIMEOUT_S, MAX_HEADER_BYTES, connection_cap, guarded_protocol
 
+    cap = connection_cap()
+    # log_config=None: uvicorn's records go through our handler (one format, repeats rate-limited)
     server = uvicorn.Server(uvicorn.Config(create_app(hub, token), log_level="warning", access_log=False,
-                                           lifespan="on", timeout_graceful_shutdown=3))
+                                           log_config=None, lifespan="on", timeout_graceful_shutdown=3,
+                                           http=guarded_protocol(cap), backlog=BACKLOG, timeout_keep_alive=5,
+                                           h11_max_incomplete_event_size=MAX_HEADER_BYTES))
+    log.info("web server: at most %d connections, %g s to send a request", cap, HEADER_TIMEOUT_S)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="web", daemon=True)
     thread.start()
     threads.append(thread)
