@@ -144,6 +144,9 @@ class Service:
             dead = [t.name for t in self.threads if not t.is_alive()]
             if dead:
                 raise RuntimeError(f"the {', '.join(dead)} thread stopped unexpectedly")
+        fatal = getattr(self.source, "fatal", None)
+        if fatal is not None:  # the source gave up (the stream refused us too often): its one line and code
+            raise fatal
 
     def close(self) -> None:
         self.stop.set()
