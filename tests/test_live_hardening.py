@@ -167,3 +167,43 @@ def test_a_second_signal_while_stopping_is_ignored(ckpt, tmp_path, signals):
     assert len(rows) >= 3 and {row.count(",") for row in rows} == {rows[0].count(",")}
     assert summary["asof"] in rows[-1]
     assert not [p.name for p in serve.out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_repeated_log_lines_are_rate_limited_and_counted():
+    import logging
+
+    from app.operation import RepeatLimit
+
+    shown: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            shown.append(record.getMessage())
+
+    handler = Keep()
+    limit = RepeatLimit(burst=5, window_s=0.5)
+    handler.addFilter(limit)
+    logger = logging.getLogger("test.repeat")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        for i in range(1000):
+            logger.error("socket.accept() out of system resource")
+            logger.info("forecast %d", i)  # different lines are never held back
+        assert shown.count("socket.accept() out of system resource") == 5
+        assert len([m for m in shown if m.startswith("forecast ")]) == 1000
+        time.sleep(0.6)
+        logger.error("socket.accept() out of system resource")
+        assert shown[-1] == "socket.accept() out of system resource [995 more like this in the last 0.5 s not shown]"
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_the_connection_cap_leaves_the_reserve_free():
+    from web.guard import BACKLOG, MAX_CONNECTIONS, RESERVE_FDS, connection_cap
+
+    assert connection_cap(256, in_use=20) == 256 - 20 - RESERVE_FDS - 3 * BACKLOG
+    assert connection_cap(1024, in_use=20) == MAX_CONNECTIONS
+    assert connection_cap(1024, in_use=20) + 20 + RESERVE_FDS + 3 * BACKLOG <= 1024
+    assert connection_cap(64, in_use=40) == 4  # never none at all
