@@ -21,7 +21,8 @@ KEY, SECRET = "PKZX81QWERTY0ASDF123", "Zq8sd7F6gH5jK4lL3mN2bV1cX0zAqWsEdRfTgYhU"
     ("redis://:hunter2@cache/0", "redis://:***@cache/0"),
     ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
     ("redis://127.0.0.1:6379/0?password=hunter2", "redis://127.0.0.1:6379/0?password=***"),
-    ("rediss://cache:6380/0?ssl_cert_reqs=none&Password=hunter2", "rediss://cache:6380/0?ssl_cert_reqs=none&Password=***"),
+    ("rediss://cache:6380/0?ssl_cert_reqs=none&Password=hunter2",
+     "rediss://cache:6380/0?ssl_cert_reqs=none&Password=***"),
     ("unix:///run/redis.sock?db=1&password=hunter2", "unix:///run/redis.sock?db=1&password=***"),
     ("redis://cache:6379/0?auth_token=hunter2&db=2", "redis://cache:6379/0?auth_token=***&db=2"),
     ("redis://:hunter2@127.0.0.1:notaport/0", "redis://:***@127.0.0.1:notaport/0"),  # does not parse
