@@ -118,6 +118,13 @@ def symbol_column(symbol: str):
     return edit
 
 
+def unadjusted_before(when: str, factor: float):
+    """The sessions before ``when`` at their prices before a split (a feed that does not adjust history)."""
+    def edit(f: pd.DataFrame) -> None:
+        f.loc[f.index < pd.Timestamp(when), ["open", "high", "low", "close"]] *= factor
+    return edit
+
+
 def config(text: str):
     def setup(d: Path, a: dict) -> None:
         (d / "config.yaml").write_text(text)
@@ -366,6 +373,10 @@ CASES = [
          args=("--symbol", "SPY"), setup=bars_with(symbol_column("QQQ")), files={".run_SPY.lock"}),
     Case("bars-symbol-other-case", 0, ("wrote",), setup=bars_with(symbol_column("qqq")), files=RUN_FILES | {LOCK}),
     Case("config-symbol-lower-case", 0, ("wrote",), args=("--symbol", "qqq"), files=RUN_FILES | {LOCK}),
+    Case("bars-unadjusted-split", 3, ("2025-06-04T13:30:00Z", "unadjusted 2:1 split", "split-adjusted"),
+         setup=bars_with(unadjusted_before("2025-06-04T13:30Z", 2.0))),
+    Case("bars-unadjusted-split-skip", 3, ("unadjusted 2:1 split",), args=("--bad-bars", "skip"),
+         setup=bars_with(unadjusted_before("2025-06-04T13:30Z", 2.0))),
     Case("config-symbol-not-ascii", 2, ("config key 'symbol'", "ASCII letters, digits and dots"),
          args=("--symbol", "QQ\u00c9"), files=NO_FOLDER),
 ]
