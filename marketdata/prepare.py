@@ -104,7 +104,7 @@ def prepare_bars(frame: pd.DataFrame, asof: mcal.TimeLike, days: int = 3, rth: b
         reals.append(real)
     bad = find_bad_bars(reals, rules, [_regular(r, s) for r, s in zip(reals, sessions)]) if rules else []
     if bad and bad_bars == "fill":
-        drop = pd.DatetimeIndex([b.time for b in bad])
+        drop = pd.DatetimeIndex([b.time for b in bad if b.kind != "split"])  # a split is refused below, not filled
         reals = [r[~r.index.isin(drop)] for r in reals]
     for session, (start, end), real in zip(sessions, windows, reals):
         grid_end = min(end, t.floor("min"))
