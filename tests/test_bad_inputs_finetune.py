@@ -18,9 +18,8 @@ from typing import Callable
 import pytest
 
 import finetune
-from app.exits import ExitCode
 from forecast.owned import MARKER
-from test_finetune import argv, bars, one_thread, tiny  # noqa: F401 - fixtures
+from test_finetune import argv, bars, one_thread, tiny  # noqa: F401 - fixtures (one_thread: autouse)
 
 RUN = ("--max-steps", "4", "--eval-every", "2")
 TRAINED = {MARKER, "best", "best/config.json", "best/model.safetensors", "card.json", "last", "last/config.json",
