@@ -116,11 +116,12 @@ def run_universe(args: argparse.Namespace, cfg: Any, names: list[str], specs: li
 def run(args: argparse.Namespace) -> int:
     from evaluation import report as rep
     from evaluation.forecasters import forecaster_names
-    from evaluation.jobs import SymbolJob, run_jobs
+    from evaluation.jobs import BACKTEST, SymbolJob, run_jobs
     from evaluation.universe import load_symbol
+    from forecast.owned import claim
 
     cfg = backtest_config(args)
-    args.out.mkdir(parents=True, exist_ok=True)
+    claim(args.out, BACKTEST)  # only our own files are ever replaced or deleted in --out (exit 2 otherwise)
     if args.fit_run_log:
         return fit_run_log(args, cfg)
     specs = kronos_settings(args, cfg.forecasters)

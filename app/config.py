@@ -21,6 +21,7 @@ import pandas as pd
 import yaml
 
 from forecast.errors import SettingsError
+from marketdata import symbols as tickers
 from marketdata.quality import BAD_BAR_POLICIES
 from marketdata.redact import redact_url
 
@@ -39,6 +40,7 @@ class Key:
     check: Callable[[Any], bool] | None = None
     rule: str = ""  # what `check` allows, for the error message
     affects_results: bool = True  # False: changing it never changes a forecast (so a backtest may resume)
+    normal: Callable[[Any], Any] | None = None  # the value's one spelling, before the check (tickers: upper case)
 
 
 def _positive(v: Any) -> bool:
@@ -69,19 +71,18 @@ def _is_redis_url(v: Any) -> bool:
     return bool(parts.hostname) and port != 0
 
 
-def _is_ticker(v: Any) -> bool:
-    return isinstance(v, str) and v.replace(".", "").isalnum()
-
-
-# One key, read by backtest.py and serve.py alike (both tables hold this same Key).
+# One key, read by backtest.py and serve.py alike (both tables hold this same Key); tickers follow one rule
+# (marketdata.symbols): upper case, so a name given twice in two spellings is refused.
 SYMBOLS = Key("symbols", list, [], "several tickers: serve.py forecasts them together, one batched engine call; "
               "backtest.py runs each in its own folder under --out, with a pooled report (empty: `symbol`)",
-              check=lambda v: all(_is_ticker(s) for s in v), rule="a list of tickers (letters, digits and dots)",
-              affects_results=False)
+              check=lambda v: all(tickers.is_ticker(s) for s in v) and len(set(v)) == len(v),
+              rule=f"a list of tickers ({tickers.RULE}), each once (case aside)", affects_results=False,
+              normal=lambda v: [tickers.normal(s) for s in v])
 
 
 KEYS: tuple[Key, ...] = (
-    Key("symbol", str, "QQQ", "ticker to forecast", check=_is_ticker, rule="letters, digits and dots"),
+    Key("symbol", str, "QQQ", "ticker to forecast", check=tickers.is_ticker, rule=tickers.RULE,
+        normal=tickers.normal),
     Key("horizon", int, 30, "minutes to forecast", check=lambda v: 1 <= v <= 390, rule="1..390"),
     Key("n_samples", int, 100, "number of sampled paths", check=lambda v: 1 <= v <= 100_000, rule="1..100000"),
     Key("temperature", float, 1.0, "sampling temperature", check=_positive, rule="> 0"),
@@ -339,14 +340,18 @@ def _kind_name(kind: type) -> str:
             str: "a string"}[kind]
 
 
-def _check(key: Key, value: Any) -> None:
+def _check(key: Key, value: Any) -> Any:
+    """The value in its normal form, checked against the key's choices and rule."""
     if value is None:
-        return
+        return None
+    if key.normal is not None:
+        value = key.normal(value)
     if key.choices is not None and value not in key.choices:
         raise ConfigError(f"config key '{key.name}' must be one of {', '.join(key.choices)}; got {value!r}")
     if key.check is not None and not key.check(value):
         shown = redact_url(value) if isinstance(value, str) and "://" in value else value  # no password shown
         raise ConfigError(f"config key '{key.name}' must be {key.rule}; got {shown!r}")
+    return value
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -387,9 +392,7 @@ def build_config(file_values: dict[str, Any], overrides: dict[str, Any], script:
             raw = file_values[key.name]
         if overrides.get(key.name) is not None:
             raw = overrides[key.name]
-        value = _coerce(key, raw)
-        _check(key, value)
-        values[key.name] = value
+        values[key.name] = _check(key, _coerce(key, raw))
     cfg = CONFIG_CLASSES[script](**values)
     _check_combination(cfg)
     return cfg
@@ -413,8 +416,7 @@ def parse_setting_spec(text: str, allowed: tuple[str, ...]) -> dict[str, Any]:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"setting {text!r}: unknown key '{name}'{hint}; allowed: name, {', '.join(allowed)}")
         key = KEYS_BY_NAME[name]
-        out[name] = _coerce(key, value.strip())
-        _check(key, out[name])
+        out[name] = _check(key, _coerce(key, value.strip()))
     return out
 
 

@@ -5,18 +5,45 @@ in one mode resumes in the other; this module is the one place that chooses.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 
 from evaluation.store import PARTS, RESULTS, RUN_FILE, ResultStore
+from forecast.owned import Layout, Owner
 
 log = logging.getLogger(__name__)
 Records = dict[tuple[str, str], dict[str, Any]]
+PART_NAMES = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9].*.jsonl"  # a shard's records: <session>.<group>.jsonl
+# What a backtest writes in one symbol's folder (and, for a finetune run, in OUT/ab): the results store, the
+# report, the calibrators and the charts.
+RUN_LAYOUT: Layout = {
+    RESULTS: None, RUN_FILE: None, PARTS: {PART_NAMES: None}, "report.json": None, "per_origin.csv": None,
+    "calibrator_*.json": None, "reliability.png": None, "pit_histogram.png": None, "coverage_by_step.png": None,
+    "equity.png": None, ".*.png.tmp.png": None,
+}
+SYMBOL_FOLDERS = "[A-Z0-9]*"  # --symbols: one folder per (upper-case) symbol
+
+
+def _earlier_backtest(folder: Path) -> bool:
+    """A run.json of ours (here, or in a symbol's folder of a --symbols run): settings, data and forecasters."""
+    import json
+
+    for path in [folder / RUN_FILE, *folder.glob(f"{SYMBOL_FOLDERS}/{RUN_FILE}")]:
+        try:
+            run = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(run, dict) and {"settings", "data", "forecasters"} <= set(run):
+            return True
+    return False
+
+
+BACKTEST = Owner("backtest.py", {**RUN_LAYOUT, SYMBOL_FOLDERS: RUN_LAYOUT}, _earlier_backtest)
 
 
 @dataclass
@@ -31,10 +58,16 @@ class SymbolJob:
 
 
 def clear_results(folder: Path) -> None:
-    """--fresh: forget a folder's earlier results and run record."""
+    """--fresh: forget a folder's earlier results and run record (only our own files: the folder was claimed)."""
     for name in (RESULTS, RUN_FILE):
         (folder / name).unlink(missing_ok=True)
-    shutil.rmtree(folder / PARTS, ignore_errors=True)
+    parts = folder / PARTS
+    if parts.is_dir():
+        for path in parts.iterdir():
+            if path.is_file() and fnmatchcase(path.name, PART_NAMES):
+                path.unlink()
+        if not any(parts.iterdir()):
+            parts.rmdir()
 
 
 def run_jobs(jobs: Sequence[SymbolJob], cfg: Any, names: Sequence[str], specs: Sequence[dict[str, Any]],

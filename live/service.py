@@ -170,10 +170,8 @@ class Service:
 
 
 def symbols_of(cfg: Any) -> list[str]:
-    symbols = [s.upper() for s in (cfg.symbols or [cfg.symbol])]
-    if len(set(symbols)) != len(symbols):
-        raise ConfigError(f"config key 'symbols' lists a ticker twice: {', '.join(symbols)}")
-    return symbols
+    """The service's tickers: upper case and each once already (app.config's rule, marketdata.symbols)."""
+    return list(cfg.symbols or [cfg.symbol])
 
 
 def alpaca_credentials(environ: Mapping[str, str]) -> Any:

@@ -34,7 +34,7 @@ def fetch_recent_bars(source: str, symbol: str, now: pd.Timestamp | None, days: 
     file's end).
     """
     if source == "csv":
-        frame = read_bars_file(csv, tz=csv_tz, label=csv_label)
+        frame = read_bars_file(csv, tz=csv_tz, label=csv_label, symbol=symbol)
         if now is None:
             if frame.empty:
                 raise DataError(f"bars file {csv} holds no bars")

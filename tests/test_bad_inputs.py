@@ -111,6 +111,20 @@ def high_below_close(f: pd.DataFrame) -> None:
     f.loc[TICK, "close"] = f.loc[TICK, "low"] * 1.001
 
 
+def symbol_column(symbol: str):
+    """A Symbol column, as vendors' exports have one."""
+    def edit(f: pd.DataFrame) -> None:
+        f.insert(0, "Symbol", symbol)
+    return edit
+
+
+def unadjusted_before(when: str, factor: float):
+    """The sessions before ``when`` at their prices before a split (a feed that does not adjust history)."""
+    def edit(f: pd.DataFrame) -> None:
+        f.loc[f.index < pd.Timestamp(when), ["open", "high", "low", "close"]] *= factor
+    return edit
+
+
 def config(text: str):
     def setup(d: Path, a: dict) -> None:
         (d / "config.yaml").write_text(text)
@@ -354,6 +368,17 @@ CASES = [
          absent=("nothing was written",)),
     Case("locked", 6, ("another run holds the lock",), setup=out_folder(lambda out: out.mkdir()), files={LOCK}),
     Case("time-budget", 7, ("time budget of 0.001 s",), args=("--time-budget", "0.001")),
+    # wrong data is refused, not forecast: a swapped file, a ticker in two spellings, a name that is no ticker
+    Case("bars-symbol-other", 2, ("symbol column says QQQ", "the run is for SPY", "bars.csv"),
+         args=("--symbol", "SPY"), setup=bars_with(symbol_column("QQQ")), files={".run_SPY.lock"}),
+    Case("bars-symbol-other-case", 0, ("wrote",), setup=bars_with(symbol_column("qqq")), files=RUN_FILES | {LOCK}),
+    Case("config-symbol-lower-case", 0, ("wrote",), args=("--symbol", "qqq"), files=RUN_FILES | {LOCK}),
+    Case("bars-unadjusted-split", 3, ("2025-06-04T13:30:00Z", "unadjusted 2:1 split", "split-adjusted"),
+         setup=bars_with(unadjusted_before("2025-06-04T13:30Z", 2.0))),
+    Case("bars-unadjusted-split-skip", 3, ("unadjusted 2:1 split",), args=("--bad-bars", "skip"),
+         setup=bars_with(unadjusted_before("2025-06-04T13:30Z", 2.0))),
+    Case("config-symbol-not-ascii", 2, ("config key 'symbol'", "ASCII letters, digits and dots"),
+         args=("--symbol", "QQ\u00c9"), files=NO_FOLDER),
 ]
 
 
