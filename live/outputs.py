@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from forecast.owned import Owner, claim
+from forecast.owned import Owner, check, claim
 from forecast.publish import preflight, publish
 from marketdata.frame import first_line
 from marketdata.redact import redact_text, redact_url
@@ -110,11 +110,15 @@ class Outputs:
         self.hub, self.timestamped, self.redis = hub, timestamped, redis
 
     def preflight(self, symbols: list[str]) -> None:
-        """Every check that can fail before the service starts (SettingsError naming the problem); the folder
-        is claimed for the service (exit 2 when it holds anything the service did not write)."""
-        claim(self.out, SERVE, "--live-out")
+        """Every check that can fail before the service starts (SettingsError naming the problem), the folder's
+        ownership among them (exit 2 when it holds anything the service did not write); nothing is written."""
+        check(self.out, SERVE, "--live-out")
         for symbol in symbols:
             preflight(self.out, symbol)
+
+    def claim(self) -> None:
+        """Mark the folder as the service's, once its lock is held (a run refused by the lock writes nothing)."""
+        claim(self.out, SERVE, "--live-out")
 
     def publish(self, symbol: str, fc: Any, latency_start: float) -> dict[str, Any]:
         """Send the forecast everywhere; returns the summary JSON document (the one every output carries)."""

@@ -82,6 +82,7 @@ class Service:
         self.outputs.preflight(self.symbols)
         self._lock = run_lock(out / ".serve.lock")  # one service per folder (exit 6 for a second one)
         self._lock.__enter__()
+        self.outputs.claim()
 
         load_s = base.load()
         # one engine and one calibrator, shared: the model is loaded once
