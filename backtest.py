@@ -27,6 +27,7 @@ from app.config import (ConfigError, add_config_flags, load_config, overrides_fr
                         parse_setting_spec, script_parser)
 from app.exits import ExitCode
 from app.operation import install_program_handlers, report_failure
+from app.paths import check_input_file, check_out_dir
 
 log = logging.getLogger("backtest")
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
@@ -75,6 +76,7 @@ def fit_run_log(args: argparse.Namespace, cfg: Any) -> int:
     frame, _ = load_symbol(cfg)
     calibrator = fit_from_run_log(args.fit_run_log, frame, ForecastPipeline(cfg, calibrator=None),
                                   symbol=cfg.symbol, horizon_min=cfg.horizon, isotonic_min=cfg.isotonic_min)
+    args.out.mkdir(parents=True, exist_ok=True)
     path = calibrator.save(args.out / f"calibrator_{cfg.symbol}_runlog.json")
     print(f"{path}: p_up {calibrator.p_up.method} on {calibrator.p_up.n} outcomes, bands on {calibrator.bands.n}")
     return ExitCode.OK
@@ -120,8 +122,9 @@ def run(args: argparse.Namespace) -> int:
     from evaluation.universe import load_symbol
 
     cfg = backtest_config(args)
-    args.out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(args.out)  # every path is checked before anything is read or made
     if args.fit_run_log:
+        check_input_file(args.fit_run_log, "--fit-run-log")
         return fit_run_log(args, cfg)
     specs = kronos_settings(args, cfg.forecasters)
     names = [n for n in cfg.forecasters if n != "kronos"]
