@@ -28,6 +28,7 @@ from app.config import (ConfigError, add_config_flags, load_config, overrides_fr
 from app.exits import ExitCode
 from app.operation import install_program_handlers, report_failure
 from app.paths import check_input_file, check_out_dir
+from app.yamlfile import load_yaml, yaml_problem
 
 log = logging.getLogger("backtest")
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
@@ -56,9 +57,11 @@ def kronos_settings(args: argparse.Namespace, forecasters: list[str]) -> list[di
     specs += [parse_setting_spec(text, KRONOS_KEYS) for text in args.kronos]
     if args.kronos_settings:
         try:
-            listed = yaml.safe_load(args.kronos_settings.read_text()) or []
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"--kronos-settings {args.kronos_settings}: {exc}") from None
+            listed = load_yaml(args.kronos_settings.read_text()) or []  # a key given twice is an error
+        except OSError as exc:
+            raise ConfigError(f"--kronos-settings {args.kronos_settings}: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--kronos-settings {args.kronos_settings} is {yaml_problem(exc)}") from None
         if not isinstance(listed, list) or not all(isinstance(s, dict) for s in listed):
             raise ConfigError(f"--kronos-settings {args.kronos_settings} must be a YAML list of mappings")
         specs += [parse_setting_spec(",".join(f"{k}={v}" for k, v in s.items()), KRONOS_KEYS) for s in listed]

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import pandas as pd
 import yaml
 
-from app.yamlfile import load_yaml
+from app.yamlfile import load_yaml, yaml_problem
 from forecast.errors import SettingsError
 from marketdata.quality import BAD_BAR_POLICIES
 
@@ -374,10 +374,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = load_yaml(text)  # a key given twice is an error, not last-wins
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
+        raise ConfigError(f"config file {path} is {yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -31,3 +31,10 @@ class UniqueKeyLoader(yaml.SafeLoader):
 def load_yaml(text: str) -> Any:
     """The document in ``text``; yaml.YAMLError (with a problem mark) for bad YAML and for a duplicate key."""
     return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: where (line and column, counted from 1) and what."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"not valid YAML{where}: {getattr(exc, 'problem', None) or 'invalid YAML'}"
