@@ -130,7 +130,8 @@ def _log_columns(path: Path) -> tuple[str, ...]:
         return RUN_LOG_COLUMNS
     fields = header.columns
     # Columns are matched by name: a spreadsheet may have moved them. The set must be one version's columns.
-    if len(fields) < OLDEST_HEADER or len(set(fields)) != len(fields) or set(fields) != set(RUN_LOG_COLUMNS[:len(fields)]):
+    one_version = len(set(fields)) == len(fields) and set(fields) == set(RUN_LOG_COLUMNS[:len(fields)])
+    if len(fields) < OLDEST_HEADER or not one_version:
         hint = ""
         if len(fields) == 1 and ";" in fields[0]:
             hint = " (it is semicolon-separated: save it with commas)"

@@ -280,6 +280,7 @@ def spreadsheet_log_appended(out: Path) -> None:
     assert list(read["p_up"]) == pytest.approx([0.5, s["summary"]["p_up_10m"]], rel=1e-9)
 
 
+SEMICOLON_LOG = "asof;last_bar;symbol\r\n"
 OLD_LOG = ",".join(RUN_LOG_COLUMNS[:OLDEST_HEADER]) + "\r\n" + ",".join(
     ['"2025-06-03T15:00:00Z"', "", "QQQ", "500", "10", "2", "0.5"] + [""] * (OLDEST_HEADER - 7)) + "\r\n"
 
@@ -393,7 +394,7 @@ CASES = [
     Case("run-log-other-header", 2, ("another header", "move it aside"), setup=run_log(OTHER_HEADER),
          files={"runs_QQQ.csv"}, check=log_untouched(OTHER_HEADER)),
     Case("run-log-semicolon-separated", 2, ("runs_QQQ.csv", "semicolon-separated"),
-         setup=run_log("asof;last_bar;symbol\r\n"), files={"runs_QQQ.csv"}, check=log_untouched("asof;last_bar;symbol\r\n")),
+         setup=run_log(SEMICOLON_LOG), files={"runs_QQQ.csv"}, check=log_untouched(SEMICOLON_LOG)),
     Case("run-log-from-a-spreadsheet", 0, ("wrote",), setup=out_folder(spreadsheet_log), files=RUN_FILES | {LOCK},
          check=spreadsheet_log_appended),
     Case("run-log-older-version", 0, ("wrote",), setup=run_log(OLD_LOG), files=RUN_FILES | {LOCK},

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -234,3 +236,56 @@ def test_the_table_covers_every_kind_of_argument():
     kinds = {c.id.split("-")[0] for c in CASES}
     assert {"start", "end", "number", "config", "out", "fit", "ray", "run", "results"} <= kinds
     assert {c.code for c in CASES} >= {0, 2, 4}
+
+
+class SilentCluster:
+    """Stands in for Ray joining an address where something listens but no Ray answers: ray.init retries inside
+    a loop that swallows every Exception, as Ray's own does (for minutes)."""
+
+    def __init__(self) -> None:
+        self.shut = False
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **kwargs) -> None:
+        while True:
+            try:
+                time.sleep(0.02)
+            except Exception:  # noqa: BLE001 - what Ray's retry loop does
+                pass
+
+    def shutdown(self) -> None:
+        self.shut = True
+
+
+def test_a_cluster_that_never_answers_is_given_up_after_the_join_timeout(monkeypatch) -> None:
+    from evaluation import ray_runner
+    from marketdata.frame import DataSourceError
+
+    monkeypatch.setattr(ray_runner, "import_ray", lambda: SilentCluster())
+    with socket.socket() as listener:  # the TCP probe finds a listener, so only the timeout can end the join
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        t0 = time.monotonic()
+        expected = f"--ray-address {address}: cannot join a Ray cluster there \\(no answer within 0.3 s\\)"
+        with pytest.raises(DataSourceError, match=expected):
+            ray_runner.connect(address, timeout_s=0.3)
+    assert time.monotonic() - t0 < 5
+
+
+def test_auto_without_a_cluster_is_the_data_source_code(monkeypatch) -> None:
+    from app.exits import exit_code_for
+    from evaluation import ray_runner
+
+    class NoCluster(SilentCluster):
+        def init(self, **kwargs) -> None:
+            raise ConnectionError("Could not find any running Ray instance.\nPlease specify the one to connect to")
+
+    monkeypatch.setattr(ray_runner, "import_ray", lambda: NoCluster())
+    with pytest.raises(Exception) as caught:
+        ray_runner.connect("auto")
+    assert exit_code_for(caught.value) == ExitCode.DATA_SOURCE
+    assert str(caught.value).startswith("--ray-address auto: cannot join a Ray cluster there (Could not find any "
+                                        "running Ray instance.)")
