@@ -7,6 +7,7 @@ the same way by cron runs and by calibration (``read_header``), and appended to 
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
 import fcntl
@@ -91,7 +92,8 @@ class Header(NamedTuple):
 
 def read_header(path: Path) -> Header | None:
     """The log's header as a spreadsheet may have saved it (a UTF-8 BOM, CRLF, quoted names, spaces around
-    them); None for a missing or empty file. The one reading of the header, for appending and calibrating."""
+    them); None for a missing or empty file (or one holding only a BOM). The one reading of the header, for
+    appending and calibrating."""
     try:
         with open(path, "rb") as fh:
             first = fh.readline()
@@ -99,9 +101,11 @@ def read_header(path: Path) -> Header | None:
         return None
     except OSError as exc:
         raise RunLogSchemaError(f"run log {path} cannot be read: {exc.strerror}") from None
-    text = first.decode("utf-8-sig", errors="replace").rstrip("\r\n")
-    if not text.strip():
+    if first.startswith(codecs.BOM_UTF8):
+        first = first[len(codecs.BOM_UTF8):]
+    if not first:
         return None
+    text = first.decode("utf-8", errors="replace").rstrip("\r\n")
     columns = tuple(_column_name(f) for f in next(csv.reader([text]), []))
     return Header(columns, "\r\n" if first.endswith(b"\r\n") else "\n")
 
