@@ -272,7 +272,7 @@ def test_a_cluster_that_never_answers_is_given_up_after_the_join_timeout(monkeyp
         expected = f"--ray-address {address}: cannot join a Ray cluster there \\(no answer within 0.3 s\\)"
         with pytest.raises(DataSourceError, match=expected):
             ray_runner.connect(address, timeout_s=0.3)
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 30  # not a timing test: without the alarm this join never ends
 
 
 def test_auto_without_a_cluster_is_the_data_source_code(monkeypatch) -> None:
