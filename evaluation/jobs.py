@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from evaluation.store import PARTS, RESULTS, RUN_FILE, ResultStore
+from evaluation.store import PARTS, RESULTS, RUN_FILE, ResultStore, read_run_file
 
 log = logging.getLogger(__name__)
 Records = dict[tuple[str, str], dict[str, Any]]
@@ -60,6 +60,13 @@ def run_jobs(jobs: Sequence[SymbolJob], cfg: Any, names: Sequence[str], specs: S
 
 
 def _make_folders(jobs: Sequence[SymbolJob], fresh: bool) -> None:
+    """Each job's folder; with ``fresh`` emptied of earlier results, else every store read first, so that a
+    damaged one (any symbol's) is refused before any symbol runs."""
+    if not fresh:
+        for job in jobs:
+            ResultStore(job.out_dir / RESULTS).load()
+            if (job.out_dir / RUN_FILE).exists():
+                read_run_file(job.out_dir / RUN_FILE)
     for job in jobs:
         job.out_dir.mkdir(parents=True, exist_ok=True)
         if fresh:
@@ -92,6 +99,5 @@ def _run_sharded(jobs: Sequence[SymbolJob], cfg: Any, names: Sequence[str], spec
 
     described = describe_forecasters(cfg, names, specs)
     for job in jobs:
-        ResultStore(job.out_dir / RESULTS).load()  # a damaged store is refused before run.json is written
         check_run_file(job.out_dir, fingerprint(job.cfg), job.data, described)
     return ray_runner.run_on_ray(jobs, names, specs, [n for n, _ in kronos_configs(cfg, specs)], progress=progress)

@@ -76,6 +76,18 @@ def store(files: dict[str, str]):
     return setup
 
 
+def universe_with_damaged(symbol: str, text: str):
+    """--symbols QQQ,SPY from a folder of bars files; ``symbol``'s store in --out already holds ``text``."""
+    def setup(d: Path, a: dict) -> None:
+        (d / "bars").mkdir()
+        for name in ("QQQ", "SPY"):
+            (d / "bars" / f"{name}.csv").write_bytes(Path(a["csv"]).read_bytes())
+        (a["out"] / symbol).mkdir(parents=True)
+        (a["out"] / symbol / "results.jsonl").write_text(text)
+        a["universe"] = ["--symbols", "QQQ,SPY", "--data-dir", str(d / "bars")]
+    return setup
+
+
 def earlier_run(then: Callable[[Path], None]):
     """A finished run in --out (the same command), then ``then(out)`` edits its store."""
     def setup(d: Path, a: dict) -> None:
@@ -162,6 +174,9 @@ CASES = [
          setup=store({"results.jsonl": RECORD + '{"origin": 1}\n'}), files={"results.jsonl"}),
     Case("results-damaged-fresh", 0, (), args=("--fresh",), setup=store({"results.jsonl": TORN + "\n" + RECORD}),
          files=REPORT),
+    # many symbols: every store is read before any symbol runs, so the first symbol's folder is not even made
+    Case("results-damaged-in-one-symbol", 2, ("SPY", "results.jsonl", "damaged", "--fresh"),
+         setup=universe_with_damaged("SPY", TORN + "\n"), files={"SPY"}),
     # a run stopped mid-append: its torn last line is dropped with a warning and the run resumes
     Case("results-torn-last-line", 0, ("results.jsonl", "incomplete", "dropped it"),
          setup=earlier_run(append("results.jsonl", TORN.encode())), files=REPORT),
@@ -183,7 +198,7 @@ def argv_for(a: dict) -> list[str]:
     for key in ("config", "fit_run_log", "kronos_settings"):
         if key in a:
             argv += [f"--{key.replace('_', '-')}", str(a[key])]
-    return argv + list(a["args"])
+    return argv + a.get("universe", []) + list(a["args"])
 
 
 class Lines(logging.Handler):
