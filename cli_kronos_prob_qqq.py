@@ -97,8 +97,23 @@ def main(argv: list[str] | None = None, program: bool = False) -> int:
         return report_failure(exc, log, written=None if isinstance(exc, PublishError) and exc.left else bool(written))
     from forecast.summary import console_text
 
-    print(json.dumps(fc.summary, indent=2) if args.json else console_text(fc.summary))
+    print_result(json.dumps(fc.summary, indent=2) if args.json else console_text(fc.summary))
     return ExitCode.OK
+
+
+def print_result(text: str) -> None:
+    """The result on stdout. A reader that went away (`--json | head -1`) is no failure: the files are all
+    written, so the run ends quietly with 0, and stdout is pointed at /dev/null so that Python's own flush at
+    exit does not raise again."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stdout.fileno())
+            os.close(null)
+        except (OSError, ValueError):
+            pass
 
 
 if __name__ == "__main__":

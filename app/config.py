@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import difflib
 import math
 import zoneinfo
@@ -20,6 +21,7 @@ from typing import Any, Callable
 import pandas as pd
 import yaml
 
+from app.yamlfile import load_yaml, yaml_problem
 from forecast.errors import SettingsError
 from marketdata import symbols as tickers
 from marketdata.quality import BAD_BAR_POLICIES
@@ -71,6 +73,26 @@ def _is_redis_url(v: Any) -> bool:
     return bool(parts.hostname) and port != 0
 
 
+def _is_iso_date(v: str) -> bool:
+    # YYYY-MM-DD only: pandas would also read '10/06/2025' (month first) and 'June' (year 1)
+    try:
+        return len(v) == 10 and dt.date.fromisoformat(v).isoformat() == v
+    except ValueError:
+        return False
+
+
+def _is_host_port(v: str) -> bool:
+    """host:port with a port in 1..65535 (an IPv6 host in brackets)."""
+    host, sep, port = v.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return bool(sep and host and port.isdigit() and 1 <= int(port) <= 65535
+                and not any(c.isspace() or c in "/@?#" for c in host))
+
+
+MAX_TIME_BUDGET_S = 86_400.0  # a day: far above any run, far below what the OS timer takes
+
+
 # One key, read by backtest.py and serve.py alike (both tables hold this same Key); tickers follow one rule
 # (marketdata.symbols): upper case, so a name given twice in two spellings is refused.
 SYMBOLS = Key("symbols", list, [], "several tickers: serve.py forecasts them together, one batched engine call; "
@@ -113,7 +135,8 @@ KEYS: tuple[Key, ...] = (
         rule="auto, cpu, cuda, cuda:N or mps"),
     Key("dtype", str, "float32", "model precision (bfloat16/float16 on CUDA only)",
         choices=("float32", "bfloat16", "float16")),
-    Key("seed", int, None, "random seed for reproducible paths (null = fresh each run)"),
+    Key("seed", int, None, "random seed for reproducible paths (null = fresh each run)",
+        check=lambda v: 0 <= v < 2**32, rule="0..4294967295"),
     Key("percentiles", list, [10, 50, 90], "per-minute percentile bands of the close",
         check=lambda v: len(v) > 0 and all(isinstance(p, (int, float)) and 0 < p < 100 for p in v),
         rule="a non-empty list of numbers strictly between 0 and 100"),
@@ -125,8 +148,10 @@ KEYS: tuple[Key, ...] = (
         rule=">= 1"),
     Key("events", list, [], "event times (ISO 8601 with offset) to keep quiet around, e.g. CPI or FOMC releases",
         check=lambda v: all(isinstance(e, str) for e in v), rule="a list of ISO 8601 timestamp strings"),
-    Key("event_before", int, 5, "quiet window: minutes before an event", check=lambda v: v >= 0, rule=">= 0"),
-    Key("event_after", int, 15, "quiet window: minutes after an event", check=lambda v: v >= 0, rule=">= 0"),
+    Key("event_before", int, 5, "quiet window: minutes before an event", check=lambda v: 0 <= v <= 1440,
+        rule="0..1440"),
+    Key("event_after", int, 15, "quiet window: minutes after an event", check=lambda v: 0 <= v <= 1440,
+        rule="0..1440"),
     Key("event_action", str, "flag", "inside a quiet window: flag the output or skip the run",
         choices=("flag", "skip")),
     Key("mid_kind", str, "sma", "mid-band: simple or exponential moving average of closes", choices=("sma", "ema")),
@@ -148,7 +173,7 @@ KEYS: tuple[Key, ...] = (
     Key("out", str, "outputs", "directory for the JSON, CSV, PNG and the run log", affects_results=False),
     Key("calibrator", str, None, "p_up calibrator JSON fitted by backtest.py (shown beside the raw values)", affects_results=False),
     Key("time_budget", float, 50.0, "seconds a run may take before it stops (cron runs every 60 s)",
-        check=_positive, rule="> 0", affects_results=False),
+        check=lambda v: 0 < v <= MAX_TIME_BUDGET_S, rule="> 0 and at most 86400 (a day)", affects_results=False),
     Key("plot", bool, False, "also write the fan chart PNG", affects_results=False),
 )
 KEYS_BY_NAME = {k.name: k for k in KEYS}
@@ -156,8 +181,10 @@ KEYS_BY_NAME = {k.name: k for k in KEYS}
 
 BACKTEST_KEYS: tuple[Key, ...] = (
     Key("every", int, 10, "minutes between backtest origins", check=lambda v: 1 <= v <= 390, rule="1..390"),
-    Key("start", str, None, "first session of the backtest, YYYY-MM-DD (default: the data's first)"),
-    Key("end", str, None, "last session of the backtest, YYYY-MM-DD (default: the data's last)"),
+    Key("start", str, None, "first session of the backtest, YYYY-MM-DD (default: the data's first)",
+        check=_is_iso_date, rule="a date YYYY-MM-DD"),
+    Key("end", str, None, "last session of the backtest, YYYY-MM-DD (default: the data's last)",
+        check=_is_iso_date, rule="a date YYYY-MM-DD, not before start"),
     Key("forecasters", list, ["random_walk", "block_bootstrap", "garch"],
         "forecasters to compare: random_walk, block_bootstrap, garch, kronos (the config's model and sampling)"),
     Key("batch", int, 16, "origins per engine call (results do not depend on it)", check=_positive, rule=">= 1",
@@ -182,7 +209,8 @@ BACKTEST_KEYS: tuple[Key, ...] = (
         "Parquet file per symbol and session", affects_results=False),
     Key("ray", bool, False, "run the backtest's shards (symbol x session) on a Ray cluster", affects_results=False),
     Key("ray_address", str, None, "the cluster: auto (the one `ray start` began here) or host:port; default: a "
-        "local Ray for this run", affects_results=False),
+        "local Ray for this run", check=lambda v: v == "auto" or _is_host_port(v),
+        rule="auto or host:port (port 1..65535)", affects_results=False),
     Key("ray_workers", int, None, "Kronos workers, each holding a warm model (default: one per GPU, else one "
         "per CPU slot but one)", check=_positive, rule=">= 1", affects_results=False),
     Key("ray_worker_cpus", int, 1, "CPU slots (and torch threads) per Kronos worker", check=_positive,
@@ -314,8 +342,8 @@ def _coerce(key: Key, value: Any) -> Any:
             if isinstance(value, bool):
                 raise TypeError
             out = float(value)
-            if not math.isfinite(out):
-                raise TypeError
+            if not math.isfinite(out):  # one rule for every number key: NaN and infinities never pass
+                raise ConfigError(f"config key '{key.name}' must be a finite number, got {value!r}")
             return out
         if kind is list:
             if isinstance(value, str):  # from the command line: comma separated
@@ -327,9 +355,13 @@ def _coerce(key: Key, value: Any) -> Any:
                 raise TypeError
             return list(value)
         if kind is str:
+            if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+                return value.isoformat()  # YAML reads an unquoted 2025-06-02 as a date
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise TypeError
             return str(value)
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
         pass
     raise ConfigError(f"config key '{key.name}' must be {_kind_name(kind)}, got {value!r}")
@@ -363,12 +395,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)  # a key given twice is an error, not last-wins
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
+        raise ConfigError(f"config file {path} is {yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -433,6 +462,9 @@ def _check_combination(cfg: Config) -> None:
         raise ConfigError(f"config keys 'lookback' + 'horizon' = {cfg.lookback} + {cfg.horizon} exceed the "
                           f"model's context of {context} bars; lower lookback to at most "
                           f"{context - cfg.horizon}")
+    start, end = getattr(cfg, "start", None), getattr(cfg, "end", None)
+    if start and end and end < start:  # both YYYY-MM-DD: text order is date order
+        raise ConfigError(f"config key 'end' ({end}) is before 'start' ({start}); give --end on or after --start")
     if cfg.min_horizon > cfg.horizon:
         raise ConfigError(f"config key 'min_horizon' ({cfg.min_horizon}) must not exceed 'horizon' "
                           f"({cfg.horizon})")

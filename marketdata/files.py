@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import warnings
 from pathlib import Path
@@ -95,6 +96,7 @@ def _read_table(p: Path) -> pd.DataFrame:
                 # A DatetimeIndex is the time column when no named time column exists.
                 raw = raw.reset_index(names="__index_time__")
         elif suffixes.endswith(".csv") or suffixes.endswith(".csv.gz"):
+            _check_separator(p)
             raw = pd.read_csv(p, dtype=str, keep_default_na=False, na_values=[""])
         else:
             raise DataError(f"{p}: unknown file type {p.suffix!r} (expected .csv, .csv.gz, .parquet or .pq)")
@@ -109,6 +111,17 @@ def _read_table(p: Path) -> pd.DataFrame:
     if raw.empty:
         raise DataError(f"{p}: the file has no data rows")
     return raw
+
+
+def _check_separator(p: Path) -> None:
+    """A header split by semicolons or tabs and holding no comma: a spreadsheet's regional CSV. Say so, rather
+    than reading one column and reporting no time column."""
+    opener = gzip.open if p.name.lower().endswith(".gz") else open
+    with opener(p, "rt", encoding="utf-8", errors="replace") as fh:
+        header = fh.readline()
+    for sep, name in ((";", "semicolon"), ("\t", "tab")):
+        if sep in header and "," not in header:
+            raise DataError(f"{p}: the file is {name}-separated; use commas (save it as comma-separated CSV)")
 
 
 def _time_column(raw: pd.DataFrame, cols: dict[str, Any], p: Path) -> pd.Series:

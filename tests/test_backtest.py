@@ -355,7 +355,7 @@ def test_command_line_errors_exit_with_the_cli_codes(tmp_path: Path, monkeypatch
     assert cli.main(["--config", config, "--start", "2025-05-05", "--end", "2025-05-06", "--out", str(tmp_path)]) == 2
     assert "Alpaca keys" in last_error()
     assert cli.main(["--config", config, "--start", "2025-05-06", "--end", "2025-04-01", "--out", str(tmp_path)]) == 2
-    assert "no session between 2025-05-06 and 2025-04-01" in last_error()  # an empty range, before asking Alpaca
+    assert "'end' (2025-04-01) is before 'start' (2025-05-06)" in last_error()  # before asking Alpaca
     csv = tmp_path / "bars.csv"
     simulated.simulate_bars("2025-03-03", 4, seed=27).rename_axis("timestamp").reset_index().to_csv(csv, index=False)
     base = ["--config", config, "--csv", str(csv), "--forecasters", "random_walk", "--n-samples", "8",
