@@ -21,8 +21,11 @@ import pytest
 import backtest
 import simulated
 from app.exits import ExitCode
+from evaluation.jobs import BACKTEST
+from forecast.owned import claim
 
-REPORT = {"calibrator_random_walk.json", "per_origin.csv", "report.json", "results.jsonl", "run.json"}
+MARKER = ".kronos-owned.json"  # what marks --out as the backtest's own
+REPORT = {"calibrator_random_walk.json", "per_origin.csv", "report.json", "results.jsonl", "run.json", MARKER}
 NO_FOLDER = None
 
 
@@ -68,9 +71,9 @@ def a_file_then(*parts: str):
 
 
 def store(files: dict[str, str]):
-    """--out already holds these files (name -> text)."""
+    """--out, a folder of an earlier backtest of ours (its ownership marker), already holds these files."""
     def setup(d: Path, a: dict) -> None:
-        a["out"].mkdir()
+        claim(a["out"], BACKTEST)
         for name, text in files.items():
             (a["out"] / name).write_text(text)
     return setup
@@ -82,6 +85,7 @@ def universe_with_damaged(symbol: str, text: str):
         (d / "bars").mkdir()
         for name in ("QQQ", "SPY"):
             (d / "bars" / f"{name}.csv").write_bytes(Path(a["csv"]).read_bytes())
+        claim(a["out"], BACKTEST)
         (a["out"] / symbol).mkdir(parents=True)
         (a["out"] / symbol / "results.jsonl").write_text(text)
         a["universe"] = ["--symbols", "QQQ,SPY", "--data-dir", str(d / "bars")]
@@ -164,19 +168,19 @@ CASES = [
          args=("--ray", "--ray-address", "127.0.0.1:1")),
     # a damaged resume store: named, with --fresh; nothing else written
     Case("run-json-torn", 2, ("run.json", "damaged", "--fresh"), setup=store({"run.json": '{"settings": {"ev'}),
-         files={"run.json"}, check=unchanged("run.json", '{"settings": {"ev')),
+         files={MARKER, "run.json"}, check=unchanged("run.json", '{"settings": {"ev')),
     Case("run-json-a-list", 2, ("run.json", "damaged", "--fresh"), setup=store({"run.json": "[1, 2]\n"}),
-         files={"run.json"}),
+         files={MARKER, "run.json"}),
     Case("results-torn-inside", 2, ("results.jsonl", "damaged", "line 1", "--fresh"),
-         setup=store({"results.jsonl": TORN + "\n" + RECORD}), files={"results.jsonl"},
+         setup=store({"results.jsonl": TORN + "\n" + RECORD}), files={MARKER, "results.jsonl"},
          check=unchanged("results.jsonl", TORN + "\n" + RECORD)),
     Case("results-not-records", 2, ("results.jsonl", "line 2", "--fresh"),
-         setup=store({"results.jsonl": RECORD + '{"origin": 1}\n'}), files={"results.jsonl"}),
+         setup=store({"results.jsonl": RECORD + '{"origin": 1}\n'}), files={MARKER, "results.jsonl"}),
     Case("results-damaged-fresh", 0, (), args=("--fresh",), setup=store({"results.jsonl": TORN + "\n" + RECORD}),
          files=REPORT),
     # many symbols: every store is read before any symbol runs, so the first symbol's folder is not even made
     Case("results-damaged-in-one-symbol", 2, ("SPY", "results.jsonl", "damaged", "--fresh"),
-         setup=universe_with_damaged("SPY", TORN + "\n"), files={"SPY"}),
+         setup=universe_with_damaged("SPY", TORN + "\n"), files={MARKER, "SPY"}),
     # a run stopped mid-append: its torn last line is dropped with a warning and the run resumes
     Case("results-torn-last-line", 0, ("results.jsonl", "incomplete", "dropped it"),
          setup=earlier_run(append("results.jsonl", TORN.encode())), files=REPORT),
