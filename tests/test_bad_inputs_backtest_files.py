@@ -125,13 +125,13 @@ CASES = [
     Case("fresh-ours", 0, (), ours(shard_part), RUN, args=("--fresh",)),
     Case("resume-after-kill", 0, (), ours(killed_mid_write), RUN | {".report.json.k3y9.tmp", ".equity.png.tmp.png"}),
     Case("earlier-version-taken-over", 0, (), ours(marker=False), RUN),
-    # a bars file of another symbol is refused, never forecast at the wrong symbol's price
+    # a bars file of another symbol is refused, never forecast at the wrong symbol's price, before --out is made
     Case("csv-of-another-symbol", 2, ("symbol column says QQQ", "the run is for SPY"), with_symbol("QQQ"),
-         {MARKER}, args=("--symbol", "SPY")),
+         None, args=("--symbol", "SPY")),
     Case("data-dir-swapped-files", 2, ("SPY.csv", "symbol column says QQQ", "the run is for SPY"),
-         universe({"SPY": "QQQ", "QQQ": "SPY"}), {MARKER}),
+         universe({"SPY": "QQQ", "QQQ": "SPY"}), None),
     Case("data-dir-one-file-of-another-symbol", 2, ("IWM.csv", "symbol column says QQQ", "the run is for IWM"),
-         universe({"QQQ": "QQQ", "IWM": "QQQ"}), {MARKER}),
+         universe({"QQQ": "QQQ", "IWM": "QQQ"}), None),
     Case("data-dir-lower-case-file", 0, (), universe({"qqq": "qqq"}),
          {MARKER, "report.json", "per_origin.csv", "calibrator_random_walk.json", "QQQ", *(f"QQQ/{n}" for n in
                                                                                            RUN - {MARKER})}),
