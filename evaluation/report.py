@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from evaluation import scoring
-from evaluation.calibration import walk_forward_bands_from_summary, walk_forward_probability
+from evaluation.calibration import bands_from_fits, walk_forward_band_fits, walk_forward_probability
+from evaluation.online import band_tables, base_probability, replay_online
 from evaluation.store import SKIP
 from evaluation.walkforward import LEVELS, _nums
 from forecast.artifacts import atomic_write_json, atomic_write_text
@@ -152,6 +153,9 @@ class Evaluation:
     p_cal: np.ndarray
     vwap_cal: np.ndarray
     q_cal: np.ndarray  # [O, L, H] walk-forward calibrated quantiles
+    p_online: np.ndarray  # online recalibrated p_up (forecast.online), and p_hit_vwap, and quantiles [O, L, H]
+    vwap_online: np.ndarray
+    q_online: np.ndarray
     report: dict[str, Any] = field(default_factory=dict)
     calibrator: Calibrator | None = None
 
@@ -166,15 +170,21 @@ def evaluate(f: ForecasterFrame, settings: Any, baseline: ForecasterFrame | None
     p_cal, p_fits = walk_forward_probability(origins, p, y, H, settings.refit_every, settings.isotonic_min)
     pv, yv = t["p_hit_vwap"].to_numpy(float), t["hit_vwap"].to_numpy(float)
     v_cal, _ = walk_forward_probability(origins, pv, yv, H, settings.refit_every, settings.isotonic_min)
-    q_cal = walk_forward_bands_from_summary(origins, f.centre, f.scale, t["now_close"].to_numpy(float),
-                                            f.realised, H, np.array(LEVELS), settings.refit_every)
+    now = t["now_close"].to_numpy(float)
+    fits = walk_forward_band_fits(origins, f.centre, f.scale, now, f.realised, H, settings.refit_every)
+    q_cal = bands_from_fits(fits, f.centre, f.scale, now, np.array(LEVELS))
+    q_on, p_on, _ = replay_online(origins, horizons, f.centre, f.scale, now, f.realised, LEVELS,
+                                  band_tables(len(t), fits, f.centre.shape[-1]),
+                                  {"p_up": (base_probability(p, p_cal), y), "p_hit_vwap": (base_probability(pv, v_cal), yv)})
     warm = np.isfinite(p_cal)
     rep: dict[str, Any] = {"n_origins": int(len(t)), "n_resolved": int(np.isfinite(y).sum())}
     rep["p_up"] = {"raw": probability_scores(p, y), "raw_after_warmup": probability_scores(p[warm], y[warm]),
-                   "calibrated": probability_scores(p_cal[warm], y[warm]), "refits": p_fits}
+                   "calibrated": probability_scores(p_cal[warm], y[warm]),
+                   "online": probability_scores(p_on["p_up"][warm], y[warm]), "refits": p_fits}
     vwarm = np.isfinite(v_cal)
     rep["p_hit_vwap"] = {"raw": probability_scores(pv, yv), "raw_after_warmup": probability_scores(pv[vwarm], yv[vwarm]),
-                         "calibrated": probability_scores(v_cal[vwarm], yv[vwarm])}
+                         "calibrated": probability_scores(v_cal[vwarm], yv[vwarm]),
+                         "online": probability_scores(p_on["p_hit_vwap"][vwarm], yv[vwarm])}
     end_real = _end(f.realised, horizons)
     q_end = _end(f.q, horizons)  # [O, L]
     crps_end = _end(f.crps, horizons)
@@ -194,13 +204,15 @@ def evaluate(f: ForecasterFrame, settings: Any, baseline: ForecasterFrame | None
             "raw": _nums(scoring.band_coverage(f.q[:, i], f.q[:, j], f.realised)),
             "raw_after_warmup": _nums(scoring.band_coverage(f.q[band_warm, i], f.q[band_warm, j], f.realised[band_warm])),
             "calibrated": _nums(scoring.band_coverage(q_cal[band_warm, i], q_cal[band_warm, j], f.realised[band_warm])),
+            "online": _nums(scoring.band_coverage(q_on[band_warm, i], q_on[band_warm, j], f.realised[band_warm])),
         }
     rep["coverage_by_step"] = cov
     rep["toy_rule"] = {"raw": toy_rule(t, p, f.low, f.realised, settings),
                        "calibrated": toy_rule(t, p_cal, f.low, f.realised, settings)}
     if baseline is not None and baseline.name != f.name:
         rep["diebold_mariano_vs_" + baseline.name] = diebold_mariano_vs(f, baseline, settings)
-    return Evaluation(f, p_cal, v_cal, q_cal, rep, final_calibrator(f, settings))
+    return Evaluation(f, p_cal, v_cal, q_cal, p_on["p_up"], p_on["p_hit_vwap"], q_on, rep,
+                      final_calibrator(f, settings))
 
 
 def diebold_mariano_vs(f: ForecasterFrame, base: ForecasterFrame, settings: Any) -> dict[str, Any]:

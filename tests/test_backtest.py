@@ -210,6 +210,12 @@ def test_report_catches_and_calibration_fixes_an_overconfident_forecaster(tmp_pa
     assert oc["p_up"]["calibrated"]["reliability"] < 0.02
     assert oc["p_up"]["calibrated"]["brier"] < oc["p_up"]["raw_after_warmup"]["brier"]
     assert abs(oc["coverage_by_step"]["p10_p90"]["calibrated"][-1] - 0.8) < 0.1
+    # Online (forecast.online) beside them, scored on the same origins: as reliable, bands as close to nominal.
+    assert oc["p_up"]["online"]["n"] == oc["p_up"]["calibrated"]["n"]
+    assert oc["p_up"]["online"]["reliability"] < 0.02
+    for band in ("p05_p95", "p10_p90", "p25_p75"):
+        cov = oc["coverage_by_step"][band]
+        assert abs(np.mean(cov["online"]) - cov["nominal"]) < 0.06
     w = report["independent_windows"]
     assert w["n_sessions"] == 11 and w["n_independent"] == 11 * 13  # 09:45 .. 15:45 ET, 30-minute windows
     assert (tmp_path / "calibrator_overconfident.json").exists() and (tmp_path / "per_origin.csv").exists()
