@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from evaluation import scoring
+from evaluation import scoring, verdict
 from evaluation.calibration import bands_from_fits, walk_forward_band_fits, walk_forward_probability
 from evaluation.online import band_tables, base_probability, replay_online
 from evaluation.store import SKIP
@@ -289,7 +289,7 @@ def console_table(report: dict[str, Any]) -> str:
     """A short fixed-width comparison of the forecasters."""
     head = (f"{'forecaster':<22}{'n':>6}{'Brier':>8}{'cal':>8}{'REL':>8}{'logloss':>9}{'hit':>6}"
             f"{'CRPS bp':>9}{'cov80':>7}{'cal80':>7}{'DM crps':>9}{'p':>7}{'trades':>7}{'net bp':>8}")
-    lines = [head, "-" * len(head)]
+    lines = verdict.lines(report.get("verdict_vs_random_walk") or []) + ["", head, "-" * len(head)]
     for name, r in report["forecasters"].items():
         pu = r["p_up"]
         cov = r["coverage_by_step"]["p10_p90"]
@@ -342,6 +342,11 @@ def build_report(records: dict[tuple[str, str], dict], settings: Any, out_dir: P
         raise ValueError("no forecast records to report on")
     base = frames.get(baseline)
     evals = {name: evaluate(f, settings, base) for name, f in frames.items()}
+    rw = frames.get(verdict.REFERENCE)
+    for name, ev in evals.items():  # the verdict needs every model against the random walk, whatever the baseline
+        key = "diebold_mariano_vs_" + verdict.REFERENCE
+        if rw is not None and name != rw.name and key not in ev.report:
+            ev.report[key] = diebold_mariano_vs(ev.f, rw, settings)
     skipped = [r for (n, _), r in records.items() if n == SKIP]
     # Numbers and times vary per origin; without them the reasons group into a few kinds.
     kinds = [re.sub(r"\d[\d:.+TZ-]*", "#", r["reason"])[:100] for r in skipped]
@@ -351,6 +356,7 @@ def build_report(records: dict[tuple[str, str], dict], settings: Any, out_dir: P
     sessions = resolved["session"].to_numpy() if "symbol" not in resolved.columns else \
         (resolved["symbol"] + " " + resolved["session"]).to_numpy()  # pooled: windows of each symbol
     report: dict[str, Any] = {
+        "verdict_vs_random_walk": verdict.versus_random_walk({n: jsonable(ev.report) for n, ev in evals.items()}),
         "settings": dataclasses.asdict(settings), "data": data or {}, "levels": list(LEVELS),
         "independent_windows": scoring.independent_windows(pd.DatetimeIndex(resolved["origin"]), settings.horizon,
                                                            sessions),

@@ -206,6 +206,10 @@ def test_report_catches_and_calibration_fixes_an_overconfident_forecaster(tmp_pa
     assert abs(rw["coverage_by_step"]["p10_p90"]["raw"][-1] - 0.8) < 0.1
     dm = oc["diebold_mariano_vs_random_walk"]["crps_end"]
     assert dm["stat"] > 2 and dm["p_value"] < 0.05 and dm["h"] == 2
+    # The report opens with the plain verdict: the random walk is better.
+    assert list(report)[0] == "verdict_vs_random_walk"
+    assert report["verdict_vs_random_walk"][0]["sentence"].startswith("overconfident: the random walk is better")
+    assert erep.console_table(report).splitlines()[1].startswith("  overconfident: the random walk is better")
     # Fixed walk-forward: calibrated p_up is reliable, calibrated bands cover about 80 %.
     assert oc["p_up"]["calibrated"]["reliability"] < 0.02
     assert oc["p_up"]["calibrated"]["brier"] < oc["p_up"]["raw_after_warmup"]["brier"]
@@ -244,6 +248,9 @@ def test_baseline_backtest_on_real_bars(real_data_dir: Path, tmp_path: Path, cap
     assert 0.15 < rw["p_up"]["raw"]["brier"] < 0.35 and rw["close_end"]["crps_fair_bp"] > 0
     out = capsys.readouterr().out
     assert "random_walk" in out and "independent" in out
+    assert "against the random walk" in out.splitlines()[0] or any(
+        ln.startswith("against the random walk") for ln in out.splitlines()[:3])
+    assert [v["forecaster"] for v in report["verdict_vs_random_walk"]] == names[1:]
 
 
 def tiny_kronos(root: Path) -> tuple[Path, Path]:
