@@ -10,11 +10,13 @@ the first fit).
 from __future__ import annotations
 
 import heapq
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
+from evaluation.calibration import bands_from_fits, walk_forward_band_fits, walk_forward_probability
 from forecast.calibrator import BandCalibrator
 from forecast.online import GAMMA, OnlineCalibrator, score_table
 
@@ -67,3 +69,35 @@ def replay_online(origins: pd.DatetimeIndex, horizons: np.ndarray, centre: np.nd
 def base_probability(p_raw: np.ndarray, p_walk_forward: np.ndarray) -> np.ndarray:
     """What the online Platt map recalibrates: the walk-forward value where one exists, else the raw one."""
     return np.where(np.isfinite(p_walk_forward), p_walk_forward, p_raw)
+
+
+@dataclass
+class Columns:
+    """A forecaster's walk-forward calibrated and online columns (probabilities [O], quantiles [O, L, H])."""
+    p_cal: np.ndarray
+    p_fits: list[dict[str, Any]]
+    v_cal: np.ndarray
+    q_cal: np.ndarray
+    q_online: np.ndarray
+    p_online: dict[str, np.ndarray]
+    online: OnlineCalibrator
+
+
+def calibrated_columns(f: Any, horizon: int, refit_every: int, isotonic_min: int, levels: Sequence[float],
+                       gamma: float = GAMMA) -> Columns:
+    """Walk-forward and online calibration of one forecaster's frame (evaluation.report.ForecasterFrame): what
+    the report scores and what bench/online_calibration.py measures."""
+    t = f.table
+    origins = pd.DatetimeIndex(t["origin"])
+    p, y = t["p_up"].to_numpy(float), t["up"].to_numpy(float)
+    pv, yv = t["p_hit_vwap"].to_numpy(float), t["hit_vwap"].to_numpy(float)
+    p_cal, p_fits = walk_forward_probability(origins, p, y, horizon, refit_every, isotonic_min)
+    v_cal, _ = walk_forward_probability(origins, pv, yv, horizon, refit_every, isotonic_min)
+    now = t["now_close"].to_numpy(float)
+    fits = walk_forward_band_fits(origins, f.centre, f.scale, now, f.realised, horizon, refit_every)
+    q_cal = bands_from_fits(fits, f.centre, f.scale, now, np.array(levels))
+    q_on, p_on, cal = replay_online(origins, t["horizon"].to_numpy(int), f.centre, f.scale, now, f.realised, levels,
+                                    band_tables(len(t), fits, f.centre.shape[-1]),
+                                    {"p_up": (base_probability(p, p_cal), y),
+                                     "p_hit_vwap": (base_probability(pv, v_cal), yv)}, gamma)
+    return Columns(p_cal, p_fits, v_cal, q_cal, q_on, p_on, cal)

@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 
 from evaluation import scoring, verdict
-from evaluation.calibration import bands_from_fits, walk_forward_band_fits, walk_forward_probability
-from evaluation.online import band_tables, base_probability, replay_online
+from evaluation.online import calibrated_columns
 from evaluation.store import SKIP
 from evaluation.walkforward import LEVELS, _nums
 from forecast.artifacts import atomic_write_json, atomic_write_text
@@ -166,16 +165,9 @@ def evaluate(f: ForecasterFrame, settings: Any, baseline: ForecasterFrame | None
     horizons = t["horizon"].to_numpy(int)
     y = t["up"].to_numpy(float)
     p = t["p_up"].to_numpy(float)
-    origins = pd.DatetimeIndex(t["origin"])
-    p_cal, p_fits = walk_forward_probability(origins, p, y, H, settings.refit_every, settings.isotonic_min)
     pv, yv = t["p_hit_vwap"].to_numpy(float), t["hit_vwap"].to_numpy(float)
-    v_cal, _ = walk_forward_probability(origins, pv, yv, H, settings.refit_every, settings.isotonic_min)
-    now = t["now_close"].to_numpy(float)
-    fits = walk_forward_band_fits(origins, f.centre, f.scale, now, f.realised, H, settings.refit_every)
-    q_cal = bands_from_fits(fits, f.centre, f.scale, now, np.array(LEVELS))
-    q_on, p_on, _ = replay_online(origins, horizons, f.centre, f.scale, now, f.realised, LEVELS,
-                                  band_tables(len(t), fits, f.centre.shape[-1]),
-                                  {"p_up": (base_probability(p, p_cal), y), "p_hit_vwap": (base_probability(pv, v_cal), yv)})
+    c = calibrated_columns(f, H, settings.refit_every, settings.isotonic_min, LEVELS)
+    p_cal, p_fits, v_cal, q_cal, q_on, p_on = c.p_cal, c.p_fits, c.v_cal, c.q_cal, c.q_online, c.p_online
     warm = np.isfinite(p_cal)
     rep: dict[str, Any] = {"n_origins": int(len(t)), "n_resolved": int(np.isfinite(y).sum())}
     rep["p_up"] = {"raw": probability_scores(p, y), "raw_after_warmup": probability_scores(p[warm], y[warm]),

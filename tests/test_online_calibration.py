@@ -11,6 +11,7 @@ from scipy import stats
 from sklearn.linear_model import LogisticRegression
 
 from evaluation.online import replay_online
+from evaluation.scoring import independent_windows
 from forecast.online import OnlineCalibrator, OnlinePlatt, logit, score_quantile
 
 
@@ -120,3 +121,52 @@ def test_replay_covers_nominal_for_a_forecaster_with_bands_far_too_narrow() -> N
     for part in (slice(300, 1500), slice(1700, O)):
         assert abs(inside[part].mean() - 0.8) < 0.03
     assert cal.n_band.tolist() == [O - 1, O - 2, O - 3]  # the last forecasts have not resolved by the last origin
+
+
+def _real_windows(csv: Path, every: int = 5, horizon: int = 30):
+    """Origins every ``every`` minutes of each regular session of the real bars whose window ends in the session:
+    now_close [O], realised closes [O, H], a random-walk scale per step from the last hour's 1-minute returns."""
+    from marketdata.files import read_bars_file
+
+    bars = read_bars_file(csv)
+    et = bars.index.tz_convert("America/New_York")
+    rth = bars[(et.time >= pd.Timestamp("09:30").time()) & (et.time < pd.Timestamp("16:00").time())]
+    origins, now, real, sig, sess = [], [], [], [], []
+    for day, g in rth.groupby(rth.index.tz_convert("America/New_York").date):
+        close = g["close"].to_numpy(float)
+        if len(close) < 380:  # a short or gappy session: not this test's business
+            continue
+        r = np.diff(np.log(close))
+        for i in range(60, len(close) - horizon, every):
+            origins.append(g.index[i])
+            now.append(close[i - 1])
+            real.append(close[i:i + horizon])
+            sig.append(r[i - 60:i - 1].std(ddof=1))
+            sess.append(str(day))
+    steps = np.sqrt(np.arange(1, horizon + 1))
+    return (pd.DatetimeIndex(origins), np.array(now), np.array(real), np.array(sig)[:, None] * steps[None],
+            np.array(sess))
+
+
+@pytest.mark.parametrize("width", [1.0, 0.4])
+def test_online_bands_cover_nominal_on_the_real_bars(real_data_dir: Path, width: float) -> None:
+    """A random walk with the last hour's volatility (width 1) and one whose bands are 0.4 times too narrow, every
+    5 minutes of the 45 real QQQ sessions: the online 10-90 band at the horizon's end covers 80 % +- 3 pp, and
+    every week's coverage lies in the 95 % range Binomial(n, 0.8) / n allows for its n independent windows."""
+    origins, now, real, sigma, sess = _real_windows(real_data_dir / "QQQ_60day_1min_polygon__Poloilo16-VWAP.csv")
+    O, H = real.shape
+    scale = width * sigma  # a normal's sigma is its 10-90 scale as forecast.calibrator defines it
+    q, _, _ = replay_online(origins, np.full(O, H), np.zeros((O, H)), scale, now, real, (0.1, 0.9), [None] * O, {})
+    inside = (real[:, -1] >= q[:, 0, -1]) & (real[:, -1] <= q[:, 1, -1])
+    raw_hi = now * np.exp(stats.norm.ppf(0.9) * scale[:, -1])
+    raw = (real[:, -1] <= raw_hi) & (real[:, -1] >= now * np.exp(-stats.norm.ppf(0.9) * scale[:, -1]))
+    assert len(set(sess)) >= 40 and O > 2500
+    if width < 1:
+        assert raw.mean() < 0.5  # the narrow bands are caught raw...
+    assert abs(inside[200:].mean() - 0.8) <= 0.03  # ...and online coverage is nominal after a short warm-up
+    week = origins.tz_convert("America/New_York").strftime("%G-W%V")
+    for w in np.unique(week[200:]):
+        sel = (week == w) & (np.arange(O) >= 200)
+        n = independent_windows(origins[sel], H, sess[sel])["n_independent"]
+        lo, hi = stats.binom.ppf([0.025, 0.975], n, 0.8) / n
+        assert lo <= inside[sel].mean() <= hi, w
