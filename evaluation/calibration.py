@@ -41,10 +41,12 @@ def _fit_schedule(origins: pd.DatetimeIndex, resolve: pd.DatetimeIndex, usable: 
 
 def walk_forward_probability(origins: pd.DatetimeIndex, p: np.ndarray, y: np.ndarray, horizon_min: int,
                              refit_every: int = 50, isotonic_min: int = ISOTONIC_MIN_N,
-                             min_n: int = MIN_FIT_N) -> tuple[np.ndarray, list[dict[str, Any]]]:
+                             min_n: int = MIN_FIT_N, also: tuple[np.ndarray, ...] = ()
+                             ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Calibrated p for each origin from outcomes resolved before it (NaN until ``min_n`` are known).
 
-    ``origins`` must be sorted. Returns (calibrated p, one record per refit)."""
+    ``origins`` must be sorted. Returns (calibrated p, one record per refit). Each array in ``also`` (e.g. the
+    ends of p's Monte Carlo interval) is mapped in place by the same calibrator as p at each origin."""
     origins = pd.DatetimeIndex(origins)
     p = np.asarray(p, dtype=float)
     y = np.asarray(y, dtype=float)
@@ -57,6 +59,8 @@ def walk_forward_probability(origins: pd.DatetimeIndex, p: np.ndarray, y: np.nda
         stop = plan[j + 1][0] if j + 1 < len(plan) else len(origins)
         cal = ProbabilityCalibrator.fit(p[idx], y[idx], origins[idx], isotonic_min, min_n)
         out[start:stop] = cal.apply(p[start:stop])
+        for a in also:
+            a[start:stop] = cal.apply(a[start:stop])
         fits.append({"from_origin": _iso(origins[start]), "method": cal.method, "n": cal.n})
     return out, fits
 

@@ -81,17 +81,34 @@ class Columns:
     q_online: np.ndarray
     p_online: dict[str, np.ndarray]
     online: OnlineCalibrator
+    p_cal_interval: tuple[np.ndarray, np.ndarray]  # the Monte Carlo interval of p_up mapped like p_cal (NaN before)
+
+
+def path_interval(p: np.ndarray, n_paths: int) -> tuple[np.ndarray, np.ndarray]:
+    """The Jeffreys interval (forecast.mc_error) of each p read as k = round(p * n_paths) up-paths of n_paths."""
+    from forecast.mc_error import proportion_interval
+
+    lo, hi = np.full(p.shape, np.nan), np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    k = np.rint(np.where(ok, p, 0) * n_paths).astype(int)
+    for kk in np.unique(k[ok]):
+        sel = ok & (k == kk)
+        lo[sel], hi[sel] = proportion_interval(int(kk), n_paths)
+    return lo, hi
 
 
 def calibrated_columns(f: Any, horizon: int, refit_every: int, isotonic_min: int, levels: Sequence[float],
-                       gamma: float = GAMMA) -> Columns:
+                       gamma: float = GAMMA, n_paths: int = 100) -> Columns:
     """Walk-forward and online calibration of one forecaster's frame (evaluation.report.ForecasterFrame): what
     the report scores and what bench/online_calibration.py measures."""
     t = f.table
     origins = pd.DatetimeIndex(t["origin"])
     p, y = t["p_up"].to_numpy(float), t["up"].to_numpy(float)
     pv, yv = t["p_hit_vwap"].to_numpy(float), t["hit_vwap"].to_numpy(float)
-    p_cal, p_fits = walk_forward_probability(origins, p, y, horizon, refit_every, isotonic_min)
+    lo, hi = path_interval(p, n_paths)
+    p_cal, p_fits = walk_forward_probability(origins, p, y, horizon, refit_every, isotonic_min, also=(lo, hi))
+    lo[~np.isfinite(p_cal)] = np.nan
+    hi[~np.isfinite(p_cal)] = np.nan
     v_cal, _ = walk_forward_probability(origins, pv, yv, horizon, refit_every, isotonic_min)
     now = t["now_close"].to_numpy(float)
     fits = walk_forward_band_fits(origins, f.centre, f.scale, now, f.realised, horizon, refit_every)
@@ -100,4 +117,4 @@ def calibrated_columns(f: Any, horizon: int, refit_every: int, isotonic_min: int
                                     band_tables(len(t), fits, f.centre.shape[-1]),
                                     {"p_up": (base_probability(p, p_cal), y),
                                      "p_hit_vwap": (base_probability(pv, v_cal), yv)}, gamma)
-    return Columns(p_cal, p_fits, v_cal, q_cal, q_on, p_on, cal)
+    return Columns(p_cal, p_fits, v_cal, q_cal, q_on, p_on, cal, (lo, hi))

@@ -152,6 +152,7 @@ class Evaluation:
     p_cal: np.ndarray
     vwap_cal: np.ndarray
     q_cal: np.ndarray  # [O, L, H] walk-forward calibrated quantiles
+    p_interval: tuple[np.ndarray, np.ndarray]  # p_up's Monte Carlo interval, walk-forward calibrated
     p_online: np.ndarray  # online recalibrated p_up (forecast.online), and p_hit_vwap, and quantiles [O, L, H]
     vwap_online: np.ndarray
     q_online: np.ndarray
@@ -166,7 +167,7 @@ def evaluate(f: ForecasterFrame, settings: Any, baseline: ForecasterFrame | None
     y = t["up"].to_numpy(float)
     p = t["p_up"].to_numpy(float)
     pv, yv = t["p_hit_vwap"].to_numpy(float), t["hit_vwap"].to_numpy(float)
-    c = calibrated_columns(f, H, settings.refit_every, settings.isotonic_min, LEVELS)
+    c = calibrated_columns(f, H, settings.refit_every, settings.isotonic_min, LEVELS, n_paths=settings.n_samples)
     p_cal, p_fits, v_cal, q_cal, q_on, p_on = c.p_cal, c.p_fits, c.v_cal, c.q_cal, c.q_online, c.p_online
     warm = np.isfinite(p_cal)
     rep: dict[str, Any] = {"n_origins": int(len(t)), "n_resolved": int(np.isfinite(y).sum())}
@@ -203,7 +204,7 @@ def evaluate(f: ForecasterFrame, settings: Any, baseline: ForecasterFrame | None
                        "calibrated": toy_rule(t, p_cal, f.low, f.realised, settings)}
     if baseline is not None and baseline.name != f.name:
         rep["diebold_mariano_vs_" + baseline.name] = diebold_mariano_vs(f, baseline, settings)
-    return Evaluation(f, p_cal, v_cal, q_cal, p_on["p_up"], p_on["p_hit_vwap"], q_on, rep,
+    return Evaluation(f, p_cal, v_cal, q_cal, c.p_cal_interval, p_on["p_up"], p_on["p_hit_vwap"], q_on, rep,
                       final_calibrator(f, settings))
 
 
@@ -325,6 +326,33 @@ def failed_forecasts(records: dict[tuple[str, str], dict]) -> dict[str, Any]:
     return out
 
 
+def edge_rule(ev: Evaluation, verdict_entry: dict[str, Any] | None, settings: Any) -> dict[str, Any]:
+    """The toy rule on the calibrated p_up, trading only where trust.edge would hold: the model beat the random walk
+    in this backtest (DM p < 0.05 on CRPS or Brier; in-sample, so the kindest case) and the calibrated p_up
+    interval excludes 0.5. The random walk itself and a model without skill never trade."""
+    from forecast.trust import backtest_skill
+
+    skill, _ = backtest_skill({"source": "backtest", "versus_random_walk": verdict_entry,
+                               "forecaster_settings": {"kind": "kronos"}}, {})
+    lo, hi = ev.p_interval
+    gate = bool(skill) & ((lo > 0.5) | (hi < 0.5))
+    p = np.where(gate, ev.p_cal, np.nan)
+    out = toy_rule(ev.f.table, p, ev.f.low, ev.f.realised, settings)
+    return {**out, "skill": bool(skill), "n_origins_with_edge": int(np.sum(gate))}
+
+
+def run_forecasters(out_dir: Path) -> dict[str, Any]:
+    """The forecaster settings run.json pinned (empty without one)."""
+    import json
+
+    from evaluation.store import RUN_FILE
+
+    try:
+        return json.loads((Path(out_dir) / RUN_FILE).read_text()).get("forecasters") or {}
+    except (OSError, ValueError):
+        return {}
+
+
 def build_report(records: dict[tuple[str, str], dict], settings: Any, out_dir: Path,
                  data: dict[str, Any] | None = None, baseline: str = "random_walk",
                  plots: bool = True) -> dict[str, Any]:
@@ -359,7 +387,13 @@ def build_report(records: dict[tuple[str, str], dict], settings: Any, out_dir: P
         "forecasters": {name: ev.report for name, ev in evals.items()},
         "calibrators": {},
     }
+    pinned = run_forecasters(out_dir)
+    verdicts = {v["forecaster"]: v for v in report["verdict_vs_random_walk"]}
     for name, ev in evals.items():
+        report["forecasters"][name]["toy_rule"]["edge"] = edge_rule(ev, verdicts.get(name), settings)
+        # what trust.edge of a live forecast needs: this backtest's verdict on skill and the settings it ran
+        ev.calibrator.meta |= jsonable({"versus_random_walk": verdicts.get(name),
+                                        "forecaster_settings": pinned.get(name), "report": str(out_dir / "report.json")})
         path = ev.calibrator.save(out_dir / f"calibrator_{name}.json")
         report["calibrators"][name] = path.name
     atomic_write_text(out_dir / "per_origin.csv", per_origin_table(evals).to_csv(index=False, float_format="%.8g"))

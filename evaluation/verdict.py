@@ -45,7 +45,8 @@ def compare(name: str, crps_bp: float, crps_rw_bp: float, dm_crps: dict[str, Any
         outcome, head = "indistinguishable", "not distinguishable from the random walk"
     detail = (f"CRPS {crps_bp:.1f} vs {crps_rw_bp:.1f} bp, {_p(_f(dm_crps.get('p_value')))}; "
               f"Brier {brier:.4f} vs {brier_rw:.4f}, {_p(_f(dm_brier.get('p_value')))}")
-    return {"forecaster": name, "outcome": outcome, "crps_end_bp": crps_bp, "crps_end_bp_random_walk": crps_rw_bp,
+    better = lambda dm: bool(_f(dm.get("stat")) < 0)  # noqa: E731 - DM < 0: the model's loss is lower
+    return {"forecaster": name, "outcome": outcome, "crps_better": better(dm_crps), "brier_better": better(dm_brier), "crps_end_bp": crps_bp, "crps_end_bp_random_walk": crps_rw_bp,
             "crps_dm_p": _f(dm_crps.get("p_value")), "brier_p_up": brier, "brier_p_up_random_walk": brier_rw,
             "brier_dm_p": _f(dm_brier.get("p_value")), "sentence": f"{name}: {head} ({detail})"}
 

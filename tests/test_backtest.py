@@ -223,6 +223,10 @@ def test_report_catches_and_calibration_fixes_an_overconfident_forecaster(tmp_pa
     w = report["independent_windows"]
     assert w["n_sessions"] == 11 and w["n_independent"] == 11 * 13  # 09:45 .. 15:45 ET, 30-minute windows
     assert (tmp_path / "calibrator_overconfident.json").exists() and (tmp_path / "per_origin.csv").exists()
+    # No skill against the random walk: the edge-gated rule never trades; the calibrator records why (trust.edge).
+    assert oc["toy_rule"]["edge"]["n_trades"] == 0 and oc["toy_rule"]["edge"]["skill"] is False
+    meta = json.loads((tmp_path / "calibrator_overconfident.json").read_text())["meta"]
+    assert meta["versus_random_walk"]["outcome"] == "worse" and meta["forecaster_settings"] is not None
 
 
 def test_baseline_backtest_on_real_bars(real_data_dir: Path, tmp_path: Path, capsys) -> None:
