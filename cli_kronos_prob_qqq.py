@@ -63,6 +63,9 @@ def run(cfg, asof: pd.Timestamp | None, cron: bool, written: list) -> object:
                                url_override=os.environ.get("ALPACA_DATA_URL") or None)
     status = mcal.market_status(recent.now, cfg.rth)
     skip_if_closed(status, cron)
+    from evaluation.online import cli_online
+
+    cli_online(cfg.out, cfg.symbol, pipeline, recent.frame, recent.now)  # learn the outcomes resolved by now
     fc = pipeline.forecast(recent.frame, recent.now, data_asof=recent.data_asof, provenance=recent.provenance,
                            market_open=status.is_open, status_note=status.describe(),
                            timings={"data": time.perf_counter() - t0})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -19,6 +20,7 @@ import pandas as pd
 from evaluation.calibration import bands_from_fits, walk_forward_band_fits, walk_forward_probability
 from forecast.calibrator import BandCalibrator
 from forecast.online import GAMMA, OnlineCalibrator, score_table
+from forecast.trust import Recent
 
 
 def band_tables(n_origins: int, fits: Sequence[tuple[int, int, BandCalibrator]],
@@ -118,3 +120,95 @@ def calibrated_columns(f: Any, horizon: int, refit_every: int, isotonic_min: int
                                     {"p_up": (base_probability(p, p_cal), y),
                                      "p_hit_vwap": (base_probability(pv, v_cal), yv)}, gamma)
     return Columns(p_cal, p_fits, v_cal, q_cal, q_on, p_on, cal, (lo, hi))
+
+
+# ---------------------------------------------------------------------------------------- the cron CLI's run log
+
+STATE_NAME = "online_{symbol}.json"
+
+
+def load_state(path: Path, horizon: int, levels: tuple[float, ...]) -> OnlineCalibrator:
+    """The saved online state, or a fresh one (also when it was kept for another horizon or levels); a file
+    that is not an online state is a SettingsError: it is not ours to replace."""
+    from forecast.errors import SettingsError
+
+    if path.exists():
+        try:
+            state = OnlineCalibrator.load(path)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SettingsError(f"{path} is not an online calibration state ({exc}); move it aside") from None
+        if state.matches(horizon, levels):
+            return state
+    return OnlineCalibrator(horizon, levels)
+
+
+def recent_outcomes(state: OnlineCalibrator, horizon: int, nominal: float) -> Recent | None:
+    """trust.status's input from the outcomes the state remembers, with their count of independent windows."""
+    from evaluation.scoring import independent_windows
+
+    rows = [r for r in state.recent if r.get("up") is not None]
+    if not rows:
+        return None
+    num = lambda k: np.array([np.nan if r.get(k) is None else r[k] for r in rows], float)  # noqa: E731
+    n_ind = independent_windows(pd.DatetimeIndex(pd.to_datetime([r["origin"] for r in rows], utc=True)), horizon,
+                                np.array([r["session"] for r in rows]))["n_independent"]
+    return Recent(num("inside"), num("p_up"), num("up"), n_ind, nominal)
+
+
+def update_from_run_log(state: OnlineCalibrator, log: pd.DataFrame, bars: pd.DataFrame, pipeline: Any,
+                        now: pd.Timestamp) -> int:
+    """Apply the outcomes of logged runs resolved by ``now`` and not yet applied, in resolution order: the end
+    step's band trackers (when the log holds the online p10/p50/p90 ends and those are the state's levels) and
+    the online Platt maps (on the walk-forward value the run published, its raw one without). -> how many."""
+    from evaluation.calibration import run_log_outcomes
+
+    h = state.horizon
+    log = log[(log["horizon_min"] == h) & (log["symbol"] == pipeline.cfg.symbol)].copy()
+    asof = pd.to_datetime(log["asof"], utc=True)
+    done = pd.Timestamp(state.last_resolved) if state.last_resolved else None
+    resolve = asof.dt.floor("min") + pd.Timedelta(minutes=h)
+    keep = (resolve <= now) & (asof >= bars.index[0]) & (True if done is None else resolve > done)
+    if not keep.any():
+        return 0
+    rows = run_log_outcomes(log[keep], bars, pipeline)
+    rows["resolve"] = rows["origin"] + pd.Timedelta(minutes=h)
+    rows = rows[np.isfinite(rows["realised_close"]) & (rows["resolve"] <= now)].sort_values("resolve", kind="stable")
+    col = lambda k: pd.to_numeric(rows[k], errors="coerce").to_numpy(float) if k in rows else np.full(len(rows), np.nan)  # noqa: E731
+    ends = np.stack([col(f"{k}_end_online") for k in ("p10", "p50", "p90")], axis=1)
+    bands_ok = np.allclose(state.levels, (0.1, 0.5, 0.9))
+    p_cal, p_raw, v_raw = col("p_up_cal"), col("p_up"), col("p_hit_vwap")
+    cal = pipeline.calibrator
+    n = 0
+    for i, (_, r) in enumerate(rows.iterrows()):
+        if bands_ok and np.isfinite(ends[i]).all():
+            state.update_band(h, ends[i], float(r["realised_close"]))
+        state.update_prob("p_up", p_cal[i] if np.isfinite(p_cal[i]) else p_raw[i], float(r["up"]))
+        v = float(cal.apply_p_hit_vwap(v_raw[i])) if cal is not None and np.isfinite(v_raw[i]) else v_raw[i]
+        state.update_prob("p_hit_vwap", v, float(r["hit_vwap"]))
+        inside = float(ends[i, 0] <= r["realised_close"] <= ends[i, 2]) if np.isfinite(ends[i]).all() else None
+        shown = next((x for x in (col("p_up_online")[i], p_cal[i], p_raw[i]) if np.isfinite(x)), None)
+        session = r["origin"].tz_convert("America/New_York").date().isoformat()
+        state.remember(r["origin"].isoformat(), session, inside, shown, float(r["up"]))
+        state.last_resolved = r["resolve"].isoformat()
+        n += 1
+    return n
+
+
+def cli_online(out_dir: Path, symbol: str, pipeline: Any, bars: pd.DataFrame, now: pd.Timestamp) -> int:
+    """The cron CLI's step before each forecast: load the online state, learn the outcomes of its run log resolved
+    by now, save the state atomically, and hand it (and the recent outcomes for trust) to the pipeline."""
+    from forecast.runlog import read_run_log, run_log_path
+
+    cfg = pipeline.cfg
+    levels = tuple(q / 100 for q in cfg.percentiles)
+    path = Path(out_dir) / STATE_NAME.format(symbol=symbol)
+    state = load_state(path, cfg.horizon, levels)
+    log_path = run_log_path(out_dir, symbol)
+    n = 0
+    if log_path.exists() and len(bars):
+        n = update_from_run_log(state, read_run_log(log_path), bars, pipeline, now)
+    if n or not path.exists():
+        state.save(path)
+    pipeline.online = state
+    pipeline.recent = recent_outcomes(state, cfg.horizon, levels[-1] - levels[0])
+    return n

@@ -38,6 +38,7 @@ P_CLIP = 1e-3
 ONS_BETA = 1.0
 ONS_EPS = 20.0  # A starts at eps * I: the warm start counts as about eps / 0.25 = 80 outcomes
 THETA_BOX = 5.0
+RECENT = 240  # resolved outcomes kept for trust.status
 
 
 def logit(p: np.ndarray | float) -> np.ndarray:
@@ -105,6 +106,7 @@ class OnlineCalibrator:
     probs: dict[str, OnlinePlatt] = field(default_factory=dict)
     last_resolved: str | None = None  # ISO time of the last outcome applied: a resumed run skips what it has seen
     meta: dict[str, Any] = field(default_factory=dict)
+    recent: list[dict[str, Any]] = field(default_factory=list)  # the last RECENT resolved outcomes, for trust
 
     def __post_init__(self) -> None:
         self.levels = tuple(float(x) for x in self.levels)
@@ -114,10 +116,19 @@ class OnlineCalibrator:
             self.n_band = np.zeros(self.horizon, dtype=int)
 
     # ---- bands
+    def working_levels(self) -> np.ndarray:
+        """w [H, L]; a step that has seen no outcome yet (the cron CLI learns the horizon's end only) borrows the
+        nearest step that has, as the walk-forward calibrator does."""
+        seen = np.nonzero(self.n_band > 0)[0]
+        if seen.size == 0 or seen.size == self.horizon:
+            return self.w
+        nearest = seen[np.abs(np.arange(self.horizon)[:, None] - seen[None, :]).argmin(axis=1)]
+        return np.where((self.n_band > 0)[:, None], self.w, self.w[nearest])
+
     def band_quantiles(self, centre: np.ndarray, scale: np.ndarray, now_close: float,
                        grid: np.ndarray | None = None, table: np.ndarray | None = None) -> np.ndarray:
         """Online price quantiles [H, L] of one forecast from its per-step centre and scale ([H] each)."""
-        z = score_quantile(self.w, grid, table)
+        z = score_quantile(self.working_levels(), grid, table)
         with np.errstate(over="ignore", invalid="ignore"):
             return now_close * np.exp(np.asarray(centre)[:, None] + np.asarray(scale)[:, None] * z)
 
@@ -144,7 +155,7 @@ class OnlineCalibrator:
         return {"format": FORMAT, "version": VERSION, "horizon": self.horizon, "levels": list(self.levels),
                 "gamma": self.gamma, "w": self.w.tolist(), "n_band": self.n_band.tolist(),
                 "probs": {k: v.to_dict() for k, v in self.probs.items()}, "last_resolved": self.last_resolved,
-                "meta": self.meta}
+                "meta": self.meta, "recent": self.recent}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "OnlineCalibrator":
@@ -152,7 +163,7 @@ class OnlineCalibrator:
             raise ValueError(f"not an online calibration state: format={d.get('format')} version={d.get('version')}")
         return cls(int(d["horizon"]), tuple(d["levels"]), float(d["gamma"]), np.array(d["w"], float),
                    np.array(d["n_band"], int), {k: OnlinePlatt.from_dict(v) for k, v in d.get("probs", {}).items()},
-                   d.get("last_resolved"), dict(d.get("meta", {})))
+                   d.get("last_resolved"), dict(d.get("meta", {})), list(d.get("recent", [])))
 
     def save(self, path: str | Path) -> Path:
         from forecast.artifacts import atomic_write_text  # the project's one atomic writer
@@ -165,6 +176,12 @@ class OnlineCalibrator:
     def load(cls, path: str | Path) -> "OnlineCalibrator":
         return cls.from_dict(json.loads(Path(path).read_text()))
 
+    def remember(self, origin: str, session: str, inside: float, p_up: float, up: float) -> None:
+        """Keep one resolved outcome of a published forecast (the online band's coverage, the stated P(up))."""
+        num = lambda x: None if x is None or not math.isfinite(float(x)) else float(x)  # noqa: E731 - JSON has no NaN
+        self.recent = (self.recent + [{"origin": origin, "session": session, "inside": num(inside),
+                                       "p_up": num(p_up), "up": num(up)}])[-RECENT:]
+
     def matches(self, horizon: int, levels: tuple[float, ...]) -> bool:
         return self.horizon == horizon and np.allclose(self.levels, levels)
 
@@ -176,3 +193,27 @@ def score_table(band_calibrator: Any, horizon: int) -> tuple[np.ndarray, np.ndar
     from forecast.calibrator import LEVEL_GRID
 
     return LEVEL_GRID, np.stack([band_calibrator.score_quantile(h, LEVEL_GRID) for h in range(1, horizon + 1)])
+
+
+def online_values(online: OnlineCalibrator, calibrator: Any, horizon: int, p_up: float, p_hit_vwap: float | None,
+                  close_paths: np.ndarray, now_close: float, keys: list[str],
+                  calibrated: dict[str, Any] | None) -> dict[str, Any]:
+    """The summary's ``online`` block: P(up) and P(touch VWAP) recalibrated online on top of the walk-forward
+    values (raw ones without a calibrator), and the online per-minute bands at the summary's percentile keys."""
+    from forecast.calibrator import ensemble_centre_scale
+
+    cal = calibrated or {}
+    base_up = cal.get(f"p_up_{horizon}m", p_up)
+    out: dict[str, Any] = {f"p_up_{horizon}m": float(online.prob("p_up", base_up)), "p_up_base": float(base_up),
+                           "n_updates": int(online.platt("p_up").n), "band_updates": online.n_band.tolist(),
+                           "gamma": online.gamma}
+    if p_hit_vwap is not None:
+        base_v = cal.get(f"p_hit_vwap_{horizon}m", p_hit_vwap)
+        out[f"p_hit_vwap_{horizon}m"] = float(online.prob("p_hit_vwap", base_v))
+        out["p_hit_vwap_base"] = float(base_v)
+    centre, scale = ensemble_centre_scale(close_paths, now_close)
+    table = score_table(getattr(calibrator, "bands", None), horizon)
+    grid, tab = table if table is not None else (None, None)
+    q = online.band_quantiles(centre, scale, now_close, grid, tab)  # [H, L]
+    out["percentiles"] = {k: [float(x) for x in q[:, j]] for j, k in enumerate(keys)}
+    return out

@@ -113,3 +113,28 @@ def edge(interval: tuple[float, float], skill: bool | None, skill_reason: str) -
                                  else "; but the calibrated P(up) interval contains 0.5")
     return {"edge": value, "edge_reason": reason, "p_up_interval_calibrated": [interval[0], interval[1]],
             "interval_excludes_half": bool(excludes)}
+
+
+def trust_block(*, calibrator: Any, online: Any, recent: Recent | None, p_up: float, n_paths: int,
+                settings: dict[str, Any]) -> dict[str, Any]:
+    """The summary's ``trust`` block for one forecast. ``calibrator`` is the walk-forward one applied to it (None
+    when none applies), ``online`` the online state (None when off)."""
+    has_online = online is not None and online.platt("p_up").n > 0
+    out = status(recent, calibrator is not None or has_online)
+    maps: list[Callable[[float], float]] = []
+    if calibrator is not None:
+        maps.append(lambda p: float(calibrator.apply_p_up(p)))
+    if online is not None:
+        maps.append(lambda p: float(online.prob("p_up", p)))
+    k = int(round(p_up * n_paths))
+    skill, why = backtest_skill(getattr(calibrator, "meta", None), settings)
+    return {**out, **edge(calibrated_interval(k, n_paths, maps), skill, why)}
+
+
+def console_line(trust: dict[str, Any] | None) -> str | None:
+    if not trust:
+        return None
+    e = {True: "yes", False: "no", None: "unknown"}[trust.get("edge")]
+    lo, hi = trust.get("p_up_interval_calibrated") or (math.nan, math.nan)
+    return (f"  trust            {trust['status']} ({trust['reason']}); edge {e}, calibrated P(up) 95 % "
+            f"{lo:.1%}-{hi:.1%}")
