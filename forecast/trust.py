@@ -62,8 +62,9 @@ def status(recent: Recent | None, has_calibration: bool) -> dict[str, Any]:
     err = float(np.mean(recent.p_up[ok_p]) - np.mean(recent.up[ok_p])) if ok_p.any() else math.nan
     cov_tol = _tolerance(recent.nominal, n_ind)
     err_tol = _tolerance(float(np.mean(recent.up[ok_p])) if ok_p.any() else 0.5, n_ind)
-    out |= {"coverage": cov, "nominal": recent.nominal, "coverage_tolerance": cov_tol,
-            "calibration_error": err, "calibration_tolerance": err_tol}
+    fin = lambda x: x if math.isfinite(x) else None  # noqa: E731 - JSON has no NaN
+    out |= {"coverage": fin(cov), "nominal": recent.nominal, "coverage_tolerance": cov_tol,
+            "calibration_error": fin(err), "calibration_tolerance": err_tol}
     bad = []
     if not abs(cov - recent.nominal) <= cov_tol:
         bad.append(f"band coverage {cov:.2f} against {recent.nominal:.2f}")

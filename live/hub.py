@@ -68,6 +68,7 @@ class LiveHub:
         self._skips: Counter = Counter()
         self._recent_skips: deque = deque(maxlen=RECENT_SKIPS)
         self._last_error: dict[str, Any] | None = None
+        self.on_outcome: dict[str, Any] = {}  # symbol -> live.online.OnlineKeeper.on_outcome, set by the service
         self._reconnects = 0
         self._output_errors: dict[str, dict[str, Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -114,7 +115,7 @@ class LiveHub:
             st.lag_s = (mcal.to_utc(now) - (st.last_bar + ONE_MINUTE)).total_seconds()
             st.received_at = time.time()
             self._m_lag.labels(symbol.upper()).set(st.lag_s)
-            resolved = reconcile(st.history, st.bars)
+            resolved = reconcile(st.history, st.bars, self.on_outcome.get(symbol.upper()))
         if resolved:
             self._publish({"event": "outcome", "symbol": symbol.upper(), "n": resolved})
 
@@ -137,7 +138,7 @@ class LiveHub:
                          "latency_s": float(latency_s), "received_at": time.time()}
             if record is not None:
                 st.history.append(record)
-                reconcile(st.history, st.bars)
+                reconcile(st.history, st.bars, self.on_outcome.get(symbol.upper()))
         self._m_latency.labels(symbol.upper()).observe(float(latency_s))
         self._m_forecasts.labels(symbol.upper()).inc()
         self._publish({"event": "forecast", "symbol": symbol.upper()})
