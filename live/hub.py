@@ -24,7 +24,7 @@ import pandas as pd
 from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram
 
 from forecast.metrics import session_bars_of_last_day
-from live.scorecard import iso, make_record, num, reconcile, reliability
+from live.scorecard import iso, make_record, num, p_up_history, reconcile, reliability
 from marketdata import calendar as mcal
 from marketdata.prepare import session_bars
 from marketdata.frame import COLUMNS, ONE_MINUTE
@@ -224,6 +224,7 @@ class LiveHub:
                     "paths": None if latest is None else latest["paths"],
                     "latency_s": None if latest is None else latest["latency_s"],
                     "candles": candles, "reliability": reliability(st.history), "freshness": fresh,
+                    "p_up_history": p_up_history(st.history),
                     "model_loaded": self._model is not None}
 
     def close(self) -> None:

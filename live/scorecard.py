@@ -169,3 +169,23 @@ def reliability(history: Iterable[ForecastRecord]) -> dict[str, Any]:
             "coverage_calibrated": num(np.mean(inside_cal)) if inside_cal else None,
             "coverage_all_minutes": num(np.mean([r.outcome["inside_band_share"] for r in done]))
             if done else None}
+
+
+def p_up_history(history: Iterable[ForecastRecord]) -> list[dict[str, Any]]:
+    """The session's P(up) as the page draws it: raw, calibrated (walk-forward) and online, the calibrated
+    interval (forecast.trust), and the realised up once known."""
+    records = list(history)
+    if not records:
+        return []
+    day = records[-1].asof.tz_convert(NEW_YORK).date()
+    out = []
+    for r in records:
+        if r.asof.tz_convert(NEW_YORK).date() != day:
+            continue
+        interval = (r.trust or {}).get("p_up_interval_calibrated") or [None, None]
+        out.append({"asof": iso(r.asof), "p_up": r.p_up, "p_up_calibrated": r.p_up_cal,
+                    "p_up_online": num((r.online or {}).get(f"p_up_{r.horizon_min}m")),
+                    "lo": num(interval[0]) if interval[0] is not None else None,
+                    "hi": num(interval[1]) if interval[1] is not None else None,
+                    "up": None if r.outcome is None else r.outcome["up"]})
+    return out
