@@ -182,6 +182,10 @@ class OnlineCalibrator:
         self.recent = (self.recent + [{"origin": origin, "session": session, "inside": num(inside),
                                        "p_up": num(p_up), "up": num(up)}])[-RECENT:]
 
+    @property
+    def learnt(self) -> bool:
+        return bool(self.n_band.any() or any(v.n for v in self.probs.values()))
+
     def matches(self, horizon: int, levels: tuple[float, ...]) -> bool:
         return self.horizon == horizon and np.allclose(self.levels, levels)
 

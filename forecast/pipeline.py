@@ -207,8 +207,9 @@ class ForecastPipeline:
         h, online = metrics.horizon_min, self.online
         keys = list(metrics.percentiles)
         if online is not None and not online.matches(h, tuple(float(k[1:]) / 100 for k in keys)):
-            notes.append(f"online calibration kept for {online.horizon}-minute forecasts at levels "
-                         f"{list(online.levels)}; not applied to this one")
+            if online.learnt:  # a state that has learnt nothing yet is no calibration to miss
+                notes.append(f"online calibration kept for {online.horizon}-minute forecasts at levels "
+                             f"{list(online.levels)}; not applied to this one")
             online = None
         cal = self.calibrator if calibrated is not None else None
         values = None if online is None else online_values(online, cal, h, metrics.p_up, metrics.p_hit_vwap,
