@@ -281,7 +281,8 @@ def _last(xs: Sequence[Any]) -> float:
 def console_table(report: dict[str, Any]) -> str:
     """A short fixed-width comparison of the forecasters."""
     head = (f"{'forecaster':<22}{'n':>6}{'Brier':>8}{'cal':>8}{'REL':>8}{'logloss':>9}{'hit':>6}"
-            f"{'CRPS bp':>9}{'cov80':>7}{'cal80':>7}{'DM crps':>9}{'p':>7}{'trades':>7}{'net bp':>8}")
+            f"{'CRPS bp':>9}{'cov80':>7}{'cal80':>7}{'onl80':>7}{'onl':>8}{'DM crps':>9}{'p':>7}{'trades':>7}"
+            f"{'net bp':>8}")
     lines = verdict.lines(report.get("verdict_vs_random_walk") or []) + ["", head, "-" * len(head)]
     for name, r in report["forecasters"].items():
         pu = r["p_up"]
@@ -292,11 +293,13 @@ def console_table(report: dict[str, Any]) -> str:
             f"{name[:21]:<22}{pu['raw']['n']:>6}{fmt(pu['raw']['brier'], 8, 4)}{fmt(pu['calibrated']['brier'], 8, 4)}"
             f"{fmt(pu['raw']['reliability'], 8, 4)}{fmt(pu['raw']['log_loss'], 9, 4)}{fmt(pu['raw']['hit_rate'], 6, 2)}"
             f"{fmt(r['close_end']['crps_fair_bp'], 9, 2)}{fmt(_last(cov['raw']), 7, 2)}"
-            f"{fmt(_last(cov['calibrated']), 7, 2)}{fmt(dm and dm['stat'], 9, 2)}{fmt(dm and dm['p_value'], 7, 3)}"
+            f"{fmt(_last(cov['calibrated']), 7, 2)}{fmt(_last(cov.get('online', [])), 7, 2)}"
+            f"{fmt(pu.get('online', {}).get('brier'), 8, 4)}{fmt(dm and dm['stat'], 9, 2)}{fmt(dm and dm['p_value'], 7, 3)}"
             f"{rule['n_trades']:>7}{fmt(rule['total_bp'], 8, 1)}")
     w = report["independent_windows"]
     lines.append(f"{w['n_origins']} origins in {w['n_sessions']} sessions = {w['n_independent']} independent "
                  f"{report['settings']['horizon']}-minute windows; cal = walk-forward calibrated (after warm-up), "
+                 f"onl = online calibrated (forecast.online; Brier and onl80 on the same origins), "
                  f"cov80 = 10-90 band coverage at the last step, DM < 0 = better than the random walk")
     return "\n".join(lines)
 

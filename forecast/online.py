@@ -33,7 +33,7 @@ import numpy as np
 
 FORMAT = "qqq-kronos-online-calibration"
 VERSION = 1
-GAMMA = 0.02  # ACI step; chosen on the real QQQ bars (docs/honest-probabilities.md)
+GAMMA = 0.01  # ACI step; chosen on the real QQQ bars (docs/honest-probabilities.md)
 P_CLIP = 1e-3
 ONS_BETA = 1.0
 ONS_EPS = 20.0  # A starts at eps * I: the warm start counts as about eps / 0.25 = 80 outcomes
