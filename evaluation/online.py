@@ -135,7 +135,7 @@ def load_state(path: Path, horizon: int, levels: tuple[float, ...]) -> OnlineCal
     if path.exists():
         try:
             state = OnlineCalibrator.load(path)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SettingsError(f"{path} is not an online calibration state ({exc}); move it aside") from None
         if state.matches(horizon, levels):
             return state
@@ -194,9 +194,12 @@ def update_from_run_log(state: OnlineCalibrator, log: pd.DataFrame, bars: pd.Dat
     return n
 
 
-def cli_online(out_dir: Path, symbol: str, pipeline: Any, bars: pd.DataFrame, now: pd.Timestamp) -> int:
+def cli_online(out_dir: Path, symbol: str, pipeline: Any, bars: pd.DataFrame,
+               now: pd.Timestamp) -> tuple[OnlineCalibrator, Path, int]:
     """The cron CLI's step before each forecast: load the online state, learn the outcomes of its run log resolved
-    by now, save the state atomically, and hand it (and the recent outcomes for trust) to the pipeline."""
+    by now, and hand it (and the recent outcomes for trust) to the pipeline. -> (state, its file, outcomes learnt):
+    the caller saves it once the run's files are published, so a failed run writes nothing (its successor learns
+    the same outcomes again: ``last_resolved`` did not move on disk)."""
     from forecast.runlog import read_run_log, run_log_path
 
     cfg = pipeline.cfg
@@ -207,8 +210,6 @@ def cli_online(out_dir: Path, symbol: str, pipeline: Any, bars: pd.DataFrame, no
     n = 0
     if log_path.exists() and len(bars):
         n = update_from_run_log(state, read_run_log(log_path), bars, pipeline, now)
-    if n or not path.exists():
-        state.save(path)
     pipeline.online = state
     pipeline.recent = recent_outcomes(state, cfg.horizon, levels[-1] - levels[0])
-    return n
+    return state, path, n

@@ -260,6 +260,10 @@ def per_origin_table(evals: dict[str, Evaluation]) -> pd.DataFrame:
         trades = {(tr.get("symbol"), tr["origin"]): tr["ret_bp"] for tr in ev.report["toy_rule"]["raw"]["trades"]}
         syms = t["symbol"] if "symbol" in t.columns else [None] * len(t)
         d["rule_trade_bp"] = [trades.get((s, o.isoformat()), np.nan) for s, o in zip(syms, t["origin"])]
+        # online (forecast.online) beside raw and walk-forward; last, so older readers keep their columns
+        qo_end = _end(ev.q_online, hz)
+        d["p_up_online"], d["p_hit_vwap_online"] = ev.p_online, ev.vwap_online
+        d["q10_online_end"], d["q90_online_end"] = qo_end[:, LEVELS.index(0.10)], qo_end[:, LEVELS.index(0.90)]
         if "symbol" in t.columns:
             d.insert(0, "symbol", t["symbol"].to_numpy())
         rows.append(d)
