@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from evaluation import scoring, verdict
+from evaluation.edge import edge_rule, run_forecasters
 from evaluation.online import calibrated_columns
 from evaluation.store import SKIP
 from evaluation.walkforward import LEVELS, _nums
@@ -333,33 +334,6 @@ def failed_forecasts(records: dict[tuple[str, str], dict]) -> dict[str, Any]:
     return out
 
 
-def edge_rule(ev: Evaluation, verdict_entry: dict[str, Any] | None, settings: Any) -> dict[str, Any]:
-    """The toy rule on the calibrated p_up, trading only where trust.edge would hold: the model beat the random walk
-    in this backtest (DM p < 0.05 on CRPS or Brier; in-sample, so the kindest case) and the calibrated p_up
-    interval excludes 0.5. The random walk itself and a model without skill never trade."""
-    from forecast.trust import backtest_skill
-
-    skill, _ = backtest_skill({"source": "backtest", "versus_random_walk": verdict_entry,
-                               "forecaster_settings": {"kind": "kronos"}}, {})
-    lo, hi = ev.p_interval
-    gate = bool(skill) & ((lo > 0.5) | (hi < 0.5))
-    p = np.where(gate, ev.p_cal, np.nan)
-    out = toy_rule(ev.f.table, p, ev.f.low, ev.f.realised, settings)
-    return {**out, "skill": bool(skill), "n_origins_with_edge": int(np.sum(gate))}
-
-
-def run_forecasters(out_dir: Path) -> dict[str, Any]:
-    """The forecaster settings run.json pinned (empty without one)."""
-    import json
-
-    from evaluation.store import RUN_FILE
-
-    try:
-        return json.loads((Path(out_dir) / RUN_FILE).read_text()).get("forecasters") or {}
-    except (OSError, ValueError):
-        return {}
-
-
 def build_report(records: dict[tuple[str, str], dict], settings: Any, out_dir: Path,
                  data: dict[str, Any] | None = None, baseline: str = "random_walk",
                  plots: bool = True) -> dict[str, Any]:
@@ -394,7 +368,7 @@ def build_report(records: dict[tuple[str, str], dict], settings: Any, out_dir: P
         "forecasters": {name: ev.report for name, ev in evals.items()},
         "calibrators": {},
     }
-    pinned = run_forecasters(out_dir)
+    pinned = run_forecasters(out_dir)  # evaluation.edge: what trust.edge and the edge-gated rule need
     verdicts = {v["forecaster"]: v for v in report["verdict_vs_random_walk"]}
     for name, ev in evals.items():
         report["forecasters"][name]["toy_rule"]["edge"] = edge_rule(ev, verdicts.get(name), settings)
