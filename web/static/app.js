@@ -160,7 +160,9 @@
         marker: { color: "#ef5350", symbol: "triangle-down", size: 7 } }
     ];
     var lay = layout();
-    lay.yaxis = { gridcolor: "#30363d", range: [-0.05, 1.05], title: { text: "P(up)" } };
+    lay.yaxis = { gridcolor: "#30363d", range: [-0.08, 1.08], title: { text: "P(up)" } };
+    lay.margin = { l: 55, r: 20, t: 34, b: 40 };   // the legend above the plot, clear of the realised-up marks
+    lay.legend = { orientation: "h", y: 1.2 };
     lay.height = 260;
     Plotly.react("p-history", data, lay, { displaylogo: false, responsive: true });
   }
