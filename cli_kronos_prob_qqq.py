@@ -63,10 +63,19 @@ def run(cfg, asof: pd.Timestamp | None, cron: bool, written: list) -> object:
                                url_override=os.environ.get("ALPACA_DATA_URL") or None)
     status = mcal.market_status(recent.now, cfg.rth)
     skip_if_closed(status, cron)
+    from evaluation.online import cli_online
+
+    online, online_path, learnt = cli_online(cfg.out, cfg.symbol, pipeline, recent.frame, recent.now)
     fc = pipeline.forecast(recent.frame, recent.now, data_asof=recent.data_asof, provenance=recent.provenance,
                            market_open=status.is_open, status_note=status.describe(),
                            timings={"data": time.perf_counter() - t0})
     files = publish(cfg.out, cfg.symbol, fc, plot=cfg.plot, done=written).files
+    if learnt:  # the outcomes resolved by now, learnt before this forecast: kept once its files are out
+        try:
+            online.save(online_path)
+        except OSError as exc:
+            log.warning("online calibration state not saved to %s (%s); the next run learns again", online_path,
+                        exc.strerror or exc)
     t = fc.timings
     log.info("forecast in %.2f s (data %.2f, model load %.2f, sampling %.2f); wrote %s", t["total"], t["data"],
              t["model_load"], t["sample"], files["summary"])

@@ -36,6 +36,8 @@ RUN_LOG_COLUMNS: tuple[str, ...] = (
     "model", "device", "seed", "runtime_s", "summary_file",
     "market_open", "feed", "delayed", "filled_bars",
     "bad_bars", "filled_max_window",
+    "p_up_online", "p10_end_online", "p50_end_online", "p90_end_online", "p_hit_vwap_online",
+    "trust_status", "trust_edge",
 )
 OLDEST_HEADER = RUN_LOG_COLUMNS.index("summary_file") + 1  # the first version's columns
 
@@ -68,7 +70,21 @@ def log_row(summary: dict[str, Any], summary_file: str) -> dict[str, Any]:
         "market_open": summary.get("market_open"), "feed": data.get("feed"), "delayed": data.get("delayed"),
         "filled_bars": data.get("filled_count"), "bad_bars": data.get("bad_bars"),
         "filled_max_window": data.get("filled_max_window"),
+        **online_columns(summary),
     }
+
+
+def online_columns(summary: dict[str, Any]) -> dict[str, Any]:
+    """The online values (forecast.online) and the trust verdict of a run: what the next run's online update and
+    trust status read back."""
+    h = summary["horizon_min"]
+    on = summary.get("online") or {}
+    pct = on.get("percentiles") or {}
+    trust = summary.get("trust") or {}
+    return {"p_up_online": on.get(f"p_up_{h}m"),
+            **{f"{k}_end_online": (pct[k][-1] if k in pct else None) for k in ("p10", "p50", "p90")},
+            "p_hit_vwap_online": on.get(f"p_hit_vwap_{h}m"), "trust_status": trust.get("status"),
+            "trust_edge": trust.get("edge")}
 
 
 def _csv_line(values: Sequence[str], newline: str = "\n") -> str:

@@ -88,6 +88,10 @@ class Service:
         # one engine and one calibrator, shared: the model is loaded once
         pipelines = {s: ForecastPipeline(c, sampler=base.sampler, calibrator=base.calibrator)
                      for s, c in configs.items()}
+        from live.online import OnlineKeeper
+
+        for s, p in pipelines.items():  # online calibration: the hub resolves outcomes, the pipeline reads the state
+            hub.on_outcome[s.upper()] = OnlineKeeper(out, s, p).on_outcome
         hub.set_model({**base.engine_info(), "load_s": round(load_s, 3)})
         log.info("model %s loaded on %s in %.1f s", cfg.model, base.sampler.device, load_s)
 

@@ -222,6 +222,10 @@ def filled_bad_bar(out: Path) -> None:
     assert row["bad_bars"] == 1
 
 
+def foreign_state_untouched(out: Path) -> None:
+    assert json.loads((out / "online_QQQ.json").read_text()) == {"mine": 1}
+
+
 def old_log_appended(out: Path) -> None:
     rows = (out / "runs_QQQ.csv").read_text().splitlines()
     assert len(rows) == 3 and all(len(r.split(",")) == OLDEST_HEADER for r in rows)
@@ -411,7 +415,8 @@ CASES = [
          setup=run_log(SEMICOLON_LOG), files={"runs_QQQ.csv"}, check=log_untouched(SEMICOLON_LOG)),
     Case("run-log-from-a-spreadsheet", 0, ("wrote",), setup=out_folder(spreadsheet_log), files=RUN_FILES | {LOCK},
          check=spreadsheet_log_appended),
-    Case("run-log-older-version", 0, ("wrote",), setup=run_log(OLD_LOG), files=RUN_FILES | {LOCK},
+    # its old row's outcome has resolved: the online calibration learns it and keeps its state (forecast.online)
+    Case("run-log-older-version", 0, ("wrote",), setup=run_log(OLD_LOG), files=RUN_FILES | {LOCK, "online_QQQ.json"},
          check=old_log_appended),
     # a failure after the renames: the one line names the files the run did leave, and exactly those are there
     Case("run-log-disk-full", 2, ("runs_QQQ.csv", "No space left on device", "it had already written",
@@ -420,6 +425,11 @@ CASES = [
     Case("run-log-header-changed-during-run", 2, ("another header", "it had already written", *BEFORE_LOG),
          setup=at_run_log_append(header_replaced), files=RUN_FILES | {LOCK}, check=log_untouched(OTHER_HEADER),
          absent=("nothing was written",)),
+    # a file where the online calibration state goes that is not one: refused, left as it was, nothing written
+    Case("online-state-foreign", 2, ("online_QQQ.json", "not an online calibration state", "move it aside"),
+         setup=out_folder(lambda out: (out.mkdir(), (out / "online_QQQ.json").write_text('{"mine": 1}'))),
+         files={LOCK, "online_QQQ.json"},
+         check=foreign_state_untouched),
     Case("locked", 6, ("another run holds the lock",), setup=out_folder(lambda out: out.mkdir()), files={LOCK}),
     Case("time-budget", 7, ("time budget of 0.001 s",), args=("--time-budget", "0.001")),
     # wrong data is refused, not forecast: a swapped file, a ticker in two spellings, a name that is no ticker
