@@ -413,7 +413,9 @@ CASES = [
          files={"runs_QQQ.csv"}, check=log_untouched(OTHER_HEADER)),
     Case("run-log-semicolon-separated", 2, ("runs_QQQ.csv", "semicolon-separated"),
          setup=run_log(SEMICOLON_LOG), files={"runs_QQQ.csv"}, check=log_untouched(SEMICOLON_LOG)),
-    Case("run-log-from-a-spreadsheet", 0, ("wrote",), setup=out_folder(spreadsheet_log), files=RUN_FILES | {LOCK},
+    # read like any run log: its resolved rows teach the online calibration, whose state is kept
+    Case("run-log-from-a-spreadsheet", 0, ("wrote",), setup=out_folder(spreadsheet_log),
+         files=RUN_FILES | {LOCK, "online_QQQ.json"},
          check=spreadsheet_log_appended),
     # its old row's outcome has resolved: the online calibration learns it and keeps its state (forecast.online)
     Case("run-log-older-version", 0, ("wrote",), setup=run_log(OLD_LOG), files=RUN_FILES | {LOCK, "online_QQQ.json"},
