@@ -22,6 +22,11 @@ class TimeBudgetExceeded(RunError):
     exit_code = ExitCode.TIME_BUDGET
 
 
+def lock_held(path: Path) -> LockHeld:
+    """The failure of a run that finds the lock taken (the warm worker answers a second run with it too)."""
+    return LockHeld(f"another run holds the lock {path}; this run exits without doing anything")
+
+
 @contextmanager
 def run_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock for the run, or raise LockHeld at once; the OS frees it if the process dies."""
@@ -30,7 +35,7 @@ def run_lock(path: Path) -> Iterator[None]:
     try:
         lock.acquire()
     except Timeout:
-        raise LockHeld(f"another run holds the lock {path}; this run exits without doing anything") from None
+        raise lock_held(path) from None
     try:
         yield
     finally:
