@@ -38,7 +38,7 @@ MAX_MESSAGE = 64 << 20
 JOB_ENV = ("ALPACA_KEY_ID", "ALPACA_SECRET_KEY", "APCA_API_KEY_ID", "APCA_API_SECRET_KEY", "ALPACA_DATA_URL")
 # Variables that change what the engine loads or computes: part of the key (hashed).
 KEY_ENV_PREFIXES = ("HF_", "HUGGINGFACE_", "TORCH", "PYTORCH_", "CUDA_", "OMP_", "MKL_", "KMP_", "LRU_CACHE",
-                    "ONEDNN_", "PYTHON")
+                    "ONEDNN_")
 CODE_DIRS = ("app", "forecast", "kronos", "marketdata")
 
 log = logging.getLogger("kronos_prob")
