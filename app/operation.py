@@ -9,8 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from filelock import FileLock, Timeout
-
 from app.exits import ExitCode, RunError
 
 
@@ -30,6 +28,8 @@ def lock_held(path: Path) -> LockHeld:
 @contextmanager
 def run_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock for the run, or raise LockHeld at once; the OS frees it if the process dies."""
+    from filelock import FileLock, Timeout  # here: a --warm client never takes the lock itself
+
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path), timeout=0)
     try:

@@ -361,3 +361,25 @@ def test_the_client_imports_nothing_heavy(tiny, bars_csv, tmp_path, warm_dir):
     line = [x for x in proc.stdout.splitlines() if x.startswith("PROBE")][0]
     assert json.loads(line.split(" ", 1)[1]) == [0, []], proc.stderr
     assert len(warm._started) == 1  # it was the worker that forecast
+
+
+def test_sigterm_on_the_client_stops_the_workers_run(tiny, tmp_path, warm_dir, alpaca_bars, monkeypatch):
+    alpaca_env(monkeypatch, alpaca_bars)
+    out = tmp_path / "out"
+    assert cli.main(alpaca_run_args(tiny, out, "2025-06-04T15:00:30Z", "--warm")) == 0
+    (pid,) = worker_pids(warm_dir).values()
+    alpaca_bars.delay["s"] = 6.0
+    asof = "2025-06-04T15:03:30Z"
+    cmd = [sys.executable, str(ROOT / "cli_kronos_prob_qqq.py"), *alpaca_run_args(tiny, out, asof, "--warm")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    seen = len(alpaca_bars.requests)
+    client = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: len(alpaca_bars.requests) > seen, 120)  # the worker is fetching this run's bars
+    client.send_signal(signal.SIGTERM)
+    stdout, stderr = client.communicate(timeout=60)
+    assert client.returncode == ExitCode.INTERRUPTED and stdout == ""
+    assert stderr.strip().endswith("interrupted; nothing was written for this run"), stderr
+    assert not list(out.glob("*20250604T150330Z*"))
+    alpaca_bars.delay["s"] = 0.0
+    assert cli.main(alpaca_run_args(tiny, out, "2025-06-04T15:04:30Z", "--warm")) == 0  # the same worker goes on
+    assert worker_pids(warm_dir) and pid in worker_pids(warm_dir).values()
