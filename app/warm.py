@@ -115,7 +115,10 @@ def _await_result(conn: socket.socket, reader: Any, pid: int | None, wait_s: flo
         result = receive(reader)
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM: the worker stops the run the way an in-process run stops (all or nothing) and says so
-        conn.shutdown(socket.SHUT_WR)
+        try:
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
         conn.settimeout(5.0)
         try:
             result = receive(reader)
