@@ -128,8 +128,10 @@ def _await_result(conn: socket.socket, reader: Any, pid: int | None, wait_s: flo
     except (OSError, EOFError, ValueError) as exc:
         _kill_hung(pid, exc)
         raise Unusable(f"the worker (pid {pid}) did not finish the run ({_why(exc)})") from None
+    if not isinstance(result.get("exit"), int):
+        raise Unusable(f"the worker (pid {pid}) gave no exit code")
     relay(result)
-    return int(result["exit"])
+    return result["exit"]
 
 
 def relay(result: dict[str, Any]) -> None:

@@ -125,10 +125,6 @@ class Worker:
     def _admit(self, conn: socket.socket, message: dict[str, Any]) -> Job | None:
         """Ack and queue a job, or answer it at once; the Job to watch, else None."""
         try:
-            if message.get("op") == "quit":
-                self.stop("asked to exit")
-                send(conn, {"ack": False, "reason": "exiting"})
-                return None
             if message.get("version") != self.version:
                 send(conn, {"ack": False, "reason": "it runs another version of the code (it exits now; the "
                             "next run starts a new one)"})
@@ -142,16 +138,21 @@ class Worker:
             lock = os.path.join(message["cwd"], message["lock"])
             with self.state:
                 held = lock in self.locks
-                if not held:
-                    self.locks.add(lock)
-                    self.jobs.put(job)
-            send(conn, {"ack": True, "pid": os.getpid()})
+                self.locks.add(lock)
+        except (OSError, KeyError, TypeError):
+            return None
+        try:
+            send(conn, {"ack": True, "pid": os.getpid()})  # before the job is queued: the ack comes first
             if held:
                 send(conn, lock_held_result(message["lock"]))
                 return None
-            return job
-        except (OSError, KeyError, TypeError):
+        except OSError:
+            if not held:
+                with self.state:
+                    self.locks.discard(lock)
             return None
+        self.jobs.put(job)
+        return job
 
     def _watch(self, job: Job) -> None:
         """Wait for the client to hang up: before the job ends that cancels it (Ctrl-C or SIGTERM on the client)."""
