@@ -383,3 +383,22 @@ def test_sigterm_on_the_client_stops_the_workers_run(tiny, tmp_path, warm_dir, a
     alpaca_bars.delay["s"] = 0.0
     assert cli.main(alpaca_run_args(tiny, out, "2025-06-04T15:04:30Z", "--warm")) == 0  # the same worker goes on
     assert worker_pids(warm_dir) and pid in worker_pids(warm_dir).values()
+
+
+def test_the_kept_engine_is_reloaded_when_its_files_change(tmp_path):
+    from app.config import load_config
+    from forecast.resident import Resident
+
+    model, tokenizer = write_checkpoint_pair(tmp_path / "ckpt", shape="tiny", seed=3)
+    cfg = load_config(None, {"model": str(model), "tokenizer": str(tokenizer), "device": "cpu"})
+    resident = Resident()
+    first = resident.engine(cfg)
+    assert resident.engine(cfg) is first and resident.loads == 1
+    assert resident.engine(cfg.replace(top_p=0.5)) is first  # sampling settings are not the engine's
+    write_checkpoint_pair(tmp_path / "ckpt", shape="tiny", seed=4)  # new weights under the same name
+    second = resident.engine(cfg)
+    assert second is not first and resident.loads == 2
+    import torch
+
+    a, b = (dict(s.model.named_parameters()) for s in (first, second))
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the new weights, not the kept ones
