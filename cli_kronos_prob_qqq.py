@@ -17,14 +17,17 @@ import os
 import sys
 import time
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from app.config import add_config_flags, load_config, overrides_from_args, parse_time, script_parser
 from app.exits import ExitCode
 from app.operation import install_program_handlers, report_failure, run_lock, time_budget
 from forecast.errors import Skipped
-from forecast.publish import PublishError
+
+if TYPE_CHECKING:  # pandas, torch and the calendars load only once a run needs them (--warm: docs/warm.md)
+    import pandas as pd
+
+    from forecast.resident import Resident
 
 log = logging.getLogger("kronos_prob")
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
@@ -44,9 +47,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(cfg, asof: pd.Timestamp | None, cron: bool, written: list) -> object:
-    """One run, under the lock and the time budget: bars -> pipeline -> files written all or nothing."""
+def run(cfg, asof: pd.Timestamp | None, cron: bool, written: list, resident: Resident | None = None) -> object:
+    """One run, under the lock and the time budget: bars -> pipeline -> files written all or nothing. A warm
+    worker passes its Resident: the kept engine and bars (the same results)."""
     # Imported here so that bad arguments fail fast, before torch and the calendars load.
+    import pandas as pd
+
     from forecast.pipeline import ForecastPipeline
     from forecast.publish import publish
     from marketdata import calendar as mcal
@@ -57,10 +63,11 @@ def run(cfg, asof: pd.Timestamp | None, cron: bool, written: list) -> object:
         asof = pd.Timestamp.now(tz="UTC").floor("s")
     if asof is not None:
         skip_if_closed(mcal.market_status(asof, cfg.rth), cron)
-    pipeline = ForecastPipeline(cfg)
+    pipeline = ForecastPipeline(cfg, loader=None if resident is None else resident.engine)
     recent = fetch_recent_bars(cfg.source, cfg.symbol, asof, cfg.days, cfg.rth, csv=cfg.csv, csv_tz=cfg.csv_tz,
                                csv_label=cfg.csv_label, feed=cfg.feed, sip_fallback=cfg.sip_fallback,
-                               url_override=os.environ.get("ALPACA_DATA_URL") or None)
+                               url_override=os.environ.get("ALPACA_DATA_URL") or None,
+                               cache=None if resident is None else resident.bars)
     status = mcal.market_status(recent.now, cfg.rth)
     skip_if_closed(status, cron)
     from evaluation.online import cli_online
@@ -87,10 +94,16 @@ def skip_if_closed(status, cron: bool) -> None:
         raise Skipped(f"{status.describe()}; nothing to do under --cron")
 
 
-def main(argv: list[str] | None = None, program: bool = False) -> int:
+def main(argv: list[str] | None = None, program: bool = False, resident: Resident | None = None) -> int:
     args = parse_args(argv)
     if program:
         install_program_handlers(verbose=args.verbose, quiet=args.quiet)
+    if resident is None:  # in the warm worker itself the run is done here
+        from app.warm import warm_run
+
+        code = warm_run(args, sys.argv[1:] if argv is None else list(argv))
+        if code is not None:  # None: not asked for, or the worker could not take it (a line said why)
+            return code
     written: list = []
     try:
         cfg = load_config(args.config, overrides_from_args(args))
@@ -100,8 +113,10 @@ def main(argv: list[str] | None = None, program: bool = False) -> int:
         out = preflight(cfg.out, cfg.symbol)  # every check that can fail runs before anything is written
         with run_lock(out / f".run_{cfg.symbol}.lock"):
             with time_budget(cfg.time_budget):
-                fc = run(cfg, asof, args.cron, written)
+                fc = run(cfg, asof, args.cron, written, resident)
     except BaseException as exc:  # noqa: BLE001 - every failure ends in one line and a documented code
+        from forecast.publish import PublishError
+
         # a write that failed part-way says itself what it left
         return report_failure(exc, log, written=None if isinstance(exc, PublishError) and exc.left else bool(written))
     from forecast.summary import console_text

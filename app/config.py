@@ -16,16 +16,21 @@ import math
 import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import pandas as pd
 import yaml
 
 from app.yamlfile import load_yaml, yaml_problem
 from forecast.errors import SettingsError
 from marketdata import symbols as tickers
-from marketdata.quality import BAD_BAR_POLICIES
 from marketdata.redact import redact_url
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas, the calendars and torch are imported where needed: a --warm run reads its settings with this module
+# alone before it hands the job to the resident worker (docs/warm.md)
+BAD_BAR_POLICIES = ("fill", "skip")  # marketdata.quality.BAD_BAR_POLICIES (a test keeps them equal)
 
 
 class ConfigError(SettingsError):
@@ -175,6 +180,10 @@ KEYS: tuple[Key, ...] = (
     Key("time_budget", float, 50.0, "seconds a run may take before it stops (cron runs every 60 s)",
         check=lambda v: 0 < v <= MAX_TIME_BUDGET_S, rule="> 0 and at most 86400 (a day)", affects_results=False),
     Key("plot", bool, False, "also write the fan chart PNG", affects_results=False),
+    Key("warm", bool, False, "cli_kronos_prob_qqq.py: hand the run to a resident worker that keeps the model and "
+        "the recent bars (started by the first such run; docs/warm.md)", affects_results=False),
+    Key("warm_idle", float, 10.0, "minutes without a forecast after which the warm worker exits",
+        check=_positive, rule="> 0", affects_results=False),
 )
 KEYS_BY_NAME = {k.name: k for k in KEYS}
 
@@ -413,18 +422,23 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def build_config(file_values: dict[str, Any], overrides: dict[str, Any], script: str = "forecast") -> Any:
     """Defaults, then the file, then command-line overrides (None means 'not given'); validated.
     ``script`` picks the tables (SCRIPT_KEYS) and the class that comes back: Config, BacktestConfig, ..."""
-    keys = SCRIPT_KEYS[script]
+    cfg = CONFIG_CLASSES[script](**key_values(file_values, overrides, script))
+    _check_combination(cfg)
+    return cfg
+
+
+def key_values(file_values: dict[str, Any], overrides: dict[str, Any], script: str = "forecast") -> dict[str, Any]:
+    """Every key's value (default, then file, then override), each coerced and checked on its own; the checks
+    across keys (which need torch's and pandas' modules) are build_config's."""
     values: dict[str, Any] = {}
-    for key in keys:
+    for key in SCRIPT_KEYS[script]:
         raw = key.default
         if key.name in file_values:
             raw = file_values[key.name]
         if overrides.get(key.name) is not None:
             raw = overrides[key.name]
         values[key.name] = _check(key, _coerce(key, raw))
-    cfg = CONFIG_CLASSES[script](**values)
-    _check_combination(cfg)
-    return cfg
+    return values
 
 
 def parse_setting_spec(text: str, allowed: tuple[str, ...]) -> dict[str, Any]:
@@ -455,6 +469,8 @@ def _check_combination(cfg: Config) -> None:
     if cfg.dtype != "float32" and cfg.device in ("cpu", "mps"):
         raise ConfigError(f"config key 'dtype' must be float32 on device {cfg.device}; "
                           "bfloat16 and float16 need CUDA")
+    import pandas as pd
+
     from kronos.config import CONTEXT_BY_REPO  # lookback + horizon must fit the published checkpoint's context
 
     context = cfg.max_context or CONTEXT_BY_REPO.get(cfg.model)
@@ -490,6 +506,8 @@ def script_parser(doc: str | None, default_config: Path, config_help: str = "YAM
 
 def parse_time(text: str, flag_name: str) -> pd.Timestamp:
     """A time flag's value (ISO 8601; naive means UTC) in UTC; a ConfigError naming the flag otherwise."""
+    import pandas as pd
+
     try:
         stamp = pd.Timestamp(text)
     except (ValueError, TypeError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -87,9 +87,11 @@ def engine_inputs(bars: pd.DataFrame, times: pd.DatetimeIndex, time_label: str) 
 class ForecastPipeline:
     """Turns bars closed by now into a forecast, with a warm engine."""
 
-    def __init__(self, cfg: Config, sampler: Any = None, calibrator: Calibrator | None = None) -> None:
+    def __init__(self, cfg: Config, sampler: Any = None, calibrator: Calibrator | None = None,
+                 loader: Callable[[Config], Any] | None = None) -> None:
         self.cfg = cfg
         self._sampler = sampler
+        self._loader = loader or load_sampler  # a warm worker passes its kept engines' lookup
         self.calibrator = calibrator if calibrator is not None else self._load_calibrator(cfg.calibrator)
         # Set by the entry point that keeps them (the cron CLI, the live service): the online calibration state
         # (forecast.online) and the recent resolved outcomes trust.status is decided on (forecast.trust.Recent).
@@ -108,7 +110,7 @@ class ForecastPipeline:
         """Load the Kronos engine now (seconds taken); a failure is a ModelError naming the problem."""
         t0 = time.perf_counter()
         if self._sampler is None:
-            self._sampler = load_sampler(self.cfg)
+            self._sampler = self._loader(self.cfg)
         return time.perf_counter() - t0
 
     def engine_info(self) -> dict[str, Any]:
