@@ -180,12 +180,16 @@ KEYS: tuple[Key, ...] = (
     Key("time_budget", float, 50.0, "seconds a run may take before it stops (cron runs every 60 s)",
         check=lambda v: 0 < v <= MAX_TIME_BUDGET_S, rule="> 0 and at most 86400 (a day)", affects_results=False),
     Key("plot", bool, False, "also write the fan chart PNG", affects_results=False),
+)
+KEYS_BY_NAME = {k.name: k for k in KEYS}
+
+# The forecast script's own keys: the other scripts share KEYS but have no resident worker.
+CRON_KEYS: tuple[Key, ...] = (
     Key("warm", bool, False, "cli_kronos_prob_qqq.py: hand the run to a resident worker that keeps the model and "
         "the recent bars (started by the first such run; docs/warm.md)", affects_results=False),
     Key("warm_idle", float, 10.0, "minutes without a forecast after which the warm worker exits",
         check=_positive, rule="> 0", affects_results=False),
 )
-KEYS_BY_NAME = {k.name: k for k in KEYS}
 
 
 BACKTEST_KEYS: tuple[Key, ...] = (
@@ -297,7 +301,7 @@ FINETUNE_KEYS: tuple[Key, ...] = (
 
 # Which tables each script reads. One config.yaml may hold every script's keys; a script ignores the others'.
 SCRIPT_KEYS: dict[str, tuple[Key, ...]] = {
-    "forecast": KEYS,
+    "forecast": KEYS + CRON_KEYS,
     "backtest": KEYS + BACKTEST_KEYS,
     "serve": KEYS + SERVE_KEYS,
     "finetune": KEYS + FINETUNE_KEYS,
@@ -313,7 +317,7 @@ def _config_class(name: str, keys: tuple[Key, ...], doc: str) -> type:
 
 
 # The one definition of every setting: the classes are derived from the tables, field names are the YAML keys.
-Config = _config_class("Config", KEYS, "Validated settings of one forecast run; field names are the YAML keys.")
+Config = _config_class("Config", SCRIPT_KEYS["forecast"], "Validated settings of one forecast run; field names are the YAML keys.")
 BacktestConfig = _config_class("BacktestConfig", SCRIPT_KEYS["backtest"],
                                "The forecast's settings plus the backtest's own keys.")
 ServeConfig = _config_class("ServeConfig", SCRIPT_KEYS["serve"], "The forecast's settings plus the service's own keys.")
@@ -547,7 +551,7 @@ def load_config(path: Path | None, overrides: dict[str, Any], script: str = "for
     return build_config(file_values, overrides, script)
 
 
-def reference_table(keys: tuple[Key, ...] = KEYS) -> str:
+def reference_table(keys: tuple[Key, ...] = KEYS + CRON_KEYS) -> str:
     """A config reference as a Markdown table, for the README."""
     rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
     for key in keys:
