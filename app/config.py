@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import yaml
 
 from app.yamlfile import load_yaml, yaml_problem
-from forecast.errors import SettingsError
+from forecast.errors import ConfigError  # noqa: F401 - the scripts and tests import it from here too
 from marketdata import symbols as tickers
 from marketdata.redact import redact_url
 
@@ -31,10 +31,6 @@ if TYPE_CHECKING:
 # pandas, the calendars and torch are imported where needed: a --warm run reads its settings with this module
 # alone before it hands the job to the resident worker (docs/warm.md)
 BAD_BAR_POLICIES = ("fill", "skip")  # marketdata.quality.BAD_BAR_POLICIES (a test keeps them equal)
-
-
-class ConfigError(SettingsError):
-    """A configuration value or file is unusable; the message names the key and what is allowed."""
 
 
 @dataclass(frozen=True)
