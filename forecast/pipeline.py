@@ -190,8 +190,10 @@ class ForecastPipeline:
                                 levels=levels)
         calibrated = {f"p_up_{h}m": both["p_up_cal"], "method": both["p_up_method"], "calibrator": str(self.cfg.calibrator),
                       "percentiles": {key: band for key, band in zip(metrics.percentiles, both["bands_cal"])}}
+        calibrated[f"p_up_{h}m_ci"] = mapped_interval(cal.apply_p_up, metrics.p_up_ci)
         if "p_hit_vwap_cal" in both:
             calibrated[f"p_hit_vwap_{h}m"] = both["p_hit_vwap_cal"]
+            calibrated[f"p_hit_vwap_{h}m_ci"] = mapped_interval(cal.apply_p_hit_vwap, metrics.p_hit_vwap_ci)
         return calibrated
 
     def forecast(self, frame: pd.DataFrame, now: pd.Timestamp, *, data_asof: pd.Timestamp | None = None,
@@ -230,6 +232,16 @@ class ForecastPipeline:
                                 engine=self.engine_info(), provenance=provenance, timings=timings,
                                 market_open=market_open)
         return Forecast(ctx, repaired, metrics, calibrated, summary, timings)
+
+
+def mapped_interval(fn: Any, ci: list[float] | None) -> list[float] | None:
+    """The Monte Carlo interval of a calibrated probability: the raw interval's endpoints mapped through the
+    calibration map. Platt and isotonic maps are monotone, so the image of [lo, hi] is the interval between the
+    mapped endpoints (sorted: a Platt slope below 0 turns the map around)."""
+    if ci is None:
+        return None
+    lo, hi = sorted(float(fn(x)) for x in ci)
+    return [lo, hi]
 
 
 def check_paths(paths: np.ndarray) -> np.ndarray:

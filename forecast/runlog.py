@@ -34,6 +34,11 @@ RUN_LOG_COLUMNS: tuple[str, ...] = (
     "model", "device", "seed", "runtime_s", "summary_file",
     "market_open", "feed", "delayed", "filled_bars",
     "bad_bars", "filled_max_window",
+    # the 95 % Monte Carlo intervals of the estimates above, and why sampling stopped (n_samples: auto)
+    "p_up_lo", "p_up_hi", "p_up_cal_lo", "p_up_cal_hi", "exp_ret_se",
+    "p10_end_lo", "p10_end_hi", "p50_end_lo", "p50_end_hi", "p90_end_lo", "p90_end_hi",
+    "p_hit_vwap_lo", "p_hit_vwap_hi", "p_hit_mid_lo", "p_hit_mid_hi",
+    "p_vol_exceeds_recent_lo", "p_vol_exceeds_recent_hi", "sampling_stop",
 )
 OLDEST_HEADER = RUN_LOG_COLUMNS.index("summary_file") + 1  # the first version's columns
 
@@ -66,7 +71,24 @@ def log_row(summary: dict[str, Any], summary_file: str) -> dict[str, Any]:
         "market_open": summary.get("market_open"), "feed": data.get("feed"), "delayed": data.get("delayed"),
         "filled_bars": data.get("filled_count"), "bad_bars": data.get("bad_bars"),
         "filled_max_window": data.get("filled_max_window"),
+        **_interval_cells(summary),
     }
+
+
+def _interval_cells(summary: dict[str, Any]) -> dict[str, Any]:
+    """The Monte Carlo intervals of the logged estimates (95 %: lo and hi columns; the mean's standard error)."""
+    h = summary["horizon_min"]
+    m, cal = summary["summary"], summary["calibrated"] or {}
+    bands = m.get("percentiles_ci") or {}
+    pairs = {"p_up": m.get(f"p_up_{h}m_ci"), "p_up_cal": cal.get(f"p_up_{h}m_ci"),
+             **{f"{k}_end": (bands.get(k) or [None])[-1] for k in ("p10", "p50", "p90")},
+             "p_hit_vwap": m.get(f"p_hit_vwap_{h}m_ci"), "p_hit_mid": m.get(f"p_hit_mid_{h}m_ci"),
+             "p_vol_exceeds_recent": m.get(f"p_vol_exceeds_recent_{h}m_ci")}
+    out: dict[str, Any] = {}
+    for name, ci in pairs.items():
+        out[f"{name}_lo"], out[f"{name}_hi"] = ci if ci else (None, None)
+    return {**out, "exp_ret_se": m.get(f"exp_ret_{h}m_se"),
+            "sampling_stop": (summary.get("sampling") or {}).get("stopped")}
 
 
 def _csv_line(values: Sequence[str]) -> str:
