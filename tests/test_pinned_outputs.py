@@ -1,5 +1,6 @@
 """Outputs pinned on the real QQQ bars: the files in tests/golden were written by the code before the forecast
-pipeline was extracted (commit 5c4c8bc). The forecast CLI (with a deterministic stand-in for the engine, so the
+pipeline was extracted (commit 5c4c8bc); the Monte Carlo intervals (the summaries' *_ci and *_se keys, `sampling`,
+the bands CSVs) were added later, with every earlier value checked unchanged. The forecast CLI (with a deterministic stand-in for the engine, so the
 pin covers every rule after sampling: data preparation, horizon, metrics, calibration, summary, files) and the
 baselines' backtest must still produce them exactly."""
 import json
@@ -88,3 +89,4 @@ def test_forecast_files_are_unchanged(case, real_data_dir, baselines_backtest, t
         assert comparable(summary) == comparable(golden)
         if not calibrated:
             assert (out / f"paths_QQQ_{stamp}.csv").read_text() == (GOLDEN / f"{case}_paths.csv").read_text()
+            assert (out / f"bands_QQQ_{stamp}.csv").read_text() == (GOLDEN / f"{case}_bands.csv").read_text()
