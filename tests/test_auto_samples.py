@@ -76,7 +76,7 @@ def test_auto_run_equals_the_fixed_run_of_its_n(tiny, bars_csv, tmp_path):
 def test_auto_run_stops_at_max_samples(tiny, bars_csv, tmp_path):
     fc = forecast(tiny, bars_csv, tmp_path, n_samples="auto", p_up_precision=0.001, max_samples=150)
     assert fc.summary["n_samples"] == 150 == len(fc.paths)
-    assert fc.summary["sampling"]["stopped"] == "max_samples" and fc.summary["sampling"]["chunks"] == [100, 50]
+    assert fc.summary["sampling"]["stopped"] == "max_samples" and fc.summary["sampling"]["chunks"] == [20, 20, 40, 70]
     log = pd.read_csv(tmp_path / "runs_QQQ.csv")
     assert log["n_samples"].tolist() == [150] and log["sampling_stop"].tolist() == ["max_samples"]
 
