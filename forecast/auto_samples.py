@@ -7,8 +7,8 @@ the N paths of a run that stops at N are exactly those of a fixed run of N with 
 changes a path, only how many are drawn.
 
 The next chunk is sized to what the interval still needs (the normal approximation of the paths needed at the
-current estimate), at most doubling the count so far, and cut to what the measured rate fits before the deadline
-(the cost of writing every path out counted too).
+current estimate), at most doubling the count so far, and cut to what the measured rate fits in half the time
+left before the deadline (the cost of writing every path out counted too).
 Stopping on the data could in principle bias the interval; the rule looks only at its width, which depends on
 the estimate through p(1 - p) alone, and tests/test_auto_samples.py checks the coverage after such a stop.
 """
@@ -30,6 +30,10 @@ MIN_CHUNK = 10     # a chunk this small is not worth its decode overhead when ti
 # Seconds each path costs after sampling (metrics and the four paths CSVs: about 0.7 ms on a laptop-class CPU),
 # counted against the deadline so that a fast GPU does not draw more paths than the run can still write.
 AFTER_S_PER_PATH = 1e-3
+# A chunk takes at most this share of the time left: the rate is measured on the previous chunk, and a machine that
+# slows down meanwhile (other processes) would otherwise carry the last chunk past the deadline. The chunks shrink
+# toward the deadline instead.
+FILL = 0.5
 Z95 = 1.959964
 
 
@@ -77,7 +81,7 @@ def sample_until_precise(draw: Callable[[int], np.ndarray], now_close: float, pr
             stopped = "max_samples"
             break
         size = next_chunk(k, n, precision, max_samples)
-        fits = (deadline - clock() - n * AFTER_S_PER_PATH) / (seconds_per_path + AFTER_S_PER_PATH)  # paths
+        fits = FILL * (deadline - clock() - n * AFTER_S_PER_PATH) / (seconds_per_path + AFTER_S_PER_PATH)  # paths
         if fits < size:
             if fits < MIN_CHUNK:
                 stopped = "time_budget"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from .inputs import check_sampling, check_seeds, check_stamps, check_values, nor
 from .layers import clear_caches
 from .loading import load_pair, to_dtype
 from .model import Kronos, KronosTokenizer
+
+if TYPE_CHECKING:
+    from .stream import PathStream
 
 NUCLEUS_K0 = 64  # first partial selection for top-p; grows x4 only for rows whose kept mass is not reached
 # New tokens per tokenizer-decoder call (see decode_paths): few on a CPU, where the attention scores should stay in

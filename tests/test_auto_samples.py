@@ -109,9 +109,9 @@ def test_time_budget_stop_with_a_fake_clock():
     assert res.stopped == "time_budget"
     n = len(res.paths)
     assert sum(res.chunks) == n and now[0] + n * auto_samples.AFTER_S_PER_PATH <= 5.0
-    # the last chunk filled the time: fewer than MIN_CHUNK more paths would still have fitted
+    # the chunks used the time: fewer than MIN_CHUNK / FILL more paths would still have fitted
     assert (5.0 - now[0] - n * auto_samples.AFTER_S_PER_PATH) / (0.01 + auto_samples.AFTER_S_PER_PATH) < \
-        auto_samples.MIN_CHUNK
+        auto_samples.MIN_CHUNK / auto_samples.FILL
 
 
 def test_intervals_stay_honest_after_the_stop():
