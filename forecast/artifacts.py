@@ -176,7 +176,8 @@ def write_run_artifacts(out_dir: str | os.PathLike[str], symbol: str, stamp: str
 
 
 def run_files(symbol: str, stamp: str, summary: Mapping[str, Any], arr: np.ndarray, header: list[str],
-              extra: Sequence[str], timestamped: bool = True, bands: bytes | None = None) -> dict[str, tuple[str, bytes]]:
+              extra: Sequence[str], timestamped: bool = True,
+              bands: bytes | None = None) -> dict[str, tuple[str, bytes]]:
     """Key -> (file name, content) of one run's files, in the order they must appear on disk. Without
     ``timestamped`` only the ``_latest`` copies (close paths, bands and summary; ``extra`` unused). ``bands``: the
     per-minute bands CSV (forecast/bands.py), written beside the paths when given."""

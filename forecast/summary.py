@@ -77,7 +77,8 @@ def console_text(summary: dict[str, Any]) -> str:
         f"  P(up {h}m)        {p_up_text}",
         f"  expected return  {m[f'exp_ret_{h}m']:+.3%}" + ("" if se is None else f" (s.e. {se:.3%})"),
         f"  close in {h}m     {band}",
-        f"  P(touch VWAP {_num(m.get('vwap'))})  {_pct(m.get(f'p_hit_vwap_{h}m'))}{_pm(m.get(f'p_hit_vwap_{h}m_ci'))}   "
+        f"  P(touch VWAP {_num(m.get('vwap'))})  {_pct(m.get(f'p_hit_vwap_{h}m'))}"
+        f"{_pm(m.get(f'p_hit_vwap_{h}m_ci'))}   "
         f"P(touch mid {_num(m.get('mid_band'))})  {_pct(m.get(f'p_hit_mid_{h}m'))}{_pm(m.get(f'p_hit_mid_{h}m_ci'))}",
         f"  drawdown p50/p90/p95  {_pct(m.get(f'drawdown_p50_{h}m'))} / {_pct(m.get(f'drawdown_p90_{h}m'))} / "
         f"{_pct(m.get(f'drawdown_p95_{h}m'))}   run-up p90 {_pct(m.get(f'runup_p90_{h}m'))}",

@@ -1,8 +1,8 @@
 """Outputs pinned on the real QQQ bars: the files in tests/golden were written by the code before the forecast
-pipeline was extracted (commit 5c4c8bc); the Monte Carlo intervals (the summaries' *_ci and *_se keys, `sampling`,
-the bands CSVs) were added later, with every earlier value checked unchanged. The forecast CLI (with a deterministic stand-in for the engine, so the
-pin covers every rule after sampling: data preparation, horizon, metrics, calibration, summary, files) and the
-baselines' backtest must still produce them exactly."""
+pipeline was extracted (commit 5c4c8bc); the Monte Carlo intervals (the summaries' *_ci and *_se keys,
+`sampling`, the bands CSVs) were added later, with every earlier value checked unchanged. The forecast CLI (with
+a deterministic stand-in for the engine, so the pin covers every rule after sampling: data preparation, horizon,
+metrics, calibration, summary, files) and the baselines' backtest must still produce them exactly."""
 import json
 import os
 from pathlib import Path
