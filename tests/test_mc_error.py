@@ -156,3 +156,30 @@ def test_calibrated_interval_maps_the_endpoints():
     iso = ProbabilityCalibrator("isotonic", {"x": [0.0, 0.5, 1.0], "y": [0.1, 0.3, 0.9]}, 100)
     assert mapped_interval(iso.apply, [0.25, 0.75]) == pytest.approx([0.2, 0.6])
     assert mapped_interval(iso.apply, None) is None
+
+
+def test_bands_csv_is_spreadsheet_ready():
+    import datetime as dt
+    import io
+    from zoneinfo import ZoneInfo
+
+    from forecast.bands import bands_csv_text
+
+    closes = engine(1, 30, seed=8)[0]  # 30 paths: the p10 band's lower bound cannot be given (empty cell)
+    m = compute_metrics(as_paths(closes), history(), NOW, percentiles=(1, 50, 90)).to_dict()
+    times = [f"2025-01-02T15:{i:02d}:00Z" for i in range(H)]  # winter: New York is UTC-5
+    summary = {"future_times": times, "summary": m, "calibrated": {"percentiles": {"p50": list(range(H))}}}
+    text = bands_csv_text(summary)
+    frame = pd.read_csv(io.StringIO(text))
+    assert list(frame.columns) == ["minute_ahead", "time_utc", "time_new_york", "p1", "p1_lo", "p1_hi", "p50",
+                                   "p50_lo", "p50_hi", "p90", "p90_lo", "p90_hi", "p50_cal"]
+    assert frame["minute_ahead"].tolist() == list(range(1, H + 1)) and frame["time_utc"].tolist() == times
+    for utc, ny in zip(times, frame["time_new_york"]):
+        expected = dt.datetime.fromisoformat(utc.replace("Z", "+00:00")).astimezone(ZoneInfo("America/New_York"))
+        assert ny == expected.isoformat() and ny.endswith("-05:00")
+    numbers = frame.drop(columns=["time_utc", "time_new_york"])
+    assert all(np.issubdtype(t, np.number) for t in numbers.dtypes)  # numbers, never text
+    assert frame["p1_lo"].isna().all()  # 30 draws cannot bound the 1 % quantile from below: an empty cell
+    np.testing.assert_allclose(frame["p50"], m["percentiles"]["p50"])
+    assert (frame["p50_lo"] <= frame["p50"]).all() and (frame["p50"] <= frame["p50_hi"]).all()
+    assert "e-" not in text and "e+" not in text and "None" not in text and "nan" not in text
