@@ -70,10 +70,11 @@ KEYS: tuple[Key, ...] = (
     Key("n_samples", int, 100, "number of sampled paths; auto: draw in chunks until P(up)'s 95 % interval is "
         "within ±p_up_precision, max_samples or the time budget (forecast CLI only)",
         check=lambda v: 1 <= v <= 100_000, rule="1..100000", words=("auto",)),
+    # these two act only with n_samples auto, which the backtest refuses: they never change a backtest's results
     Key("p_up_precision", float, 0.02, "n_samples auto: stop once P(up)'s 95 % Monte Carlo interval has at most "
-        "this half-width", check=lambda v: 0 < v < 0.5, rule="in (0, 0.5)"),
+        "this half-width", check=lambda v: 0 < v < 0.5, rule="in (0, 0.5)", affects_results=False),
     Key("max_samples", int, 10_000, "n_samples auto: never draw more paths than this",
-        check=lambda v: 1 <= v <= 100_000, rule="1..100000"),
+        check=lambda v: 1 <= v <= 100_000, rule="1..100000", affects_results=False),
     Key("temperature", float, 1.0, "sampling temperature", check=_positive, rule="> 0"),
     Key("top_p", float, 0.9, "nucleus sampling mass (1.0 turns it off)", check=lambda v: 0 < v <= 1,
         rule="in (0, 1]"),
