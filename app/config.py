@@ -44,6 +44,7 @@ class Key:
     rule: str = ""  # what `check` allows, for the error message
     affects_results: bool = True  # False: changing it never changes a forecast (so a backtest may resume)
     normal: Callable[[Any], Any] | None = None  # the value's one spelling, before the check (tickers: upper case)
+    words: tuple[str, ...] = ()  # strings a number key also takes (n_samples: auto)
 
 
 def _positive(v: Any) -> bool:
@@ -107,7 +108,14 @@ KEYS: tuple[Key, ...] = (
     Key("symbol", str, "QQQ", "ticker to forecast", check=tickers.is_ticker, rule=tickers.RULE,
         normal=tickers.normal),
     Key("horizon", int, 30, "minutes to forecast", check=lambda v: 1 <= v <= 390, rule="1..390"),
-    Key("n_samples", int, 100, "number of sampled paths", check=lambda v: 1 <= v <= 100_000, rule="1..100000"),
+    Key("n_samples", int, 100, "number of sampled paths; auto: draw in chunks until P(up)'s 95 % interval is "
+        "within ±p_up_precision, max_samples or the time budget (forecast CLI only)",
+        check=lambda v: 1 <= v <= 100_000, rule="1..100000", words=("auto",)),
+    # these two act only with n_samples auto, which the backtest refuses: they never change a backtest's results
+    Key("p_up_precision", float, 0.02, "n_samples auto: stop once P(up)'s 95 % Monte Carlo interval has at most "
+        "this half-width", check=lambda v: 0 < v < 0.5, rule="in (0, 0.5)", affects_results=False),
+    Key("max_samples", int, 10_000, "n_samples auto: never draw more paths than this",
+        check=lambda v: 1 <= v <= 100_000, rule="1..100000", affects_results=False),
     Key("temperature", float, 1.0, "sampling temperature", check=_positive, rule="> 0"),
     Key("top_p", float, 0.9, "nucleus sampling mass (1.0 turns it off)", check=lambda v: 0 < v <= 1,
         rule="in (0, 1]"),
@@ -336,6 +344,8 @@ def _coerce(key: Key, value: Any) -> Any:
             return None
         raise ConfigError(f"config key '{key.name}' must not be empty")
     kind = key.kind
+    if isinstance(value, str) and value.strip().lower() in key.words:
+        return value.strip().lower()
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -373,7 +383,8 @@ def _coerce(key: Key, value: Any) -> Any:
         raise
     except (TypeError, ValueError):
         pass
-    raise ConfigError(f"config key '{key.name}' must be {_kind_name(kind)}, got {value!r}")
+    words = "".join(f" or {w}" for w in key.words)
+    raise ConfigError(f"config key '{key.name}' must be {_kind_name(kind)}{words}, got {value!r}")
 
 
 def _kind_name(kind: type) -> str:
@@ -389,7 +400,7 @@ def _check(key: Key, value: Any) -> Any:
         value = key.normal(value)
     if key.choices is not None and value not in key.choices:
         raise ConfigError(f"config key '{key.name}' must be one of {', '.join(key.choices)}; got {value!r}")
-    if key.check is not None and not key.check(value):
+    if key.check is not None and value not in key.words and not key.check(value):
         shown = redact_url(value) if isinstance(value, str) and "://" in value else value  # no password shown
         raise ConfigError(f"config key '{key.name}' must be {key.rule}; got {shown!r}")
     return value
@@ -464,6 +475,9 @@ def parse_setting_spec(text: str, allowed: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _check_combination(cfg: Config) -> None:
+    if cfg.n_samples == "auto" and not isinstance(cfg, Config):
+        raise ConfigError("config key 'n_samples' may be auto for the forecast CLI only; give this script a number "
+                          "of paths (every origin and forecaster must be scored on the same N)")
     if cfg.source == "csv" and not cfg.csv:
         raise ConfigError("config key 'csv' must name a bars file when source is csv (or pass --csv PATH)")
     if cfg.dtype != "float32" and cfg.device in ("cpu", "mps"):
@@ -552,6 +566,7 @@ def reference_table(keys: tuple[Key, ...] = KEYS + CRON_KEYS) -> str:
     rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
     for key in keys:
         allowed = ", ".join(key.choices) if key.choices else (key.rule or _kind_name(key.kind))
+        allowed += "".join(f" or {w}" for w in key.words)
         default = "null" if key.default is None else str(key.default).lower() if key.kind is bool \
             else str(key.default)
         rows.append(f"| `{key.name}` | `{default}` | {allowed} | {key.help} |")
