@@ -159,8 +159,10 @@ def test_cli_forecast_with_the_real_checkpoint(snapshots, engine_device, tmp_pat
     numbers = list(_numbers(s))
     assert numbers and all(math.isfinite(v) for v in numbers), "non-finite number in the summary"
     for key, value in s.items():
-        if key.startswith("p_") and value is not None:
+        if key.startswith("p_") and not key.endswith("_ci") and value is not None:
             assert 0.0 <= value <= 1.0, f"{key} = {value} is not a probability"
+            lo, hi = s[f"{key}_ci"]  # its Monte Carlo interval holds it and stays in [0, 1]
+            assert 0.0 <= lo <= value <= hi <= 1.0, f"{key} = {value} outside its interval [{lo}, {hi}]"
     pct = s["percentiles"]
     levels = sorted(pct, key=lambda k: float(k[1:]))
     bands = np.array([pct[k] for k in levels], dtype=float)  # [levels, minutes]
