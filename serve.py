@@ -39,9 +39,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def replay_of(args: argparse.Namespace, symbols: list[str]):
+def replay_of(args: argparse.Namespace, symbols: list[str], cfg=None):
+    """--replay FILE..., or the config's bars file when source is csv (`--csv FILE` means the same here as in every
+    script: bars come from that file, played as if live)."""
     from live.service import Replay
 
+    if args.replay is None and cfg is not None and cfg.source == "csv":
+        args.replay = [cfg.csv]
+    elif args.replay is not None and cfg is not None and cfg.source == "csv" and args.replay != [cfg.csv]:
+        raise ConfigError(f"--replay {' '.join(args.replay)} and --csv {cfg.csv} name different bars files: "
+                          "give one of the two")
     if args.replay is None:
         if args.replay_from is not None:
             raise ConfigError("--from needs --replay FILE")
@@ -70,7 +77,7 @@ def main(argv: list[str] | None = None, program: bool = False) -> int:
         cfg = load_config(args.config, overrides_from_args(args), script="serve")
         from live.service import Service, symbols_of
 
-        service = Service(cfg, replay_of(args, symbols_of(cfg)))
+        service = Service(cfg, replay_of(args, symbols_of(cfg), cfg))
         service.start()
         service.wait()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (systemd's stop): a clean stop

@@ -75,8 +75,8 @@ KEYS: tuple[Key, ...] = (
     Key("lookback", int, 480, "bars of context given to the model", check=lambda v: v >= 16, rule=">= 16"),
     Key("days", int, 3, "trading sessions of history to load", check=lambda v: 1 <= v <= 30, rule="1..30"),
     Key("rth", bool, True, "regular hours only (false: 04:00-20:00 ET extended hours)"),
-    Key("source", str, "alpaca", "where bars come from", choices=("alpaca", "csv")),
-    Key("csv", str, None, "bars file (CSV or Parquet) for source csv"),
+    Key("source", str, "alpaca", "where bars come from (a `csv` file given means csv)", choices=("alpaca", "csv")),
+    Key("csv", str, None, "bars file (CSV or Parquet); giving one implies source csv"),
     Key("csv_tz", str, "auto", "time zone of naive timestamps in the bars file (auto = UTC)",
         check=lambda v: v == "auto" or _is_zone(v), rule="auto or an IANA zone such as America/New_York"),
     Key("csv_label", str, "auto", "bars file labels bars by their start or end minute",
@@ -362,6 +362,9 @@ def build_config(file_values: dict[str, Any], overrides: dict[str, Any], script:
     """Defaults, then the file, then command-line overrides (None means 'not given'); validated.
     ``script`` picks the tables (SCRIPT_KEYS) and the class that comes back: Config, BacktestConfig, ..."""
     keys = SCRIPT_KEYS[script]
+    overrides = _source_of_csv(overrides, "--csv")
+    if overrides.get("source") is None:  # the command line did not decide where bars come from
+        file_values = _source_of_csv(file_values, "config file")
     values: dict[str, Any] = {}
     for key in keys:
         raw = key.default
@@ -375,6 +378,23 @@ def build_config(file_values: dict[str, Any], overrides: dict[str, Any], script:
     cfg = CONFIG_CLASSES[script](**values)
     _check_combination(cfg)
     return cfg
+
+
+def _source_of_csv(layer: dict[str, Any], where: str) -> dict[str, Any]:
+    """The one rule for `csv` and `source`, applied to each layer (the file, then the command line): a bars file
+    given without a source means source csv; one given beside source alpaca is a contradiction. A later layer's
+    source still wins over an earlier one's (a --csv flag beats `source: alpaca` in config.yaml)."""
+    if layer.get("csv") is None:
+        return layer
+    source = layer.get("source")
+    if source is None:
+        return {**layer, "source": "csv"}
+    if source == "alpaca":
+        said = ("--csv FILE reads bars from that file, which contradicts --source alpaca: drop one of the two"
+                if where == "--csv" else "the config file names a bars file in 'csv' but sets 'source: alpaca': "
+                "set source: csv to read the file, or csv: null to use Alpaca")
+        raise ConfigError(said)
+    return layer
 
 
 def parse_setting_spec(text: str, allowed: tuple[str, ...]) -> dict[str, Any]:
