@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import logging
 import math
 import zoneinfo
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ import yaml
 
 from forecast.errors import SettingsError
 from marketdata.quality import BAD_BAR_POLICIES
+
+log = logging.getLogger("app.config")
 
 
 class ConfigError(SettingsError):
@@ -365,6 +368,7 @@ def build_config(file_values: dict[str, Any], overrides: dict[str, Any], script:
     overrides = _source_of_csv(overrides, "--csv")
     if overrides.get("source") is None:  # the command line did not decide where bars come from
         file_values = _source_of_csv(file_values, "config file")
+    overrides = _trained_defaults(file_values, overrides, {k.name for k in keys})
     values: dict[str, Any] = {}
     for key in keys:
         raw = key.default
@@ -375,6 +379,8 @@ def build_config(file_values: dict[str, Any], overrides: dict[str, Any], script:
         value = _coerce(key, raw)
         _check(key, value)
         values[key.name] = value
+    if values.get("source") == "alpaca":
+        values["csv"] = None  # a file's `csv` that a --source alpaca flag overruled is not read
     cfg = CONFIG_CLASSES[script](**values)
     _check_combination(cfg)
     return cfg
@@ -395,6 +401,35 @@ def _source_of_csv(layer: dict[str, Any], where: str) -> dict[str, Any]:
                 "set source: csv to read the file, or csv: null to use Alpaca")
         raise ConfigError(said)
     return layer
+
+
+def _trained_defaults(file_values: dict[str, Any], overrides: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    """A fine-tuned model folder records its tokenizer and the forecast settings it was trained for
+    (kronos.loading.read_trained_for): they win over config.yaml and the defaults; a command-line flag still wins
+    over them, with a warning naming both values."""
+    from kronos.loading import TRAINED_FOR, read_trained_for
+
+    model = overrides.get("model") if overrides.get("model") is not None else file_values.get("model")
+    record = read_trained_for(model) if isinstance(model, str) else None
+    if not record:
+        return overrides
+    out = dict(overrides)
+    for name, value in record.items():
+        if name not in names or (name == "tokenizer_revision" and overrides.get("tokenizer") is not None):
+            continue  # a tokenizer given on the command line comes with its own revision (or none)
+        given = overrides.get(name)
+        if given is None:
+            out[name] = value
+            continue
+        given = _coerce(ALL_KEYS_BY_NAME[name], given)
+        same = given == value
+        if name == "tokenizer" and Path(given).expanduser().exists():
+            same = Path(given).expanduser().resolve() == Path(value).resolve()
+        if not same:
+            shown = (lambda v: str(v).lower() if isinstance(v, bool) else str(v))
+            log.warning("%s %s contradicts %s, which was trained with %s %s; using %s", flag(name), shown(given),
+                        Path(model).expanduser() / TRAINED_FOR, name, shown(value), shown(given))
+    return out
 
 
 def parse_setting_spec(text: str, allowed: tuple[str, ...]) -> dict[str, Any]:
