@@ -20,6 +20,7 @@ import pandas as pd
 
 from forecast.calibrator import Calibrator, load_calibrator
 from forecast.errors import ModelError, SettingsError, Skipped
+from forecast.extended import ExtendedPrice, latest_extended, relative_to
 from forecast.horizon import HorizonPlan, events_in_window, model_time_features, plan_horizon
 from forecast.metrics import Metrics, compute_metrics, repair_paths
 from forecast.summary import build_summary
@@ -41,6 +42,7 @@ class Context:
     info: PrepareInfo
     plan: HorizonPlan
     events: tuple[str, ...]    # event quiet windows the forecast span meets (flagged)
+    extended: ExtendedPrice | None = None  # rth: the latest extended-hours price after the last regular bar
 
     @property
     def times(self) -> pd.DatetimeIndex:
@@ -143,7 +145,8 @@ class ForecastPipeline:
         events = events_in_window(now, plan.times, cfg.events, cfg.event_before, cfg.event_after)
         if events and cfg.event_action == "skip":
             raise Skipped(f"inside the quiet window of event(s) {', '.join(events)} (event_action: skip)", "event")
-        return Context(now=now, bars=bars, info=info, plan=plan, events=tuple(events))
+        extended = latest_extended(frame, bars, data_asof if data_asof is not None else now, cfg.rth)
+        return Context(now=now, bars=bars, info=info, plan=plan, events=tuple(events), extended=extended)
 
     def sample(self, contexts: Sequence[Context], n_paths: int | None = None,
                seed: int | None = ..., check: bool = True) -> list[np.ndarray]:  # type: ignore[assignment]
@@ -222,13 +225,17 @@ class ForecastPipeline:
         if provenance.get("note"):
             notes.append(provenance["note"])
         notes += ctx.info.notes()
+        if ctx.extended is not None:
+            notes.insert(0, ctx.extended.note())
         calibrated = self.calibrate(metrics, repaired[:, :, 3], notes)
         timings = dict(timings or {})
         if started is not None:
             timings["total"] = timings.get("data", 0.0) + time.perf_counter() - started
         summary = build_summary(cfg=self.cfg, ctx=ctx, metrics=metrics, calibrated=calibrated, notes=notes,
                                 engine=self.engine_info(), provenance=provenance, timings=timings,
-                                market_open=market_open)
+                                market_open=market_open,
+                                vs_ext=None if ctx.extended is None else relative_to(ctx.extended,
+                                                                                      repaired[:, -1, 3], len(ctx.times)))
         return Forecast(ctx, repaired, metrics, calibrated, summary, timings)
 
 
