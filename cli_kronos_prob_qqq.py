@@ -23,6 +23,7 @@ import pandas as pd
 from app.config import add_config_flags, load_config, overrides_from_args, parse_time, script_parser
 from app.exits import ExitCode
 from app.operation import install_program_handlers, report_failure, run_lock, time_budget
+from app.progress import Stages
 from forecast.errors import Skipped
 from forecast.publish import PublishError
 
@@ -44,29 +45,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(cfg, asof: pd.Timestamp | None, cron: bool, written: list) -> object:
-    """One run, under the lock and the time budget: bars -> pipeline -> files written all or nothing."""
+def run(cfg, asof: pd.Timestamp | None, cron: bool, written: list, stages: Stages | None = None) -> object:
+    """One run, under the lock and the time budget: bars -> pipeline -> files written all or nothing; each stage
+    timed (and shown on a terminal) by ``stages``."""
     # Imported here so that bad arguments fail fast, before torch and the calendars load.
     from forecast.pipeline import ForecastPipeline
     from forecast.publish import publish
     from marketdata import calendar as mcal
     from marketdata.recent import fetch_recent_bars
 
+    stages = stages or Stages(show=False)
     t0 = time.perf_counter()
     if asof is None and cfg.source == "alpaca":
         asof = pd.Timestamp.now(tz="UTC").floor("s")
     if asof is not None:
         skip_if_closed(mcal.market_status(asof, cfg.rth), cron)
     pipeline = ForecastPipeline(cfg)
-    recent = fetch_recent_bars(cfg.source, cfg.symbol, asof, cfg.days, cfg.rth, csv=cfg.csv, csv_tz=cfg.csv_tz,
-                               csv_label=cfg.csv_label, feed=cfg.feed, sip_fallback=cfg.sip_fallback,
-                               url_override=os.environ.get("ALPACA_DATA_URL") or None)
+    with stages.stage("data"):
+        recent = fetch_recent_bars(cfg.source, cfg.symbol, asof, cfg.days, cfg.rth, csv=cfg.csv, csv_tz=cfg.csv_tz,
+                                   csv_label=cfg.csv_label, feed=cfg.feed, sip_fallback=cfg.sip_fallback,
+                                   url_override=os.environ.get("ALPACA_DATA_URL") or None)
     status = mcal.market_status(recent.now, cfg.rth)
     skip_if_closed(status, cron)
     fc = pipeline.forecast(recent.frame, recent.now, data_asof=recent.data_asof, provenance=recent.provenance,
                            market_open=status.is_open, status_note=status.describe(),
-                           timings={"data": time.perf_counter() - t0})
-    files = publish(cfg.out, cfg.symbol, fc, plot=cfg.plot, done=written).files
+                           timings={"data": time.perf_counter() - t0}, stage=stages.stage, progress=stages.progress)
+    with stages.stage("writing"):
+        files = publish(cfg.out, cfg.symbol, fc, plot=cfg.plot, done=written).files
     t = fc.timings
     log.info("forecast in %.2f s (data %.2f, model load %.2f, sampling %.2f); wrote %s", t["total"], t["data"],
              t["model_load"], t["sample"], files["summary"])
@@ -89,9 +94,10 @@ def main(argv: list[str] | None = None, program: bool = False) -> int:
         from forecast.publish import preflight
 
         out = preflight(cfg.out, cfg.symbol)  # every check that can fail runs before anything is written
+        stages = Stages.for_terminal(quiet=args.quiet)  # silent under cron (stderr is no terminal) and with -q
         with run_lock(out / f".run_{cfg.symbol}.lock"):
-            with time_budget(cfg.time_budget):
-                fc = run(cfg, asof, args.cron, written)
+            with time_budget(cfg.time_budget, stages.account):
+                fc = run(cfg, asof, args.cron, written, stages)
     except BaseException as exc:  # noqa: BLE001 - every failure ends in one line and a documented code
         # a write that failed part-way says itself what it left
         return report_failure(exc, log, written=None if isinstance(exc, PublishError) and exc.left else bool(written))

@@ -7,7 +7,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
@@ -38,8 +38,9 @@ def run_lock(path: Path) -> Iterator[None]:
 
 
 @contextmanager
-def time_budget(seconds: float) -> Iterator[None]:
-    """Raise TimeBudgetExceeded in the main thread once `seconds` have passed (SIGALRM; POSIX only)."""
+def time_budget(seconds: float, account: Callable[[], str] | None = None) -> Iterator[None]:
+    """Raise TimeBudgetExceeded in the main thread once `seconds` have passed (SIGALRM; POSIX only). ``account``
+    says, when it trips, where the time went (app.progress.Stages.account: the slow stage and what to lower)."""
     if not hasattr(signal, "setitimer"):
         yield
         return
@@ -48,7 +49,10 @@ def time_budget(seconds: float) -> Iterator[None]:
     fired: list[bool] = []
 
     def on_alarm(signum: int, frame: object) -> None:
+        nonlocal message
         fired.append(True)
+        told = account() if account is not None else ""
+        message += f" {told}" if told else ""
         raise TimeBudgetExceeded(message)
 
     previous = signal.signal(signal.SIGALRM, on_alarm)

@@ -10,10 +10,11 @@ engine seed of that origin, so ``cli --asof T --seed S`` reproduces origin T of 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Sequence
 
 import numpy as np
 import pandas as pd
@@ -199,15 +200,27 @@ class ForecastPipeline:
 
     def forecast(self, frame: pd.DataFrame, now: pd.Timestamp, *, data_asof: pd.Timestamp | None = None,
                  provenance: dict[str, Any] | None = None, market_open: bool = True,
-                 status_note: str | None = None, timings: dict[str, float] | None = None) -> Forecast:
-        """The whole forecast at ``now`` from raw canonical bars (those not closed by then are ignored)."""
+                 status_note: str | None = None, timings: dict[str, float] | None = None,
+                 stage: Callable[[str], ContextManager[Any]] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> Forecast:
+        """The whole forecast at ``now`` from raw canonical bars (those not closed by then are ignored).
+        ``stage(name)`` wraps each step ("prepare", "loading", "sampling": a terminal's stage lines and the time
+        budget's account of them); ``progress(done, total)`` follows the engine's decode steps."""
+        stage = stage or (lambda name: contextlib.nullcontext())
         timings = dict(timings or {})
         t0 = time.perf_counter()
-        ctx = self.prepare(frame, now, data_asof)
+        with stage("prepare"):
+            ctx = self.prepare(frame, now, data_asof)
         timings["prepare"] = time.perf_counter() - t0
-        timings["model_load"] = self.load()
+        with stage("loading"):
+            timings["model_load"] = self.load()
         t1 = time.perf_counter()
-        raw = self.sample([ctx])[0]
+        with stage("sampling"):
+            self.sampler.progress = progress
+            try:
+                raw = self.sample([ctx])[0]
+            finally:
+                self.sampler.progress = None
         timings["sample"] = time.perf_counter() - t1
         return self.finish(ctx, raw, provenance=provenance, market_open=market_open, status_note=status_note,
                            timings=timings, started=t0)
