@@ -150,10 +150,13 @@ class ForecastPipeline:
         return Context(now=now, bars=bars, info=info, plan=plan, events=tuple(events), extended=extended)
 
     def sample(self, contexts: Sequence[Context], n_paths: int | None = None,
-               seed: int | None = ..., check: bool = True) -> list[np.ndarray]:  # type: ignore[assignment]
+               seed: int | None = ..., check: bool = True,  # type: ignore[assignment]
+               on_origins: Callable[[int], None] | None = None) -> list[np.ndarray]:
         """Raw Kronos paths [N, H, 6] for each context: one engine call per (lookback, horizon) shape, each
         origin seeded by ``origin_seed``. With ``check``, non-finite or non-positive prices are a ModelError
-        (a backtest checks per origin instead, so one bad forecast does not stop the run)."""
+        (a backtest checks per origin instead, so one bad forecast does not stop the run). ``on_origins(k)``
+        is told as the engine's decode steps complete another k origins' worth of work (a backtest's bar moves
+        within an engine call); the k add up to len(contexts)."""
         cfg = self.cfg
         n = cfg.n_samples if n_paths is None else n_paths
         seed = cfg.seed if seed is ... else seed
@@ -164,10 +167,19 @@ class ForecastPipeline:
         for idx in groups.values():
             arrays = [engine_inputs(contexts[i].bars.iloc[-cfg.lookback:], contexts[i].times, cfg.time_label)
                       for i in idx]
-            paths = self.sampler.sample_batch(
-                np.stack([a[0] for a in arrays]), np.stack([a[1] for a in arrays]), np.stack([a[2] for a in arrays]),
-                n_paths=n, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                seeds=[origin_seed(seed, contexts[i].first_minute) for i in idx])
+            hook = origin_ticker(len(idx), on_origins) if on_origins is not None else None
+            if hook is not None:
+                self.sampler.progress = hook
+            try:
+                paths = self.sampler.sample_batch(
+                    np.stack([a[0] for a in arrays]), np.stack([a[1] for a in arrays]),
+                    np.stack([a[2] for a in arrays]), n_paths=n, temperature=cfg.temperature, top_k=cfg.top_k,
+                    top_p=cfg.top_p, seeds=[origin_seed(seed, contexts[i].first_minute) for i in idx])
+            finally:
+                if hook is not None:
+                    self.sampler.progress = None
+            if hook is not None:
+                hook(1, 1)  # all of this call's origins are done (an engine that reports no steps tells it here)
             for j, i in enumerate(idx):
                 out[i] = check_paths(paths[j]) if check else paths[j]
         return out  # type: ignore[return-value]
@@ -250,6 +262,20 @@ class ForecastPipeline:
                                 vs_ext=None if ctx.extended is None else relative_to(ctx.extended,
                                                                                       repaired[:, -1, 3], len(ctx.times)))
         return Forecast(ctx, repaired, metrics, calibrated, summary, timings)
+
+
+def origin_ticker(n_origins: int, tell: Callable[[int], None]) -> Callable[[int, int], None]:
+    """An engine progress hook (decode steps done of total) that tells ``tell`` how many more of ``n_origins``
+    origins' worth of work are done; the counts told add up to n_origins when the last step is reported."""
+    shown = [0]
+
+    def hook(done: int, total: int) -> None:
+        k = n_origins * done // total
+        if k > shown[0]:
+            tell(k - shown[0])
+            shown[0] = k
+
+    return hook
 
 
 def check_paths(paths: np.ndarray) -> np.ndarray:
