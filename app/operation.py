@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -78,12 +77,20 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, on_term)
 
 
+class StampFormatter(logging.Formatter):
+    """Log times as every line's own times read: UTC ISO 8601 with the New York time beside."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        from marketdata.stamps import log_stamp
+
+        return log_stamp(record.created)
+
+
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
-    """Logs go to stderr with UTC timestamps; stdout stays for the result."""
+    """Logs go to stderr with UTC timestamps (New York time beside); stdout stays for the result."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
-    formatter.converter = time.gmtime
+    formatter = StampFormatter("%(asctime)s %(levelname)s %(message)s")
     handler.setFormatter(formatter)
     handler.set_name("kronos_prob")
     root = logging.getLogger()
