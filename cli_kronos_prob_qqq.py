@@ -52,7 +52,7 @@ def run(cfg, asof: pd.Timestamp | None, cron: bool, written: list, stages: Stage
     from forecast.pipeline import ForecastPipeline
     from forecast.publish import publish
     from marketdata import calendar as mcal
-    from marketdata.recent import fetch_recent_bars
+    from marketdata.recent import fetch_recent_bars, range_note
 
     stages = stages or Stages(show=False)
     t0 = time.perf_counter()
@@ -67,9 +67,16 @@ def run(cfg, asof: pd.Timestamp | None, cron: bool, written: list, stages: Stage
                                    url_override=os.environ.get("ALPACA_DATA_URL") or None)
     status = mcal.market_status(recent.now, cfg.rth)
     skip_if_closed(status, cron)
-    fc = pipeline.forecast(recent.frame, recent.now, data_asof=recent.data_asof, provenance=recent.provenance,
-                           market_open=status.is_open, status_note=status.describe(),
-                           timings={"data": time.perf_counter() - t0}, stage=stages.stage, progress=stages.progress)
+    try:
+        fc = pipeline.forecast(recent.frame, recent.now, data_asof=recent.data_asof, provenance=recent.provenance,
+                               market_open=status.is_open, status_note=status.describe(),
+                               timings={"data": time.perf_counter() - t0}, stage=stages.stage,
+                               progress=stages.progress)
+    except Skipped as exc:  # a replay outside its file: say what the file covers
+        note = range_note(recent.frame, recent.now, cfg.csv) if cfg.source == "csv" else None
+        if note is None:
+            raise
+        raise Skipped(f"{exc}; {note}", exc.code) from None
     with stages.stage("writing"):
         files = publish(cfg.out, cfg.symbol, fc, plot=cfg.plot, done=written).files
     t = fc.timings

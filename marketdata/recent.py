@@ -54,3 +54,19 @@ def fetch_recent_bars(source: str, symbol: str, now: pd.Timestamp | None, days: 
     client = AlpacaBarSource(credentials.key_id, credentials.secret_key, feed=feed, url_override=url_override)
     fetched = fetch_with_fallback(client, symbol, start, now, now, policy=sip_fallback)
     return RecentBars(fetched.frame, now, fetched.asof, {"source": "alpaca", **fetched.provenance()})
+
+
+def range_note(frame: pd.DataFrame, now: pd.Timestamp, csv: str | None) -> str | None:
+    """When a replay's instant lies outside the bars file, a sentence naming the file's range (UTC and New York),
+    for the line that says why nothing was forecast; None inside it."""
+    if frame.empty:
+        return None
+    first, last = frame.index[0], frame.index[-1]
+    if first <= now <= last + pd.Timedelta(minutes=1):
+        return None
+    where = "before the first bar" if now < first else "after the last bar"
+    from marketdata.stamps import log_stamp
+
+    return (f"--asof {log_stamp(now)} is {where} of {csv}, which covers {log_stamp(first)} .. {log_stamp(last)} "
+            "(bar starts)")
+
