@@ -187,8 +187,9 @@ SERVE_KEYS: tuple[Key, ...] = (
         rule="0..65535", affects_results=False),
     Key("live_out", str, "outputs/live", "the service's folder for the CLI's files (keep it apart from cron's "
         "`out`)", affects_results=False),
-    Key("timestamped_files", bool, False, "also keep every forecast's timestamped files (the _latest copies "
-        "and the run log are always written)", affects_results=False),
+    Key("timestamped_files", bool, False, "also keep every forecast's timestamped paths CSVs (its timestamped "
+        "summary JSON, which its run-log row names, the _latest copies and the run log are always written)",
+        affects_results=False),
     Key("redis_url", str, None, "publish each summary to this Redis (redis://host:6379/0); null = no Redis",
         check=lambda v: v.startswith(("redis://", "rediss://", "unix://")), rule="a redis://, rediss:// or "
         "unix:// URL", affects_results=False),

@@ -174,12 +174,15 @@ def write_run_artifacts(out_dir: str | os.PathLike[str], symbol: str, stamp: str
 def run_files(symbol: str, stamp: str, summary: Mapping[str, Any], arr: np.ndarray, header: list[str],
               extra: Sequence[str], timestamped: bool = True) -> dict[str, tuple[str, bytes]]:
     """Key -> (file name, content) of one run's files, in the order they must appear on disk. Without
-    ``timestamped`` only the ``_latest`` copies (close paths and summary; ``extra`` unused)."""
+    ``timestamped``: the timestamped summary (small; the run-log row names it, so every row keeps its own
+    forecast) and the ``_latest`` copies of the close paths and the summary (``extra`` unused)."""
     if not timestamped:
         latest = (paths_name(symbol, "latest"), paths_csv_text(arr[:, :, PATH_FIELDS["close"]], header).encode())
-        block = {"stamp": stamp, "summary_latest": summary_name(symbol, "latest"), "paths_close_latest": latest[0]}
+        block = {"stamp": stamp, "summary": summary_name(symbol, stamp),
+                 "summary_latest": summary_name(symbol, "latest"), "paths_close_latest": latest[0]}
         body = (json.dumps({**summary, "artifacts": block}, indent=2, allow_nan=False) + "\n").encode()
-        return {"paths_close_latest": latest, "summary_latest": (summary_name(symbol, "latest"), body)}
+        return {"summary": (summary_name(symbol, stamp), body), "paths_close_latest": latest,
+                "summary_latest": (summary_name(symbol, "latest"), body)}
     files: dict[str, tuple[str, bytes]] = {}
     for field in (*extra, "close"):
         files[f"paths_{field}"] = (paths_name(symbol, stamp, field),

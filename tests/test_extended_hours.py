@@ -62,6 +62,9 @@ def test_pre_open_shows_the_pre_market_price_beside_the_regular_close(real_data_
     assert "paths start from the regular close" in head[1] and "from 09:30 EDT" in head[1]
     assert f"{m['p_up_30m_vs_ext']:.1%} vs pre-market 535.92" in head[2]
     assert any("the paths start from the regular close" in n for n in summary["notes"])
+    row = pd.read_csv(tmp_path / "runs_QQQ.csv").iloc[-1]  # the run log carries New York times beside UTC
+    assert (row["asof"], row["asof_new_york"]) == ("2025-06-11T13:00:00Z", "2025-06-11 09:00:00")
+    assert row["last_bar_new_york"] == "2025-06-10 15:59:00"
 
 
 def test_after_hours_and_rth_off_and_mid_session(real_data_dir, stand_in, tmp_path):
