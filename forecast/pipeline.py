@@ -256,11 +256,10 @@ class ForecastPipeline:
         timings = dict(timings or {})
         if started is not None:
             timings["total"] = timings.get("data", 0.0) + time.perf_counter() - started
+        vs_ext = None if ctx.extended is None else relative_to(ctx.extended, repaired[:, -1, 3], len(ctx.times))
         summary = build_summary(cfg=self.cfg, ctx=ctx, metrics=metrics, calibrated=calibrated, notes=notes,
                                 engine=self.engine_info(), provenance=provenance, timings=timings,
-                                market_open=market_open,
-                                vs_ext=None if ctx.extended is None else relative_to(ctx.extended,
-                                                                                      repaired[:, -1, 3], len(ctx.times)))
+                                market_open=market_open, vs_ext=vs_ext)
         return Forecast(ctx, repaired, metrics, calibrated, summary, timings)
 
 

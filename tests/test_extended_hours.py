@@ -48,7 +48,8 @@ def test_pre_open_shows_the_pre_market_price_beside_the_regular_close(real_data_
     ext = summary["extended_hours"]
     assert ext["price"] == pre and ext["regular_close"] == close == summary["now_close"]
     assert ext["session"] == "pre-market" and ext["bar_new_york"] == "2025-06-11T08:59:00-04:00"
-    assert ext["gap_to_close"] == pytest.approx(pre / close - 1, rel=1e-12) and ext["paths_start_from"] == "regular close"
+    assert ext["gap_to_close"] == pytest.approx(pre / close - 1, rel=1e-12)
+    assert ext["paths_start_from"] == "regular close"
     assert summary["forecast_start_new_york"] == "2025-06-11T09:30:00-04:00"
     # P(up) and the expected return against both prices, from the written paths
     final = paths.iloc[:, -1].to_numpy()

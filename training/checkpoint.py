@@ -2,9 +2,9 @@
 
 OUT/best/ (and OUT/best_tokenizer/ when the tokenizer is trained) hold config.json + model.safetensors in the
 published layout, so ``--model OUT/best`` of every script loads them unchanged; OUT/best also holds
-trained_for.json, its tokenizer and forecast settings, so that ``--model OUT/best`` alone is enough. OUT/last/ holds the same plus
-state.pt (optimizer, scheduler, step, RNG states, early-stopping counters, loss history): what a resumed run
-needs to continue as if it had never stopped. state.pt holds tensors and plain values only and is read with
+trained_for.json, its tokenizer and forecast settings, so that ``--model OUT/best`` alone is enough. OUT/last/
+holds the same plus state.pt (optimizer, scheduler, step, RNG states, early-stopping counters, loss history):
+what a resumed run needs to continue as if it had never stopped. state.pt holds tensors and plain values only and is read with
 torch.load(weights_only=True).
 """
 from __future__ import annotations

@@ -166,8 +166,8 @@ def train(cfg: Any, out: Path, fresh: bool = False, progress: bool = True) -> tu
     card = base_card(cfg, data, splits, world, configs)
     card["training"] = result
     record = trainer.best_record["tokenizer"]
-    card["best"] = {"model": str(out / "best"),
-                    "tokenizer": str(out / "best_tokenizer") if cfg.train_tokenizer else record.get("path", cfg.tokenizer),
+    tokenizer = str(out / "best_tokenizer") if cfg.train_tokenizer else record.get("path", cfg.tokenizer)
+    card["best"] = {"model": str(out / "best"), "tokenizer": tokenizer,
                     "tokenizer_revision": record.get("revision"),
                     "trained_for": trainer.best_record["settings"]}
     if world.main:
