@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
 from app.config import ConfigError, add_config_flags, load_config, overrides_from_args, parse_time, script_parser
 from app.exits import ExitCode
 from app.memory import bound_kernel_caches
-from app.operation import install_program_handlers, report_failure
+from app.operation import install_program_handlers, interrupt_once, report_failure
 
 log = logging.getLogger("kronos_serve")
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
+MAX_SPEED = 100_000.0  # a whole session in a quarter of a second; beyond it the replay clock's arithmetic overflows
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,8 +58,9 @@ def replay_of(args: argparse.Namespace, symbols: list[str], cfg=None):
     if len(args.replay) != len(symbols):
         raise ConfigError(f"--replay got {len(args.replay)} file(s) for {len(symbols)} symbol(s) "
                           f"({', '.join(symbols)}); give one file per symbol")
-    if not args.speed > 0:
-        raise ConfigError(f"--speed must be > 0, got {args.speed:g}")
+    if not (math.isfinite(args.speed) and 0 < args.speed <= MAX_SPEED):
+        raise ConfigError(f"--speed must be a number > 0 and at most {MAX_SPEED:g} (market seconds per wall "
+                          f"second; 60 plays a minute a second), got {args.speed:g}")
     for path in args.replay:
         if not Path(path).is_file():
             raise ConfigError(f"--replay: file not found: {path}")
@@ -72,7 +75,9 @@ def main(argv: list[str] | None = None, program: bool = False) -> int:
     bound_kernel_caches()  # before torch runs a kernel: its caches read the bounds once (see app/memory.py)
     if program:
         install_program_handlers(verbose=args.verbose, quiet=args.quiet)
+        interrupt_once(log)  # a second Ctrl-C or SIGTERM while stopping is told, not a traceback
     service = None
+    failure: BaseException | None = None
     try:
         cfg = load_config(args.config, overrides_from_args(args), script="serve")
         from live.service import Service, symbols_of
@@ -83,12 +88,13 @@ def main(argv: list[str] | None = None, program: bool = False) -> int:
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (systemd's stop): a clean stop
         log.info("stopping")
     except BaseException as exc:  # noqa: BLE001 - every failure ends in one line and a documented code
-        if service is not None:
-            service.close()
-        return report_failure(exc, log)
+        failure = exc
     if service is not None:
-        service.close()
-    return ExitCode.OK
+        try:
+            service.close()
+        except KeyboardInterrupt:  # the first signal came during a failure's shutdown: it still finishes
+            service.close()
+    return ExitCode.OK if failure is None else report_failure(failure, log)
 
 
 if __name__ == "__main__":

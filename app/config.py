@@ -23,6 +23,7 @@ import yaml
 
 from forecast.errors import SettingsError
 from marketdata.quality import BAD_BAR_POLICIES
+from marketdata.redact import redact_url
 
 log = logging.getLogger("app.config")
 
@@ -53,6 +54,22 @@ def _is_zone(name: str) -> bool:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         return False
     return True
+
+
+def _is_redis_url(v: Any) -> bool:
+    """A redis://, rediss:// or unix:// URL; a redis(s) URL's port, when given, a number 1..65535."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(v, str) or not v.startswith(("redis://", "rediss://", "unix://")):
+        return False
+    if v.startswith("unix://"):
+        return len(v) > len("unix://")
+    try:
+        parts = urlsplit(v)
+        port = parts.port  # a port that is not a number, or out of range, raises here
+    except ValueError:
+        return False
+    return bool(parts.hostname) and port != 0
 
 
 def _is_ticker(v: Any) -> bool:
@@ -191,8 +208,8 @@ SERVE_KEYS: tuple[Key, ...] = (
         "summary JSON, which its run-log row names, the _latest copies and the run log are always written)",
         affects_results=False),
     Key("redis_url", str, None, "publish each summary to this Redis (redis://host:6379/0); null = no Redis",
-        check=lambda v: v.startswith(("redis://", "rediss://", "unix://")), rule="a redis://, rediss:// or "
-        "unix:// URL", affects_results=False),
+        check=_is_redis_url, rule="a redis://host:port/db, rediss:// or unix:// URL (port a number 1..65535)",
+        affects_results=False),
     Key("redis_prefix", str, "kronos", "Redis names: PUBLISH on <prefix>:<SYMBOL>, latest under "
         "<prefix>:<SYMBOL>:latest", check=lambda v: bool(v) and " " not in v, rule="a name without spaces",
         affects_results=False),
@@ -332,7 +349,8 @@ def _check(key: Key, value: Any) -> None:
     if key.choices is not None and value not in key.choices:
         raise ConfigError(f"config key '{key.name}' must be one of {', '.join(key.choices)}; got {value!r}")
     if key.check is not None and not key.check(value):
-        raise ConfigError(f"config key '{key.name}' must be {key.rule}; got {value!r}")
+        shown = redact_url(value) if isinstance(value, str) and "://" in value else value  # no password shown
+        raise ConfigError(f"config key '{key.name}' must be {key.rule}; got {shown!r}")
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -86,12 +88,68 @@ class StampFormatter(logging.Formatter):
         return log_stamp(record.created)
 
 
+def interrupt_once(log: logging.Logger) -> None:
+    """SIGINT and SIGTERM stop the program once (KeyboardInterrupt in the main thread); a second one while it
+    is already stopping is told once and otherwise ignored, so the shutdown under way finishes writing its files
+    and the program still exits with its code instead of a traceback (a service's operator presses Ctrl-C
+    twice; systemd may send SIGTERM again)."""
+    state = {"stopping": False, "told": False}
+
+    def on_signal(signum: int, frame: object) -> None:
+        if not state["stopping"]:
+            state["stopping"] = True
+            raise KeyboardInterrupt
+        if not state["told"]:
+            state["told"] = True
+            log.warning("already stopping (%s ignored); the shutdown finishes its work first",
+                        signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
+class RepeatLimit(logging.Filter):
+    """Lets through at most ``burst`` records of one kind (logger, level, the same text) per ``window_s``
+    seconds; the first record after a quiet window says how many were held back. A flood (a reconnect loop, an
+    accept loop out of descriptors) then costs a few lines a minute, not megabytes."""
+
+    def __init__(self, burst: int = 5, window_s: float = 60.0, kinds: int = 1000) -> None:
+        super().__init__()
+        self.burst, self.window_s, self.kinds = burst, window_s, kinds
+        self._seen: dict[tuple, list] = {}  # kind -> [window start, passed, held back]
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()[:200]
+        except Exception:  # noqa: BLE001 - a malformed record: logging reports it itself
+            return True
+        kind = (record.name, record.levelno, text)
+        now = time.monotonic()
+        with self._lock:
+            entry = self._seen.get(kind)
+            if entry is None or now - entry[0] >= self.window_s:
+                held = entry[2] if entry else 0
+                if len(self._seen) >= self.kinds:  # bounded memory: forget the kinds whose window is over
+                    self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.window_s}
+                self._seen[kind] = [now, 1, 0]
+                if held:
+                    record.msg = f"{record.msg} [{held} more like this in the last {self.window_s:g} s not shown]"
+                return True
+            if entry[1] < self.burst:
+                entry[1] += 1
+                return True
+            entry[2] += 1
+            return False
+
+
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     """Logs go to stderr with UTC timestamps (New York time beside); stdout stays for the result."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     formatter = StampFormatter("%(asctime)s %(levelname)s %(message)s")
     handler.setFormatter(formatter)
+    handler.addFilter(RepeatLimit())
     handler.set_name("kronos_prob")
     root = logging.getLogger()
     # Replace only our own handler, so a second call (or a test harness's handler) is left alone.

@@ -69,6 +69,7 @@ class LiveHub:
         self._recent_skips: deque = deque(maxlen=RECENT_SKIPS)
         self._last_error: dict[str, Any] | None = None
         self._reconnects = 0
+        self._stream: dict[str, Any] | None = None  # a live source's connection state (None: a replay)
         self._output_errors: dict[str, dict[str, Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscribers: set[asyncio.Queue] = set()
@@ -164,6 +165,15 @@ class LiveHub:
             self._reconnects += 1
         self._m_reconnects.inc()
 
+    def on_stream(self, connected: bool, problem: str | None = None, failed_attempts: int = 0) -> None:
+        """The live stream's state: connected, or down with the reason and the failed attempts since the last
+        connection; while it is down /health says "degraded"."""
+        with self._lock:
+            self._stream = {"connected": bool(connected), "problem": None if connected else problem,
+                            "failed_attempts": 0 if connected else int(failed_attempts),
+                            "since": iso(pd.Timestamp.now(tz="UTC"))}
+        self._publish({"event": "health"})
+
     def on_output_error(self, output: str, message: str) -> None:
         with self._lock:
             entry = self._output_errors.setdefault(output, {"count": 0})
@@ -202,11 +212,15 @@ class LiveHub:
                     "received_s_ago": None if st.received_at is None else round(now - st.received_at, 3),
                     "last_forecast": iso(last_forecast),
                     "forecasts_kept": len(st.history)}
-            return {"status": "ok" if self._model is not None else "loading",
+            status = "loading" if self._model is None else "ok"
+            if self._model is not None and self._stream is not None and not self._stream["connected"]:
+                status = "degraded"
+            return {"status": status,
                     "model_loaded": self._model is not None, "model": self._model, "symbols": symbols,
                     "skipped": dict(self._skips), "skipped_total": sum(self._skips.values()),
                     "recent_skips": list(self._recent_skips)[-10:], "last_error": self._last_error,
-                    "stream_reconnects": self._reconnects, "output_errors": dict(self._output_errors),
+                    "stream_reconnects": self._reconnects, "stream": self._stream,
+                    "output_errors": dict(self._output_errors),
                     "uptime_s": round(now - self.started_at, 1), "subscribers": len(self._subscribers)}
 
     def page_state(self, symbol: str) -> dict:

@@ -13,24 +13,12 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from forecast.publish import preflight, publish
 from marketdata.frame import first_line
+from marketdata.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
-
-
-def redacted(url: str) -> str:
-    """A Redis URL fit for a log line: any password replaced."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
 
 
 class RedisPublisher:
@@ -87,7 +75,7 @@ class RedisPublisher:
                     pipe.publish(self.channel(symbol), body)
                 pipe.execute()
             except Exception as exc:  # noqa: BLE001 - any Redis failure: count it, keep the message, retry
-                message = f"{redacted(self.url)}: {type(exc).__name__}: {first_line(exc)}"
+                message = f"{redact_url(self.url)}: {type(exc).__name__}: {redact_text(first_line(exc))}"
                 self.hub.on_output_error("redis", message)
                 if down_since is None:
                     down_since = time.monotonic()

@@ -29,11 +29,19 @@ def load_replay(files: dict[str, str], start: pd.Timestamp | None, *, tz: str = 
         frames[symbol] = frame
     first = min(f.index[0] for f in frames.values())
     last = max(f.index[-1] for f in frames.values())
-    if start is None:
-        start = mcal.session_window(mcal.recent_sessions(last, 1)[-1])[0]
-    if not first < start <= last:
-        raise DataError(f"--from {start.isoformat()} is outside the replay data "
-                        f"({first.isoformat()} .. {last.isoformat()})")
+    if start is not None:
+        if not first < start <= last:
+            raise DataError(f"--from {start.isoformat()} is outside the replay data "
+                            f"({first.isoformat()} .. {last.isoformat()})")
+        return frames, start
+    session = mcal.recent_sessions(last, 1)[-1]
+    start = mcal.session_window(session)[0]
+    if not first < start <= last:  # the default start needs bars before it: the sessions that are the history
+        names = ", ".join(str(p) for p in files.values())
+        raise DataError(f"replay file {names} holds no bars before the open of its last session "
+                        f"({session:%Y-%m-%d}, {start.isoformat()}), where a replay starts by default, so "
+                        "there is no history to forecast from: give a file with earlier sessions too, or --from a "
+                        "later time in that session")
     return frames, start
 
 

@@ -20,7 +20,8 @@ from app.operation import run_lock
 from live.book import BarBook
 from live.clock import ReplayClock, WallClock
 from live.loop import ForecastLoop
-from live.outputs import Outputs, RedisPublisher, redacted
+from live.outputs import Outputs, RedisPublisher
+from marketdata.redact import redact_url
 
 log = logging.getLogger(__name__)
 TOKEN_ENV = "KRONOS_SERVE_TOKEN"
@@ -45,6 +46,8 @@ class Service:
     def __post_init__(self) -> None:
         self.symbols = symbols_of(self.cfg)
         self.token = listen_token(self.cfg.host, self.environ)
+        # live needs the keys: refused here, before the port, the folder, the lock or the model
+        self.credentials = None if self.replay is not None else alpaca_credentials(self.environ)
         self.threads: list[threading.Thread] = []
         self.server: Any = None
         self.source: Any = None
@@ -55,11 +58,19 @@ class Service:
     # --------------------------------------------------------------------------------------------- start
 
     def start(self) -> None:
+        sock = listen_socket(self.cfg.host, self.cfg.port)  # the port is taken before the model loads, or never
+        try:
+            self._start(sock)
+        except BaseException:
+            if self.server is None:  # the web server owns the socket once it runs; until then it is ours
+                sock.close()
+            raise
+
+    def _start(self, sock: socket.socket) -> None:
         from forecast.pipeline import ForecastPipeline
         from live.hub import LiveHub
 
         cfg = self.cfg
-        sock = listen_socket(cfg.host, cfg.port)  # the port is taken before the model loads, or not at all
         self.port = sock.getsockname()[1]
         out = Path(cfg.live_out)
         frames, start = self._replay_frames()
@@ -83,7 +94,7 @@ class Service:
         log.info("web page on http://%s:%d/%s", cfg.host, self.port, "" if self.token is None else
                  " (token required)")
         if redis is not None:
-            log.info("publishing to Redis %s on %s:<SYMBOL>", redacted(cfg.redis_url), cfg.redis_prefix)
+            log.info("publishing to Redis %s on %s:<SYMBOL>", redact_url(cfg.redis_url), cfg.redis_prefix)
 
         self.clock = WallClock() if frames is None else ReplayClock(start, self.replay.speed)
         self.book = BarBook(self.symbols, on_change=lambda s, f: hub.on_bars(s, f, self.clock.now()), days=cfg.days)
@@ -117,15 +128,9 @@ class Service:
 
     def _alpaca_source(self) -> Any:
         from live.sources import AlpacaLiveSource
-        from marketdata.alpaca import credentials_from_env
-        from marketdata.frame import DataError
 
-        credentials = credentials_from_env(self.environ)
-        if credentials is None:
-            raise DataError("no Alpaca keys: set ALPACA_KEY_ID and ALPACA_SECRET_KEY (or APCA_API_KEY_ID and "
-                            "APCA_API_SECRET_KEY), or try it offline with --replay FILE")
         cfg = self.cfg
-        return AlpacaLiveSource(self.symbols, self.book, self.clock, self.hub, credentials, feed=cfg.feed,
+        return AlpacaLiveSource(self.symbols, self.book, self.clock, self.hub, self.credentials, feed=cfg.feed,
                                 sip_fallback=cfg.sip_fallback, days=cfg.days, rth=cfg.rth, stop=self.stop,
                                 rest_url=self.environ.get(REST_URL_ENV) or None,
                                 stream_url=self.environ.get(STREAM_URL_ENV) or None,
@@ -139,6 +144,9 @@ class Service:
             dead = [t.name for t in self.threads if not t.is_alive()]
             if dead:
                 raise RuntimeError(f"the {', '.join(dead)} thread stopped unexpectedly")
+        fatal = getattr(self.source, "fatal", None)
+        if fatal is not None:  # the source gave up (the stream refused us too often): its one line and code
+            raise fatal
 
     def close(self) -> None:
         self.stop.set()
@@ -166,6 +174,18 @@ def symbols_of(cfg: Any) -> list[str]:
     if len(set(symbols)) != len(symbols):
         raise ConfigError(f"config key 'symbols' lists a ticker twice: {', '.join(symbols)}")
     return symbols
+
+
+def alpaca_credentials(environ: Mapping[str, str]) -> Any:
+    """The Alpaca key pair from the environment; a DataError saying what to set when there is none."""
+    from marketdata.alpaca import credentials_from_env
+    from marketdata.frame import DataError
+
+    credentials = credentials_from_env(environ)
+    if credentials is None:
+        raise DataError("no Alpaca keys: set ALPACA_KEY_ID and ALPACA_SECRET_KEY (or APCA_API_KEY_ID and "
+                        "APCA_API_SECRET_KEY), or try it offline with --replay FILE")
+    return credentials
 
 
 def is_loopback(host: str) -> bool:
@@ -198,19 +218,26 @@ def listen_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port or "
                           "--host") from None
-    sock.listen(128)
+    sock.listen(32)  # uvicorn listens again with web.guard.BACKLOG
     sock.set_inheritable(True)
     return sock
 
 
 def start_web(hub: Any, token: str | None, sock: socket.socket, threads: list[threading.Thread]) -> Any:
-    """uvicorn serving web.app.create_app(hub, token) on the bound socket, on its own thread."""
+    """uvicorn serving web.app.create_app(hub, token) on the bound socket, on its own thread, behind
+    web.guard: connections capped by the descriptor limit, a deadline for each request's headers."""
     import uvicorn
 
     from web.app import create_app
+    from web.guard import BACKLOG, HEADER_TIMEOUT_S, MAX_HEADER_BYTES, connection_cap, guarded_protocol
 
+    cap = connection_cap()
+    # log_config=None: uvicorn's records go through our handler (one format, repeats rate-limited)
     server = uvicorn.Server(uvicorn.Config(create_app(hub, token), log_level="warning", access_log=False,
-                                           lifespan="on", timeout_graceful_shutdown=3))
+                                           log_config=None, lifespan="on", timeout_graceful_shutdown=3,
+                                           http=guarded_protocol(cap), backlog=BACKLOG, timeout_keep_alive=5,
+                                           h11_max_incomplete_event_size=MAX_HEADER_BYTES))
+    log.info("web server: at most %d connections, %g s to send a request", cap, HEADER_TIMEOUT_S)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="web", daemon=True)
     thread.start()
     threads.append(thread)

@@ -14,9 +14,26 @@ import pandas as pd
 from live.book import BarBook
 from marketdata import calendar as mcal
 from marketdata.alpaca import AlpacaBarSource, Credentials, fetch_with_fallback
-from marketdata.frame import COLUMNS, ONE_MINUTE, canonical, first_line
+from marketdata.frame import COLUMNS, ONE_MINUTE, DataSourceError, canonical, first_line
+from marketdata.redact import redact_text
 
 log = logging.getLogger(__name__)
+STREAM_REFUSALS_MAX = 5  # the stream refusing us this many times in a row (keys, connection limit) ends the service
+ALPACA_STREAM_LOGGER = "alpaca.data.live.websocket"
+
+
+class _OneLine(logging.Filter):
+    """alpaca-py logs a traceback on every failed reconnect; keep its line, masked and without the traceback
+    (the handler's repeat limit then keeps a reconnect loop to a few lines a minute)."""
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact_text(record.getMessage(), secrets=self.secrets), None
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
 
 
 def bar_frame(bar: Any) -> pd.DataFrame:
@@ -29,6 +46,11 @@ def _stream_class() -> type:
     with warnings.catch_warnings():  # alpaca.data imports websockets.legacy, which warns on import
         warnings.simplefilter("ignore", DeprecationWarning)
         from alpaca.data.live import StockDataStream
+    from websockets.exceptions import WebSocketException
+
+    class Refused(WebSocketException):
+        """The server answered and said no (auth failed, connection limit exceeded). Raised as a websocket
+        error so alpaca-py closes, backs off and retries with one warning line instead of a traceback."""
 
     class ObservedStream(StockDataStream):
         """StockDataStream that tells its owner when a connection is up (authenticated and subscribed) and when
@@ -37,6 +59,18 @@ def _stream_class() -> type:
         def __init__(self, owner: "AlpacaLiveSource", *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._owner = owner
+
+        async def _start_ws(self) -> None:
+            try:
+                await super()._start_ws()
+            except ValueError as exc:  # alpaca-py's way of saying the server refused the handshake or the keys
+                line = self._owner._refused(str(exc))
+                if self._owner.fatal is not None:
+                    await self.stop_ws()  # alpaca-py's loop ends instead of backing off for another try
+                raise Refused(line) from None
+            except Exception as exc:  # noqa: BLE001 - cannot connect: shown, retried by alpaca-py
+                self._owner._failed(f"{type(exc).__name__}: {first_line(exc)}")
+                raise
 
         async def _send_subscribe_msg(self) -> None:
             await super()._send_subscribe_msg()
@@ -66,6 +100,10 @@ class AlpacaLiveSource:
         self.stream_url, self.poll_delay_s, self.reconnect_backoff_s = stream_url, poll_delay_s, reconnect_backoff_s
         self.rest = AlpacaBarSource(credentials.key_id, credentials.secret_key, feed=feed, url_override=rest_url)
         self.connections = 0
+        self.refusals = 0               # in a row; a connection that gets its subscription resets it
+        self.failed_attempts = 0        # connection attempts that failed since the last success
+        self.fatal: DataSourceError | None = None  # set when the service must stop (the stream refuses us)
+        self._one_line = _OneLine((credentials.key_id, credentials.secret_key))
         self.stream_up = threading.Event()
         self.polls = 0                  # catch-ups polled while the stream was down
         self.reconnect_catch_ups = 0    # catch-ups after a reconnect
@@ -77,6 +115,7 @@ class AlpacaLiveSource:
     # ------------------------------------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
+        logging.getLogger(ALPACA_STREAM_LOGGER).addFilter(self._one_line)
         self.backfill()
         for name, target in (("stream", self._run_stream), ("rest", self._run_rest)):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -87,15 +126,17 @@ class AlpacaLiveSource:
         self.stop.set()
         self._wake.set()
         stream = self._stream
-        if stream is not None and getattr(stream, "_loop", None) is not None:
+        loop = getattr(stream, "_loop", None)
+        if loop is not None and loop.is_running():  # not when the stream already ended (it gave up)
             try:
                 stream.stop()
                 # closing the socket ends the stream's wait for the next frame at once (else up to 5 s)
-                asyncio.run_coroutine_threadsafe(stream.close(), stream._loop).result(timeout=5)
+                asyncio.run_coroutine_threadsafe(stream.close(), loop).result(timeout=5)
             except Exception as exc:  # noqa: BLE001 - shutting down: nothing more to do about it
                 log.debug("stream stop: %s", exc)
         for thread in self._threads:
             thread.join(timeout=5)
+        logging.getLogger(ALPACA_STREAM_LOGGER).removeFilter(self._one_line)
 
     # ------------------------------------------------------------------------------------------- REST
 
@@ -176,7 +217,9 @@ class AlpacaLiveSource:
 
     def _connected(self) -> None:
         self.connections += 1
+        self.refusals = self.failed_attempts = 0
         self.stream_up.set()
+        self.hub.on_stream(connected=True)
         if self.connections > 1:
             log.info("stream reconnected; backfilling the missed minutes over REST")
             self.hub.on_reconnect()
@@ -185,4 +228,29 @@ class AlpacaLiveSource:
     def _disconnected(self) -> None:
         if self.stream_up.is_set():
             log.warning("stream connection lost; polling REST each minute until it is back")
+            self.hub.on_stream(connected=False, problem="connection lost; reconnecting")
         self.stream_up.clear()
+
+    def _refused(self, message: str) -> str:
+        """The stream refused us (called on the stream's loop); returns the line to show. After
+        STREAM_REFUSALS_MAX refusals in a row the service stops with the data-source code."""
+        self.refusals += 1
+        self.failed_attempts += 1
+        reason = redact_text(message, secrets=(self.credentials.key_id, self.credentials.secret_key))
+        line = f"the Alpaca stream refused the connection ({reason}), {self.refusals} time(s) in a row"
+        self.hub.on_stream(connected=False, problem=line, failed_attempts=self.failed_attempts)
+        if self.refusals >= STREAM_REFUSALS_MAX and self.fatal is None:
+            self.fatal = DataSourceError(
+                f"the Alpaca stream refused the connection {self.refusals} times in a row ({reason}); check "
+                "ALPACA_KEY_ID / ALPACA_SECRET_KEY, and that no other program holds the account's one stream "
+                "connection")
+            self.stop.set()
+            self._wake.set()
+        return line
+
+    def _failed(self, message: str) -> None:
+        """A connection attempt that failed before the server answered (network, DNS, TLS)."""
+        self.failed_attempts += 1
+        reason = redact_text(message, secrets=(self.credentials.key_id, self.credentials.secret_key))
+        self.hub.on_stream(connected=False, problem=f"cannot connect to the Alpaca stream ({reason})",
+                           failed_attempts=self.failed_attempts)

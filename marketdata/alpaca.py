@@ -14,6 +14,7 @@ import pandas as pd
 
 from marketdata import calendar as mcal
 from marketdata.frame import COLUMNS, DataSourceError, SubscriptionError, first_line, canonical, empty_frame
+from marketdata.redact import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -149,31 +150,38 @@ class AlpacaBarSource:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             from alpaca.common.exceptions import APIError
+        keys = (self.credentials.key_id, self.credentials.secret_key)
         try:
             return fn()
         except APIError as exc:
-            raise _map_api_error(exc, feed) from None
+            raise _map_api_error(exc, feed, keys) from None
         except requests.exceptions.JSONDecodeError as exc:
             # Also a RequestException, but the server did answer: the body is not JSON.
-            raise DataSourceError(f"malformed response from Alpaca (not JSON): {first_line(exc)[:200]}") from None
+            raise DataSourceError(f"malformed response from Alpaca (not JSON): {_shown(exc, keys)}") from None
         except requests.exceptions.RequestException as exc:
-            raise DataSourceError(f"cannot reach Alpaca ({type(exc).__name__}): "
-                                  f"{first_line(exc)[:200]}") from None
+            raise DataSourceError(f"cannot reach Alpaca ({type(exc).__name__}): {_shown(exc, keys)}") from None
         except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
             # JSON decode errors and pydantic validation errors are ValueErrors; a body of the wrong shape
             # ("bars" a list or null, a bar that is not an object) fails inside the client with the others.
             raise DataSourceError(f"malformed response from Alpaca ({type(exc).__name__}): "
-                                  f"{first_line(exc)[:200]}") from None
+                                  f"{_shown(exc, keys)}") from None
 
 
-def _map_api_error(exc: Exception, feed: str) -> DataSourceError:
+def _shown(exc: BaseException, keys: tuple[str, str]) -> str:
+    """An upstream error fit for the one line: the keys' values and anything key-like masked, bounded length
+    (a proxy or a server may echo the request, headers and all)."""
+    return redact_text(first_line(exc), secrets=keys, limit=200)
+
+
+def _map_api_error(exc: Exception, feed: str, keys: tuple[str, str] = ("", "")) -> DataSourceError:
     status = getattr(exc, "status_code", None)
     body = str(exc)
     try:
         parsed = json.loads(body)
         message, code = str(parsed.get("message", "")), parsed.get("code")
     except (ValueError, AttributeError):
-        message, code = body.strip()[:200], None
+        message, code = body.strip(), None
+    message = redact_text(" ".join(message.split()), secrets=keys, limit=200)
     if status == 403 and (code == RECENT_SIP_CODE or "recent sip" in message.lower()):
         return SubscriptionError(f"Alpaca refused {feed.upper()} data of the last 15 minutes (HTTP 403: {message}); "
                                  "the free plan only has delayed SIP")

@@ -9,6 +9,18 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+def pytest_collection_modifyitems(config, items):
+    """real_weights tests run only when selected (-m real_weights): they need the real checkpoints in the hub
+    cache and minutes of CPU, so the default run skips them with the way to run them."""
+    if "real_weights" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="real-weights check, not selected: `python tests/verify_install.py` fetches the "
+                                   "pinned weights and runs them (or pytest -m real_weights where they are cached)")
+    for item in items:
+        if "real_weights" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def real_data_dir() -> Path:
     """The shared real-bars folder (CI points TEST_DATA_DIR at ../shared/data); skip when it is not given."""

@@ -4,7 +4,9 @@ It speaks the protocol of /work/shared/notes/market-data.md: msgpack frames, eac
 ``[{"T": "success", "msg": "connected"}]``, then the client's auth (checked against the key pair), the
 subscription acknowledged, then whatever bars the test pushes (``"T": "b"``, corrected bars ``"T": "u"``, the
 time packed as a msgpack Timestamp). ``drop`` closes every connection; while ``refuse`` is set, new connections
-are closed at once, so the client stays down until the test lets it back.
+are closed at once, so the client stays down until the test lets it back. With ``reject`` set to (code, message)
+every auth is answered with that error, as Alpaca answers rejected keys (402 auth failed) or a second connection
+of the account (406 connection limit exceeded); the error may echo the keys (``echo_keys``), as a proxy might.
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ class FakeAlpacaStream:
         self.subscriptions: list[dict] = []
         self.connections = 0
         self.refuse = threading.Event()
+        self.reject: tuple[int, str] | None = None
+        self.echo_keys = False
         self._clients: set = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -62,6 +66,13 @@ class FakeAlpacaStream:
         await ws.send(msgpack.packb([{"T": "success", "msg": "connected"}]))
         auth = msgpack.unpackb(await ws.recv())
         self.auths.append(auth)
+        if self.reject is not None:
+            code, text = self.reject
+            if self.echo_keys:
+                text = f"{text} (key {auth.get('key')}, secret {auth.get('secret')})"
+            await ws.send(msgpack.packb([{"T": "error", "code": code, "msg": text}]))
+            await ws.close()
+            return
         if auth.get("action") != "auth" or (auth.get("key"), auth.get("secret")) != (self.key, self.secret):
             await ws.send(msgpack.packb([{"T": "error", "code": 402, "msg": "auth failed"}]))
             await ws.close()

@@ -1,6 +1,8 @@
 """The live Alpaca source against fakes on 127.0.0.1: alpaca-py's real StockDataStream talks to a fake stream
 server (handshake, auth, subscription, a bar, its corrected bar, a dropped connection) and the real REST client
 to a fake bars endpoint (backfill on start, polling while the stream is down, backfill after the reconnect)."""
+import json
+import logging
 import threading
 
 import numpy as np
@@ -111,3 +113,72 @@ def test_stream_bars_corrections_and_backfill_after_a_dropped_connection(bars, r
         assert frame.loc[minute, "close"] == 502.25  # the backfill starts after the streamed minute
     finally:
         source.close()
+
+
+@pytest.mark.parametrize("reject, keys", [(None, (KEY, "a-wrong-secret-0000")),                 # 402 auth failed
+                                          ((406, "connection limit exceeded"), (KEY, SECRET))],
+                         ids=["wrong-keys", "connection-limit"])
+def test_a_stream_that_refuses_us_shows_in_health_and_stops_after_bounded_tries(bars, rest, stream, reject, keys,
+                                                                              monkeypatch, caplog):
+    import live.sources
+
+    monkeypatch.setattr(live.sources, "STREAM_REFUSALS_MAX", 3)
+    stream.reject, stream.echo_keys = reject, True
+    clock = ReplayClock(pd.Timestamp("2025-06-04T15:00:05Z"), speed=1)
+    hub = LiveHub(["QQQ"])
+    hub.set_model({"name": "test"})
+    book = BarBook(["QQQ"], on_change=lambda s, f: hub.on_bars(s, f, clock.now()))
+    stop = threading.Event()
+    source = AlpacaLiveSource(["QQQ"], book, clock, hub, Credentials(*keys), feed="iex", sip_fallback="iex",
+                              days=3, rth=True, stop=stop, rest_url=rest.url, stream_url=stream.url,
+                              poll_delay_s=0.5, reconnect_backoff_s=(0.3, 0.3))
+    try:
+        with caplog.at_level(logging.INFO):
+            source.start()
+            wait_for(lambda: hub.health()["status"] == "degraded", what="a degraded /health")
+            health = hub.health()
+            word = "connection limit exceeded" if reject else "auth failed"
+            assert word in health["stream"]["problem"] and health["stream"]["failed_attempts"] >= 1
+            assert health["stream"]["connected"] is False
+            wait_for(lambda: source.fatal is not None, what="the source giving up")
+            assert stop.is_set()
+            for thread in source._threads:
+                thread.join(5)
+                assert not thread.is_alive(), thread.name
+    finally:
+        source.close()
+    assert len(stream.auths) == 3  # bounded: exactly the allowed tries
+    line = str(source.fatal)
+    assert "refused the connection 3 times in a row" in line and word in line and "ALPACA_KEY_ID" in line
+    assert hub.health()["stream"]["failed_attempts"] == 3
+    shown = caplog.text + json.dumps(hub.health()) + line
+    assert keys[0] not in shown and keys[1] not in shown  # the fake echoed both into its error
+    alpaca = [r for r in caplog.records if r.name.startswith("alpaca")]
+    assert alpaca and not [r for r in alpaca if r.exc_info or "Traceback" in r.getMessage()]
+    from app.exits import ExitCode, exit_code_for
+
+    assert exit_code_for(source.fatal) == ExitCode.DATA_SOURCE
+
+
+def test_serve_exits_with_the_data_source_code_when_the_stream_refuses_the_keys(rest, stream, tmp_path,
+                                                                                monkeypatch, caplog):
+    import live.sources
+    import serve
+    from app.exits import ExitCode
+    from kronos_checkpoints import write_checkpoint_pair
+
+    model, tokenizer = write_checkpoint_pair(tmp_path / "ckpt", shape="tiny", seed=0)
+    monkeypatch.setattr(live.sources, "STREAM_REFUSALS_MAX", 2)
+    for name, value in (("ALPACA_KEY_ID", KEY), ("ALPACA_SECRET_KEY", "a-wrong-secret-0000"),
+                        ("ALPACA_DATA_URL", rest.url), ("ALPACA_STREAM_URL", stream.url)):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("KRONOS_SERVE_TOKEN", raising=False)
+    with caplog.at_level(logging.INFO):
+        code = serve.main(["--model", str(model), "--tokenizer", str(tokenizer), "--device", "cpu",
+                           "--n-samples", "4", "--horizon", "10", "--lookback", "120",
+                           "--live-out", str(tmp_path / "live"), "--port", "0"])
+    assert code == ExitCode.DATA_SOURCE, caplog.text
+    last = caplog.records[-1]
+    assert "refused the connection 2 times in a row (auth failed)" in last.getMessage() and last.exc_info is None
+    assert "a-wrong-secret-0000" not in caplog.text
+    assert len(stream.auths) == 2

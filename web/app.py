@@ -5,7 +5,8 @@ Endpoints (all GET; with a token, every one requires ``Authorization: Bearer <to
   /forecast          the latest summary JSON, exactly as the CLI writes it (?symbol=)
   /forecast/history  recent forecasts with their realised outcomes once known (?symbol=&limit=)
   /state             what the page draws for a symbol (summary, sample paths, today's candles, reliability)
-  /health            model loaded, last bar and its lag, skipped minutes by reason, last error
+  /health            model loaded, last bar and its lag, skipped minutes by reason, last error, the stream's state
+                     ("degraded" while it is down or refuses the keys)
   /metrics           Prometheus text
   /stream            server-sent events: forecast, outcome, skip, error, health (?symbol= filters)
   /static/<file>     the page's script and style, and plotly.min.js from the installed plotly package

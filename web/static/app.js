@@ -177,6 +177,8 @@
       ["model", model],
       ["forecasts kept", String(sym.forecasts_kept || 0)],
       ["skipped minutes", skipped],
+      ["stream", !h.stream ? "—" : h.stream.connected ? "connected" :
+       h.stream.problem + " (" + h.stream.failed_attempts + " failed attempts)", h.stream && !h.stream.connected ? "bad" : ""],
       ["stream reconnects", String(h.stream_reconnects)],
       ["output errors", Object.keys(h.output_errors).map(function (k) { return k + " " + h.output_errors[k].count; }).join(", ") || "none",
        Object.keys(h.output_errors).length ? "bad" : ""],
