@@ -5,6 +5,9 @@ which tables a script reads (one config.yaml may hold them all). Every key has a
 one-line help text. The tables build the argparse flags (`lookback` -> `--lookback`, `mid_window` ->
 `--mid-window`), validate values and give each script its frozen config class; reference_table renders one as
 the README's Markdown table (tests check the forecast's, the service's and fine-tuning's are current).
+Two rules that span keys live here once: a bars file given (`csv`) means source csv (_source_of_csv), and a
+fine-tuned model folder's record of what it was trained with supplies tokenizer, lookback, horizon, rth and
+time_label (_trained_defaults).
 """
 from __future__ import annotations
 
