@@ -27,6 +27,8 @@ from app.config import (ConfigError, add_config_flags, load_config, overrides_fr
                         parse_setting_spec, script_parser)
 from app.exits import ExitCode
 from app.operation import install_program_handlers, report_failure
+from app.paths import check_input_file, check_out_dir
+from app.yamlfile import load_yaml, yaml_problem
 
 log = logging.getLogger("backtest")
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
@@ -55,9 +57,11 @@ def kronos_settings(args: argparse.Namespace, forecasters: list[str]) -> list[di
     specs += [parse_setting_spec(text, KRONOS_KEYS) for text in args.kronos]
     if args.kronos_settings:
         try:
-            listed = yaml.safe_load(args.kronos_settings.read_text()) or []
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"--kronos-settings {args.kronos_settings}: {exc}") from None
+            listed = load_yaml(args.kronos_settings.read_text()) or []  # a key given twice is an error
+        except OSError as exc:
+            raise ConfigError(f"--kronos-settings {args.kronos_settings}: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--kronos-settings {args.kronos_settings} is {yaml_problem(exc)}") from None
         if not isinstance(listed, list) or not all(isinstance(s, dict) for s in listed):
             raise ConfigError(f"--kronos-settings {args.kronos_settings} must be a YAML list of mappings")
         specs += [parse_setting_spec(",".join(f"{k}={v}" for k, v in s.items()), KRONOS_KEYS) for s in listed]
@@ -75,6 +79,7 @@ def fit_run_log(args: argparse.Namespace, cfg: Any) -> int:
     frame, _ = load_symbol(cfg)
     calibrator = fit_from_run_log(args.fit_run_log, frame, ForecastPipeline(cfg, calibrator=None),
                                   symbol=cfg.symbol, horizon_min=cfg.horizon, isotonic_min=cfg.isotonic_min)
+    args.out.mkdir(parents=True, exist_ok=True)
     path = calibrator.save(args.out / f"calibrator_{cfg.symbol}_runlog.json")
     print(f"{path}: p_up {calibrator.p_up.method} on {calibrator.p_up.n} outcomes, bands on {calibrator.bands.n}")
     return ExitCode.OK
@@ -101,7 +106,8 @@ def run_universe(args: argparse.Namespace, cfg: Any, names: list[str], specs: li
             for sd in loaded if not sd.problem]
     if not jobs:
         raise DataError("no symbol has usable bars: " + "; ".join(f"{s}: {w}" for s, w in left_out.items()))
-    by_symbol, execution = run_jobs(jobs, cfg, names, specs, progress=not args.no_progress, fresh=args.fresh)
+    by_symbol, execution = run_jobs(jobs, cfg, names, specs, progress=not args.no_progress, fresh=args.fresh,
+                                    root=args.out)
     report = build_universe_report(by_symbol, {j.symbol: j.cfg for j in jobs}, args.out,
                                    {j.symbol: j.data for j in jobs}, left_out, plots=not args.no_plots,
                                    execution=execution)
@@ -114,12 +120,16 @@ def run_universe(args: argparse.Namespace, cfg: Any, names: list[str], specs: li
 def run(args: argparse.Namespace) -> int:
     from evaluation import report as rep
     from evaluation.forecasters import forecaster_names
-    from evaluation.jobs import SymbolJob, run_jobs
+    from evaluation.jobs import BACKTEST, SymbolJob, run_jobs
     from evaluation.universe import load_symbol
+    from forecast.owned import check, claim
 
     cfg = backtest_config(args)
-    args.out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(args.out)  # every path is checked before anything is read or made
+    check(args.out, BACKTEST)  # only our own files are ever replaced or deleted in --out (exit 2 otherwise)
     if args.fit_run_log:
+        check_input_file(args.fit_run_log, "--fit-run-log")
+        claim(args.out, BACKTEST)
         return fit_run_log(args, cfg)
     specs = kronos_settings(args, cfg.forecasters)
     names = [n for n in cfg.forecasters if n != "kronos"]
@@ -130,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         return run_universe(args, cfg, names, specs)
     frame, data = load_symbol(cfg)
     by_symbol, _ = run_jobs([SymbolJob(cfg.symbol, frame, args.out, cfg, data)], cfg, names, specs,
-                            progress=not args.no_progress, fresh=args.fresh)
+                            progress=not args.no_progress, fresh=args.fresh, root=args.out)
     report = rep.build_report(by_symbol[cfg.symbol], cfg, args.out, data, plots=not args.no_plots)
     print(rep.console_table(report))
     print(f"report: {args.out / 'report.json'}; per origin: {args.out / 'per_origin.csv'}; "

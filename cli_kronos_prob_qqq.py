@@ -17,15 +17,18 @@ import os
 import sys
 import time
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from app.config import add_config_flags, load_config, overrides_from_args, parse_time, script_parser
 from app.exits import ExitCode
 from app.operation import install_program_handlers, report_failure, run_lock, time_budget
 from app.progress import Stages
 from forecast.errors import Skipped
-from forecast.publish import PublishError
+
+if TYPE_CHECKING:  # pandas, torch and the calendars load only once a run needs them (--warm: docs/warm.md)
+    import pandas as pd
+
+    from forecast.resident import Resident
 
 log = logging.getLogger("kronos_prob")
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
@@ -45,10 +48,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(cfg, asof: pd.Timestamp | None, cron: bool, written: list, stages: Stages | None = None) -> object:
-    """One run, under the lock and the time budget: bars -> pipeline -> files written all or nothing; each stage
-    timed (and shown on a terminal) by ``stages``."""
+def run(cfg, asof: pd.Timestamp | None, cron: bool, written: list, resident: Resident | None = None,
+        stages: Stages | None = None) -> object:
+    """One run, under the lock and the time budget: bars -> pipeline -> files written all or nothing. A warm
+    worker passes its Resident: the kept engine and bars (the same results). Each stage is timed (and shown
+    on a terminal) by ``stages``."""
     # Imported here so that bad arguments fail fast, before torch and the calendars load.
+    import pandas as pd
+
     from forecast.pipeline import ForecastPipeline
     from forecast.publish import publish
     from marketdata import calendar as mcal
@@ -60,13 +67,17 @@ def run(cfg, asof: pd.Timestamp | None, cron: bool, written: list, stages: Stage
         asof = pd.Timestamp.now(tz="UTC").floor("s")
     if asof is not None:
         skip_if_closed(mcal.market_status(asof, cfg.rth), cron)
-    pipeline = ForecastPipeline(cfg)
+    pipeline = ForecastPipeline(cfg, loader=None if resident is None else resident.engine)
     with stages.stage("data"):
         recent = fetch_recent_bars(cfg.source, cfg.symbol, asof, cfg.days, cfg.rth, csv=cfg.csv, csv_tz=cfg.csv_tz,
                                    csv_label=cfg.csv_label, feed=cfg.feed, sip_fallback=cfg.sip_fallback,
-                                   url_override=os.environ.get("ALPACA_DATA_URL") or None)
+                                   url_override=os.environ.get("ALPACA_DATA_URL") or None,
+                                   cache=None if resident is None else resident.bars)
     status = mcal.market_status(recent.now, cfg.rth)
     skip_if_closed(status, cron)
+    from evaluation.online import cli_online
+
+    online, online_path, learnt = cli_online(cfg.out, cfg.symbol, pipeline, recent.frame, recent.now)
     try:
         fc = pipeline.forecast(recent.frame, recent.now, data_asof=recent.data_asof, provenance=recent.provenance,
                                market_open=status.is_open, status_note=status.describe(),
@@ -79,6 +90,12 @@ def run(cfg, asof: pd.Timestamp | None, cron: bool, written: list, stages: Stage
         raise Skipped(f"{exc}; {note}", exc.code) from None
     with stages.stage("writing"):
         files = publish(cfg.out, cfg.symbol, fc, plot=cfg.plot, done=written).files
+    if learnt:  # the outcomes resolved by now, learnt before this forecast: kept once its files are out
+        try:
+            online.save(online_path)
+        except OSError as exc:
+            log.warning("online calibration state not saved to %s (%s); the next run learns again", online_path,
+                        exc.strerror or exc)
     t = fc.timings
     log.info("forecast in %.2f s (data %.2f, model load %.2f, sampling %.2f); wrote %s", t["total"], t["data"],
              t["model_load"], t["sample"], files["summary"])
@@ -90,10 +107,16 @@ def skip_if_closed(status, cron: bool) -> None:
         raise Skipped(f"{status.describe()}; nothing to do under --cron")
 
 
-def main(argv: list[str] | None = None, program: bool = False) -> int:
+def main(argv: list[str] | None = None, program: bool = False, resident: Resident | None = None) -> int:
     args = parse_args(argv)
     if program:
         install_program_handlers(verbose=args.verbose, quiet=args.quiet)
+    if resident is None:  # in the warm worker itself the run is done here
+        from app.warm import warm_run
+
+        code = warm_run(args, sys.argv[1:] if argv is None else list(argv))
+        if code is not None:  # None: not asked for, or the worker could not take it (a line said why)
+            return code
     written: list = []
     try:
         cfg = load_config(args.config, overrides_from_args(args))
@@ -104,14 +127,31 @@ def main(argv: list[str] | None = None, program: bool = False) -> int:
         stages = Stages.for_terminal(quiet=args.quiet)  # silent under cron (stderr is no terminal) and with -q
         with run_lock(out / f".run_{cfg.symbol}.lock"):
             with time_budget(cfg.time_budget, stages.account):
-                fc = run(cfg, asof, args.cron, written, stages)
+                fc = run(cfg, asof, args.cron, written, resident, stages)
     except BaseException as exc:  # noqa: BLE001 - every failure ends in one line and a documented code
+        from forecast.publish import PublishError
+
         # a write that failed part-way says itself what it left
         return report_failure(exc, log, written=None if isinstance(exc, PublishError) and exc.left else bool(written))
     from forecast.summary import console_text
 
-    print(json.dumps(fc.summary, indent=2) if args.json else console_text(fc.summary))
+    print_result(json.dumps(fc.summary, indent=2) if args.json else console_text(fc.summary))
     return ExitCode.OK
+
+
+def print_result(text: str) -> None:
+    """The result on stdout. A reader that went away (`--json | head -1`) is no failure: the files are all
+    written, so the run ends quietly with 0, and stdout is pointed at /dev/null so that Python's own flush at
+    exit does not raise again."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stdout.fileno())
+            os.close(null)
+        except (OSError, ValueError):
+            pass
 
 
 if __name__ == "__main__":

@@ -37,8 +37,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="replay speed: market seconds per wall second (default 60: a minute a second)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only on stderr")
-    add_config_flags(parser, script="serve")
+    parser.add_argument("--out", default=None, metavar="DIR", help="the service's folder for the CLI's files: "
+                        "the same as --live-out (config.yaml's `out` stays cron's folder)")
+    add_config_flags(parser, script="serve", skip=("out",))
     return parser.parse_args(argv)
+
+
+def serve_overrides(args: argparse.Namespace) -> dict:
+    """The flags as config overrides; --out on this command line is the service's own folder, live_out."""
+    overrides = overrides_from_args(args)
+    out = overrides.pop("out", None)
+    if out is not None:
+        if overrides.get("live_out") not in (None, out):
+            raise ConfigError(f"--out {out} and --live-out {overrides['live_out']} name two folders for the "
+                              "service's files; give one")
+        overrides["live_out"] = out
+    return overrides
 
 
 def replay_of(args: argparse.Namespace, symbols: list[str], cfg=None):
@@ -79,7 +93,7 @@ def main(argv: list[str] | None = None, program: bool = False) -> int:
     service = None
     failure: BaseException | None = None
     try:
-        cfg = load_config(args.config, overrides_from_args(args), script="serve")
+        cfg = load_config(args.config, serve_overrides(args), script="serve")
         from live.service import Service, symbols_of
 
         service = Service(cfg, replay_of(args, symbols_of(cfg), cfg))

@@ -13,22 +13,29 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import difflib
 import logging
 import math
 import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import pandas as pd
 import yaml
 
+from app.yamlfile import load_yaml, yaml_problem
 from forecast.errors import SettingsError
-from marketdata.quality import BAD_BAR_POLICIES
+from marketdata import symbols as tickers
 from marketdata.redact import redact_url
 
 log = logging.getLogger("app.config")
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas, the calendars and torch are imported where needed: a --warm run reads its settings with this module
+# alone before it hands the job to the resident worker (docs/warm.md)
+BAD_BAR_POLICIES = ("fill", "skip")  # marketdata.quality.BAD_BAR_POLICIES (a test keeps them equal)
 
 
 class ConfigError(SettingsError):
@@ -45,6 +52,7 @@ class Key:
     check: Callable[[Any], bool] | None = None
     rule: str = ""  # what `check` allows, for the error message
     affects_results: bool = True  # False: changing it never changes a forecast (so a backtest may resume)
+    normal: Callable[[Any], Any] | None = None  # the value's one spelling, before the check (tickers: upper case)
 
 
 def _positive(v: Any) -> bool:
@@ -75,19 +83,38 @@ def _is_redis_url(v: Any) -> bool:
     return bool(parts.hostname) and port != 0
 
 
-def _is_ticker(v: Any) -> bool:
-    return isinstance(v, str) and v.replace(".", "").isalnum()
+def _is_iso_date(v: str) -> bool:
+    # YYYY-MM-DD only: pandas would also read '10/06/2025' (month first) and 'June' (year 1)
+    try:
+        return len(v) == 10 and dt.date.fromisoformat(v).isoformat() == v
+    except ValueError:
+        return False
 
 
-# One key, read by backtest.py and serve.py alike (both tables hold this same Key).
+def _is_host_port(v: str) -> bool:
+    """host:port with a port in 1..65535 (an IPv6 host in brackets)."""
+    host, sep, port = v.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return bool(sep and host and port.isdigit() and 1 <= int(port) <= 65535
+                and not any(c.isspace() or c in "/@?#" for c in host))
+
+
+MAX_TIME_BUDGET_S = 86_400.0  # a day: far above any run, far below what the OS timer takes
+
+
+# One key, read by backtest.py and serve.py alike (both tables hold this same Key); tickers follow one rule
+# (marketdata.symbols): upper case, so a name given twice in two spellings is refused.
 SYMBOLS = Key("symbols", list, [], "several tickers: serve.py forecasts them together, one batched engine call; "
               "backtest.py runs each in its own folder under --out, with a pooled report (empty: `symbol`)",
-              check=lambda v: all(_is_ticker(s) for s in v), rule="a list of tickers (letters, digits and dots)",
-              affects_results=False)
+              check=lambda v: all(tickers.is_ticker(s) for s in v) and len(set(v)) == len(v),
+              rule=f"a list of tickers ({tickers.RULE}), each once (case aside)", affects_results=False,
+              normal=lambda v: [tickers.normal(s) for s in v])
 
 
 KEYS: tuple[Key, ...] = (
-    Key("symbol", str, "QQQ", "ticker to forecast", check=_is_ticker, rule="letters, digits and dots"),
+    Key("symbol", str, "QQQ", "ticker to forecast", check=tickers.is_ticker, rule=tickers.RULE,
+        normal=tickers.normal),
     Key("horizon", int, 30, "minutes to forecast", check=lambda v: 1 <= v <= 390, rule="1..390"),
     Key("n_samples", int, 100, "number of sampled paths", check=lambda v: 1 <= v <= 100_000, rule="1..100000"),
     Key("temperature", float, 1.0, "sampling temperature", check=_positive, rule="> 0"),
@@ -118,7 +145,8 @@ KEYS: tuple[Key, ...] = (
         rule="auto, cpu, cuda, cuda:N or mps"),
     Key("dtype", str, "float32", "model precision (bfloat16/float16 on CUDA only)",
         choices=("float32", "bfloat16", "float16")),
-    Key("seed", int, None, "random seed for reproducible paths (null = fresh each run)"),
+    Key("seed", int, None, "random seed for reproducible paths (null = fresh each run)",
+        check=lambda v: 0 <= v < 2**32, rule="0..4294967295"),
     Key("percentiles", list, [10, 50, 90], "per-minute percentile bands of the close",
         check=lambda v: len(v) > 0 and all(isinstance(p, (int, float)) and 0 < p < 100 for p in v),
         rule="a non-empty list of numbers strictly between 0 and 100"),
@@ -130,8 +158,10 @@ KEYS: tuple[Key, ...] = (
         rule=">= 1"),
     Key("events", list, [], "event times (ISO 8601 with offset) to keep quiet around, e.g. CPI or FOMC releases",
         check=lambda v: all(isinstance(e, str) for e in v), rule="a list of ISO 8601 timestamp strings"),
-    Key("event_before", int, 5, "quiet window: minutes before an event", check=lambda v: v >= 0, rule=">= 0"),
-    Key("event_after", int, 15, "quiet window: minutes after an event", check=lambda v: v >= 0, rule=">= 0"),
+    Key("event_before", int, 5, "quiet window: minutes before an event", check=lambda v: 0 <= v <= 1440,
+        rule="0..1440"),
+    Key("event_after", int, 15, "quiet window: minutes after an event", check=lambda v: 0 <= v <= 1440,
+        rule="0..1440"),
     Key("event_action", str, "flag", "inside a quiet window: flag the output or skip the run",
         choices=("flag", "skip")),
     Key("mid_kind", str, "sma", "mid-band: simple or exponential moving average of closes", choices=("sma", "ema")),
@@ -153,16 +183,22 @@ KEYS: tuple[Key, ...] = (
     Key("out", str, "outputs", "directory for the JSON, CSV, PNG and the run log", affects_results=False),
     Key("calibrator", str, None, "p_up calibrator JSON fitted by backtest.py (shown beside the raw values)", affects_results=False),
     Key("time_budget", float, 50.0, "seconds a run may take before it stops (cron runs every 60 s)",
-        check=_positive, rule="> 0", affects_results=False),
+        check=lambda v: 0 < v <= MAX_TIME_BUDGET_S, rule="> 0 and at most 86400 (a day)", affects_results=False),
     Key("plot", bool, False, "also write the fan chart PNG", affects_results=False),
+    Key("warm", bool, False, "cli_kronos_prob_qqq.py: hand the run to a resident worker that keeps the model and "
+        "the recent bars (started by the first such run; docs/warm.md)", affects_results=False),
+    Key("warm_idle", float, 10.0, "minutes without a forecast after which the warm worker exits",
+        check=_positive, rule="> 0", affects_results=False),
 )
 KEYS_BY_NAME = {k.name: k for k in KEYS}
 
 
 BACKTEST_KEYS: tuple[Key, ...] = (
     Key("every", int, 10, "minutes between backtest origins", check=lambda v: 1 <= v <= 390, rule="1..390"),
-    Key("start", str, None, "first session of the backtest, YYYY-MM-DD (default: the data's first)"),
-    Key("end", str, None, "last session of the backtest, YYYY-MM-DD (default: the data's last)"),
+    Key("start", str, None, "first session of the backtest, YYYY-MM-DD (default: the data's first)",
+        check=_is_iso_date, rule="a date YYYY-MM-DD"),
+    Key("end", str, None, "last session of the backtest, YYYY-MM-DD (default: the data's last)",
+        check=_is_iso_date, rule="a date YYYY-MM-DD, not before start"),
     Key("forecasters", list, ["random_walk", "block_bootstrap", "garch"],
         "forecasters to compare: random_walk, block_bootstrap, garch, kronos (the config's model and sampling)"),
     Key("batch", int, 16, "origins per engine call (results do not depend on it)", check=_positive, rule=">= 1",
@@ -187,7 +223,8 @@ BACKTEST_KEYS: tuple[Key, ...] = (
         "Parquet file per symbol and session", affects_results=False),
     Key("ray", bool, False, "run the backtest's shards (symbol x session) on a Ray cluster", affects_results=False),
     Key("ray_address", str, None, "the cluster: auto (the one `ray start` began here) or host:port; default: a "
-        "local Ray for this run", affects_results=False),
+        "local Ray for this run", check=lambda v: v == "auto" or _is_host_port(v),
+        rule="auto or host:port (port 1..65535)", affects_results=False),
     Key("ray_workers", int, None, "Kronos workers, each holding a warm model (default: one per GPU, else one "
         "per CPU slot but one)", check=_positive, rule=">= 1", affects_results=False),
     Key("ray_worker_cpus", int, 1, "CPU slots (and torch threads) per Kronos worker", check=_positive,
@@ -320,8 +357,8 @@ def _coerce(key: Key, value: Any) -> Any:
             if isinstance(value, bool):
                 raise TypeError
             out = float(value)
-            if not math.isfinite(out):
-                raise TypeError
+            if not math.isfinite(out):  # one rule for every number key: NaN and infinities never pass
+                raise ConfigError(f"config key '{key.name}' must be a finite number, got {value!r}")
             return out
         if kind is list:
             if isinstance(value, str):  # from the command line: comma separated
@@ -333,9 +370,13 @@ def _coerce(key: Key, value: Any) -> Any:
                 raise TypeError
             return list(value)
         if kind is str:
+            if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+                return value.isoformat()  # YAML reads an unquoted 2025-06-02 as a date
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise TypeError
             return str(value)
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
         pass
     raise ConfigError(f"config key '{key.name}' must be {_kind_name(kind)}, got {value!r}")
@@ -346,14 +387,18 @@ def _kind_name(kind: type) -> str:
             str: "a string"}[kind]
 
 
-def _check(key: Key, value: Any) -> None:
+def _check(key: Key, value: Any) -> Any:
+    """The value in its normal form, checked against the key's choices and rule."""
     if value is None:
-        return
+        return None
+    if key.normal is not None:
+        value = key.normal(value)
     if key.choices is not None and value not in key.choices:
         raise ConfigError(f"config key '{key.name}' must be one of {', '.join(key.choices)}; got {value!r}")
     if key.check is not None and not key.check(value):
         shown = redact_url(value) if isinstance(value, str) and "://" in value else value  # no password shown
         raise ConfigError(f"config key '{key.name}' must be {key.rule}; got {shown!r}")
+    return value
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -365,12 +410,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)  # a key given twice is an error, not last-wins
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
+        raise ConfigError(f"config file {path} is {yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -386,26 +428,29 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def build_config(file_values: dict[str, Any], overrides: dict[str, Any], script: str = "forecast") -> Any:
     """Defaults, then the file, then command-line overrides (None means 'not given'); validated.
     ``script`` picks the tables (SCRIPT_KEYS) and the class that comes back: Config, BacktestConfig, ..."""
-    keys = SCRIPT_KEYS[script]
+    cfg = CONFIG_CLASSES[script](**key_values(file_values, overrides, script))
+    _check_combination(cfg)
+    return cfg
+
+
+def key_values(file_values: dict[str, Any], overrides: dict[str, Any], script: str = "forecast") -> dict[str, Any]:
+    """Every key's value (default, then file, then override), each coerced and checked on its own; the checks
+    across keys (which need torch's and pandas' modules) are build_config's."""
     overrides = _source_of_csv(overrides, "--csv")
     if overrides.get("source") is None:  # the command line did not decide where bars come from
         file_values = _source_of_csv(file_values, "config file")
-    overrides = _trained_defaults(file_values, overrides, {k.name for k in keys})
+    overrides = _trained_defaults(file_values, overrides, {k.name for k in SCRIPT_KEYS[script]})
     values: dict[str, Any] = {}
-    for key in keys:
+    for key in SCRIPT_KEYS[script]:
         raw = key.default
         if key.name in file_values:
             raw = file_values[key.name]
         if overrides.get(key.name) is not None:
             raw = overrides[key.name]
-        value = _coerce(key, raw)
-        _check(key, value)
-        values[key.name] = value
+        values[key.name] = _check(key, _coerce(key, raw))
     if values.get("source") == "alpaca":
         values["csv"] = None  # a file's `csv` that a --source alpaca flag overruled is not read
-    cfg = CONFIG_CLASSES[script](**values)
-    _check_combination(cfg)
-    return cfg
+    return values
 
 
 def _source_of_csv(layer: dict[str, Any], where: str) -> dict[str, Any]:
@@ -429,10 +474,14 @@ def _trained_defaults(file_values: dict[str, Any], overrides: dict[str, Any], na
     """A fine-tuned model folder records its tokenizer and the forecast settings it was trained for
     (kronos.loading.read_trained_for): they win over config.yaml and the defaults; a command-line flag still wins
     over them, with a warning naming both values."""
+    model = overrides.get("model") if overrides.get("model") is not None else file_values.get("model")
+    # a look at the disk first: only a folder with the record pays for importing kronos (torch); a --warm
+    # client reads its settings with this module alone (the name is kronos.loading.TRAINED_FOR)
+    if not isinstance(model, str) or not (Path(model).expanduser() / "trained_for.json").is_file():
+        return overrides
     from kronos.loading import TRAINED_FOR, read_trained_for
 
-    model = overrides.get("model") if overrides.get("model") is not None else file_values.get("model")
-    record = read_trained_for(model) if isinstance(model, str) else None
+    record = read_trained_for(model)
     if not record:
         return overrides
     out = dict(overrides)
@@ -472,8 +521,7 @@ def parse_setting_spec(text: str, allowed: tuple[str, ...]) -> dict[str, Any]:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"setting {text!r}: unknown key '{name}'{hint}; allowed: name, {', '.join(allowed)}")
         key = KEYS_BY_NAME[name]
-        out[name] = _coerce(key, value.strip())
-        _check(key, out[name])
+        out[name] = _check(key, _coerce(key, value.strip()))
     return out
 
 
@@ -483,6 +531,8 @@ def _check_combination(cfg: Config) -> None:
     if cfg.dtype != "float32" and cfg.device in ("cpu", "mps"):
         raise ConfigError(f"config key 'dtype' must be float32 on device {cfg.device}; "
                           "bfloat16 and float16 need CUDA")
+    import pandas as pd
+
     from kronos.config import CONTEXT_BY_REPO  # lookback + horizon must fit the published checkpoint's context
 
     context = cfg.max_context or CONTEXT_BY_REPO.get(cfg.model)
@@ -490,6 +540,9 @@ def _check_combination(cfg: Config) -> None:
         raise ConfigError(f"config keys 'lookback' + 'horizon' = {cfg.lookback} + {cfg.horizon} exceed the "
                           f"model's context of {context} bars; lower lookback to at most "
                           f"{context - cfg.horizon}")
+    start, end = getattr(cfg, "start", None), getattr(cfg, "end", None)
+    if start and end and end < start:  # both YYYY-MM-DD: text order is date order
+        raise ConfigError(f"config key 'end' ({end}) is before 'start' ({start}); give --end on or after --start")
     if cfg.min_horizon > cfg.horizon:
         raise ConfigError(f"config key 'min_horizon' ({cfg.min_horizon}) must not exceed 'horizon' "
                           f"({cfg.horizon})")
@@ -515,6 +568,8 @@ def script_parser(doc: str | None, default_config: Path, config_help: str = "YAM
 
 def parse_time(text: str, flag_name: str) -> pd.Timestamp:
     """A time flag's value (ISO 8601; naive means UTC) in UTC; a ConfigError naming the flag otherwise."""
+    import pandas as pd
+
     try:
         stamp = pd.Timestamp(text)
     except (ValueError, TypeError):

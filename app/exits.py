@@ -14,6 +14,7 @@ class ExitCode(IntEnum):
     MODEL = 5           # weights missing, not cached offline, not fitting the network, or impossible output
     LOCKED = 6          # another run holds the lock
     TIME_BUDGET = 7     # the run took longer than time_budget seconds
+    DIVERGED = 8        # fine-tuning stopped: its loss became NaN or infinite
     INTERRUPTED = 130   # Ctrl-C or SIGTERM
 
 
@@ -24,7 +25,7 @@ class RunError(Exception):
 
 def exit_code_for(exc: BaseException) -> ExitCode:
     """Every expected failure's documented code; anything else (our own bug, a stray ValueError) is 1."""
-    from forecast.errors import ModelError, SettingsError, Skipped
+    from forecast.errors import Diverged, ModelError, SettingsError, Skipped
     from forecast.runlog import RunLogSchemaError
     from kronos import CheckpointError
     from marketdata.frame import DataError, DataSourceError, NoDataError
@@ -39,6 +40,8 @@ def exit_code_for(exc: BaseException) -> ExitCode:
         return ExitCode.DATA_SOURCE
     if isinstance(exc, (ModelError, CheckpointError)):
         return ExitCode.MODEL
+    if isinstance(exc, Diverged):
+        return ExitCode.DIVERGED
     if isinstance(exc, KeyboardInterrupt):
         return ExitCode.INTERRUPTED
     return ExitCode.INTERNAL

@@ -10,8 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from filelock import FileLock, Timeout
-
 from app.exits import ExitCode, RunError
 
 
@@ -23,15 +21,22 @@ class TimeBudgetExceeded(RunError):
     exit_code = ExitCode.TIME_BUDGET
 
 
+def lock_held(path: Path) -> LockHeld:
+    """The failure of a run that finds the lock taken (the warm worker answers a second run with it too)."""
+    return LockHeld(f"another run holds the lock {path}; this run exits without doing anything")
+
+
 @contextmanager
 def run_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock for the run, or raise LockHeld at once; the OS frees it if the process dies."""
+    from filelock import FileLock, Timeout  # here: a --warm client never takes the lock itself
+
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path), timeout=0)
     try:
         lock.acquire()
     except Timeout:
-        raise LockHeld(f"another run holds the lock {path}; this run exits without doing anything") from None
+        raise lock_held(path) from None
     try:
         yield
     finally:

@@ -41,10 +41,12 @@ def _fit_schedule(origins: pd.DatetimeIndex, resolve: pd.DatetimeIndex, usable: 
 
 def walk_forward_probability(origins: pd.DatetimeIndex, p: np.ndarray, y: np.ndarray, horizon_min: int,
                              refit_every: int = 50, isotonic_min: int = ISOTONIC_MIN_N,
-                             min_n: int = MIN_FIT_N) -> tuple[np.ndarray, list[dict[str, Any]]]:
+                             min_n: int = MIN_FIT_N, also: tuple[np.ndarray, ...] = ()
+                             ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Calibrated p for each origin from outcomes resolved before it (NaN until ``min_n`` are known).
 
-    ``origins`` must be sorted. Returns (calibrated p, one record per refit)."""
+    ``origins`` must be sorted. Returns (calibrated p, one record per refit). Each array in ``also`` (e.g. the
+    ends of p's Monte Carlo interval) is mapped in place by the same calibrator as p at each origin."""
     origins = pd.DatetimeIndex(origins)
     p = np.asarray(p, dtype=float)
     y = np.asarray(y, dtype=float)
@@ -57,6 +59,8 @@ def walk_forward_probability(origins: pd.DatetimeIndex, p: np.ndarray, y: np.nda
         stop = plan[j + 1][0] if j + 1 < len(plan) else len(origins)
         cal = ProbabilityCalibrator.fit(p[idx], y[idx], origins[idx], isotonic_min, min_n)
         out[start:stop] = cal.apply(p[start:stop])
+        for a in also:
+            a[start:stop] = cal.apply(a[start:stop])
         fits.append({"from_origin": _iso(origins[start]), "method": cal.method, "n": cal.n})
     return out, fits
 
@@ -78,20 +82,33 @@ def walk_forward_bands_from_summary(origins: pd.DatetimeIndex, centre: np.ndarra
                                     min_n: int = MIN_FIT_N) -> np.ndarray:
     """As ``walk_forward_bands`` from each ensemble's log-return median and scale per step ([O, H] each),
     which is all the band calibration needs (a backtest stores these instead of every path)."""
-    origins = pd.DatetimeIndex(origins)
+    fits = walk_forward_band_fits(origins, centre, scale, now_close, outcome, horizon_min, refit_every, min_n)
+    return bands_from_fits(fits, centre, scale, now_close, levels)
+
+
+def bands_from_fits(fits: list[tuple[int, int, BandCalibrator]], centre: np.ndarray, scale: np.ndarray,
+                    now_close: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Calibrated quantiles [O, L, H] from the refits of ``walk_forward_band_fits`` (NaN before the first)."""
     levels = np.asarray(levels, dtype=float)
     now = np.asarray(now_close, dtype=float)
-    scores = band_score(outcome, now, centre, scale)
-    usable = np.isfinite(scores).all(axis=1)
-    plan = _fit_schedule(origins, origins + pd.Timedelta(minutes=horizon_min), usable, refit_every, min_n)
-    out = np.full((len(origins), levels.size, centre.shape[-1]), np.nan)
-    for j, (start, idx) in enumerate(plan):
-        stop = plan[j + 1][0] if j + 1 < len(plan) else len(origins)
-        cal = BandCalibrator.fit(scores[idx])
+    out = np.full((len(now), levels.size, centre.shape[-1]), np.nan)
+    for start, stop, cal in fits:
         z = np.stack([cal.score_quantile(h, levels) for h in range(1, centre.shape[-1] + 1)], axis=-1)  # [L, H]
         out[start:stop] = now[start:stop, None, None] * np.exp(
             centre[start:stop, None, :] + scale[start:stop, None, :] * z[None])
     return out
+
+
+def walk_forward_band_fits(origins: pd.DatetimeIndex, centre: np.ndarray, scale: np.ndarray, now_close: np.ndarray,
+                           outcome: np.ndarray, horizon_min: int, refit_every: int = 50,
+                           min_n: int = MIN_FIT_N) -> list[tuple[int, int, BandCalibrator]]:
+    """(first origin, stop, band calibrator) of each walk-forward refit: the origins [start, stop) use it."""
+    origins = pd.DatetimeIndex(origins)
+    scores = band_score(outcome, np.asarray(now_close, dtype=float), centre, scale)
+    usable = np.isfinite(scores).all(axis=1)
+    plan = _fit_schedule(origins, origins + pd.Timedelta(minutes=horizon_min), usable, refit_every, min_n)
+    return [(start, plan[j + 1][0] if j + 1 < len(plan) else len(origins), BandCalibrator.fit(scores[idx]))
+            for j, (start, idx) in enumerate(plan)]
 
 
 # ------------------------------------------------------------------------------------------------ run log

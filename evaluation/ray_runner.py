@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
 import sys
+import threading
 import time
 from collections import deque
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
 from evaluation.jobs import SymbolJob
 from evaluation.shards import BASELINES, FAULT_ENV, KRONOS, Shard, plan_shards, shard_done, shard_frame
 from evaluation.store import RESULTS, ResultStore, record_shards
+from marketdata.frame import DataSourceError, first_line
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # driver-side resubmissions of a shard whose actor died beyond Ray's own restarts
@@ -39,15 +44,67 @@ def import_ray() -> Any:
     return ray
 
 
-def connect(address: str | None) -> bool:
+JOIN_TIMEOUT_S = 20.0  # joining a cluster takes seconds; Ray itself would retry an unreachable one for minutes
+
+
+class _JoinTimeout(BaseException):
+    """Raised by the alarm inside ray.init; a BaseException, so Ray's own retry loop (except Exception) lets
+    it through."""
+
+
+def connect(address: str | None, timeout_s: float = JOIN_TIMEOUT_S) -> bool:
     """Join the cluster at ``address`` (auto or host:port), or start a local Ray; True when this call
-    started or joined it (and so should end it). An already initialised Ray (tests) is used as it is."""
+    started or joined it (and so should end it). An already initialised Ray (tests) is used as it is. A cluster
+    that cannot be reached is a DataSourceError (exit 4) within about ``timeout_s`` (and one attempt of Ray's)."""
+    if address not in (None, "auto"):
+        _probe(address, timeout_s)
     ray = import_ray()
     if ray.is_initialized():
         return False
-    ray.init(address=address, include_dashboard=False, log_to_driver=True,
-             logging_level=logging.WARNING)
+    if address is None:  # a local Ray for this run: starting it may take a while on a busy machine
+        ray.init(include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+        return True
+    try:
+        with _alarm(timeout_s):
+            ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+    except (_JoinTimeout, ConnectionError) as exc:
+        if ray.is_initialized():
+            ray.shutdown()
+        reason = f"no answer within {timeout_s:g} s" if isinstance(exc, _JoinTimeout) else first_line(exc)
+        raise DataSourceError(f"--ray-address {address}: cannot join a Ray cluster there ({reason}); check the "
+                              "address, or start one with `ray start --head`") from None
     return True
+
+
+def _probe(address: str, timeout_s: float) -> None:
+    """A TCP connection to host:port, so that a refused or unroutable address fails at once, in one line."""
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=min(timeout_s, 10.0)).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise DataSourceError(f"--ray-address {address}: no Ray cluster answers there ({reason}); check the "
+                              "address, or start one with `ray start --head`") from None
+
+
+@contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    """Raise _JoinTimeout in the main thread after ``seconds`` (nothing elsewhere, or where SIGALRM is
+    missing). It lands once Ray's blocking call returns to Python: Ray's attempts are bounded, so soon after."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise _JoinTimeout
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def worker_layout(cfg: Any, n_kronos_shards: int) -> tuple[int, float, float]:

@@ -12,8 +12,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from evaluation import scoring
-from evaluation.calibration import walk_forward_bands_from_summary, walk_forward_probability
+from evaluation import scoring, verdict
+from evaluation.edge import edge_rule, run_forecasters
+from evaluation.online import calibrated_columns
 from evaluation.store import SKIP
 from evaluation.walkforward import LEVELS, _nums
 from forecast.artifacts import atomic_write_json, atomic_write_text
@@ -152,6 +153,10 @@ class Evaluation:
     p_cal: np.ndarray
     vwap_cal: np.ndarray
     q_cal: np.ndarray  # [O, L, H] walk-forward calibrated quantiles
+    p_interval: tuple[np.ndarray, np.ndarray]  # p_up's Monte Carlo interval, walk-forward calibrated
+    p_online: np.ndarray  # online recalibrated p_up (forecast.online), and p_hit_vwap, and quantiles [O, L, H]
+    vwap_online: np.ndarray
+    q_online: np.ndarray
     report: dict[str, Any] = field(default_factory=dict)
     calibrator: Calibrator | None = None
 
@@ -162,19 +167,18 @@ def evaluate(f: ForecasterFrame, settings: Any, baseline: ForecasterFrame | None
     horizons = t["horizon"].to_numpy(int)
     y = t["up"].to_numpy(float)
     p = t["p_up"].to_numpy(float)
-    origins = pd.DatetimeIndex(t["origin"])
-    p_cal, p_fits = walk_forward_probability(origins, p, y, H, settings.refit_every, settings.isotonic_min)
     pv, yv = t["p_hit_vwap"].to_numpy(float), t["hit_vwap"].to_numpy(float)
-    v_cal, _ = walk_forward_probability(origins, pv, yv, H, settings.refit_every, settings.isotonic_min)
-    q_cal = walk_forward_bands_from_summary(origins, f.centre, f.scale, t["now_close"].to_numpy(float),
-                                            f.realised, H, np.array(LEVELS), settings.refit_every)
+    c = calibrated_columns(f, H, settings.refit_every, settings.isotonic_min, LEVELS, n_paths=settings.n_samples)
+    p_cal, p_fits, v_cal, q_cal, q_on, p_on = c.p_cal, c.p_fits, c.v_cal, c.q_cal, c.q_online, c.p_online
     warm = np.isfinite(p_cal)
     rep: dict[str, Any] = {"n_origins": int(len(t)), "n_resolved": int(np.isfinite(y).sum())}
     rep["p_up"] = {"raw": probability_scores(p, y), "raw_after_warmup": probability_scores(p[warm], y[warm]),
-                   "calibrated": probability_scores(p_cal[warm], y[warm]), "refits": p_fits}
+                   "calibrated": probability_scores(p_cal[warm], y[warm]),
+                   "online": probability_scores(p_on["p_up"][warm], y[warm]), "refits": p_fits}
     vwarm = np.isfinite(v_cal)
     rep["p_hit_vwap"] = {"raw": probability_scores(pv, yv), "raw_after_warmup": probability_scores(pv[vwarm], yv[vwarm]),
-                         "calibrated": probability_scores(v_cal[vwarm], yv[vwarm])}
+                         "calibrated": probability_scores(v_cal[vwarm], yv[vwarm]),
+                         "online": probability_scores(p_on["p_hit_vwap"][vwarm], yv[vwarm])}
     end_real = _end(f.realised, horizons)
     q_end = _end(f.q, horizons)  # [O, L]
     crps_end = _end(f.crps, horizons)
@@ -194,13 +198,15 @@ def evaluate(f: ForecasterFrame, settings: Any, baseline: ForecasterFrame | None
             "raw": _nums(scoring.band_coverage(f.q[:, i], f.q[:, j], f.realised)),
             "raw_after_warmup": _nums(scoring.band_coverage(f.q[band_warm, i], f.q[band_warm, j], f.realised[band_warm])),
             "calibrated": _nums(scoring.band_coverage(q_cal[band_warm, i], q_cal[band_warm, j], f.realised[band_warm])),
+            "online": _nums(scoring.band_coverage(q_on[band_warm, i], q_on[band_warm, j], f.realised[band_warm])),
         }
     rep["coverage_by_step"] = cov
     rep["toy_rule"] = {"raw": toy_rule(t, p, f.low, f.realised, settings),
                        "calibrated": toy_rule(t, p_cal, f.low, f.realised, settings)}
     if baseline is not None and baseline.name != f.name:
         rep["diebold_mariano_vs_" + baseline.name] = diebold_mariano_vs(f, baseline, settings)
-    return Evaluation(f, p_cal, v_cal, q_cal, rep, final_calibrator(f, settings))
+    return Evaluation(f, p_cal, v_cal, q_cal, c.p_cal_interval, p_on["p_up"], p_on["p_hit_vwap"], q_on, rep,
+                      final_calibrator(f, settings))
 
 
 def diebold_mariano_vs(f: ForecasterFrame, base: ForecasterFrame, settings: Any) -> dict[str, Any]:
@@ -255,6 +261,10 @@ def per_origin_table(evals: dict[str, Evaluation]) -> pd.DataFrame:
         trades = {(tr.get("symbol"), tr["origin"]): tr["ret_bp"] for tr in ev.report["toy_rule"]["raw"]["trades"]}
         syms = t["symbol"] if "symbol" in t.columns else [None] * len(t)
         d["rule_trade_bp"] = [trades.get((s, o.isoformat()), np.nan) for s, o in zip(syms, t["origin"])]
+        # online (forecast.online) beside raw and walk-forward; last, so older readers keep their columns
+        qo_end = _end(ev.q_online, hz)
+        d["p_up_online"], d["p_hit_vwap_online"] = ev.p_online, ev.vwap_online
+        d["q10_online_end"], d["q90_online_end"] = qo_end[:, LEVELS.index(0.10)], qo_end[:, LEVELS.index(0.90)]
         if "symbol" in t.columns:
             d.insert(0, "symbol", t["symbol"].to_numpy())
         rows.append(d)
@@ -276,8 +286,9 @@ def _last(xs: Sequence[Any]) -> float:
 def console_table(report: dict[str, Any]) -> str:
     """A short fixed-width comparison of the forecasters."""
     head = (f"{'forecaster':<22}{'n':>6}{'Brier':>8}{'cal':>8}{'REL':>8}{'logloss':>9}{'hit':>6}"
-            f"{'CRPS bp':>9}{'cov80':>7}{'cal80':>7}{'DM crps':>9}{'p':>7}{'trades':>7}{'net bp':>8}")
-    lines = [head, "-" * len(head)]
+            f"{'CRPS bp':>9}{'cov80':>7}{'cal80':>7}{'onl80':>7}{'onl':>8}{'DM crps':>9}{'p':>7}{'trades':>7}"
+            f"{'net bp':>8}")
+    lines = verdict.lines(report.get("verdict_vs_random_walk") or []) + ["", head, "-" * len(head)]
     for name, r in report["forecasters"].items():
         pu = r["p_up"]
         cov = r["coverage_by_step"]["p10_p90"]
@@ -287,11 +298,13 @@ def console_table(report: dict[str, Any]) -> str:
             f"{name[:21]:<22}{pu['raw']['n']:>6}{fmt(pu['raw']['brier'], 8, 4)}{fmt(pu['calibrated']['brier'], 8, 4)}"
             f"{fmt(pu['raw']['reliability'], 8, 4)}{fmt(pu['raw']['log_loss'], 9, 4)}{fmt(pu['raw']['hit_rate'], 6, 2)}"
             f"{fmt(r['close_end']['crps_fair_bp'], 9, 2)}{fmt(_last(cov['raw']), 7, 2)}"
-            f"{fmt(_last(cov['calibrated']), 7, 2)}{fmt(dm and dm['stat'], 9, 2)}{fmt(dm and dm['p_value'], 7, 3)}"
+            f"{fmt(_last(cov['calibrated']), 7, 2)}{fmt(_last(cov.get('online', [])), 7, 2)}"
+            f"{fmt(pu.get('online', {}).get('brier'), 8, 4)}{fmt(dm and dm['stat'], 9, 2)}{fmt(dm and dm['p_value'], 7, 3)}"
             f"{rule['n_trades']:>7}{fmt(rule['total_bp'], 8, 1)}")
     w = report["independent_windows"]
     lines.append(f"{w['n_origins']} origins in {w['n_sessions']} sessions = {w['n_independent']} independent "
                  f"{report['settings']['horizon']}-minute windows; cal = walk-forward calibrated (after warm-up), "
+                 f"onl = online calibrated (forecast.online; Brier and onl80 on the same origins), "
                  f"cov80 = 10-90 band coverage at the last step, DM < 0 = better than the random walk")
     return "\n".join(lines)
 
@@ -330,6 +343,11 @@ def build_report(records: dict[tuple[str, str], dict], settings: Any, out_dir: P
         raise ValueError("no forecast records to report on")
     base = frames.get(baseline)
     evals = {name: evaluate(f, settings, base) for name, f in frames.items()}
+    rw = frames.get(verdict.REFERENCE)
+    for name, ev in evals.items():  # the verdict needs every model against the random walk, whatever the baseline
+        key = "diebold_mariano_vs_" + verdict.REFERENCE
+        if rw is not None and name != rw.name and key not in ev.report:
+            ev.report[key] = diebold_mariano_vs(ev.f, rw, settings)
     skipped = [r for (n, _), r in records.items() if n == SKIP]
     # Numbers and times vary per origin; without them the reasons group into a few kinds.
     kinds = [re.sub(r"\d[\d:.+TZ-]*", "#", r["reason"])[:100] for r in skipped]
@@ -339,6 +357,7 @@ def build_report(records: dict[tuple[str, str], dict], settings: Any, out_dir: P
     sessions = resolved["session"].to_numpy() if "symbol" not in resolved.columns else \
         (resolved["symbol"] + " " + resolved["session"]).to_numpy()  # pooled: windows of each symbol
     report: dict[str, Any] = {
+        "verdict_vs_random_walk": verdict.versus_random_walk({n: jsonable(ev.report) for n, ev in evals.items()}),
         "settings": dataclasses.asdict(settings), "data": data or {}, "levels": list(LEVELS),
         "independent_windows": scoring.independent_windows(pd.DatetimeIndex(resolved["origin"]), settings.horizon,
                                                            sessions),
@@ -349,7 +368,13 @@ def build_report(records: dict[tuple[str, str], dict], settings: Any, out_dir: P
         "forecasters": {name: ev.report for name, ev in evals.items()},
         "calibrators": {},
     }
+    pinned = run_forecasters(out_dir)  # evaluation.edge: what trust.edge and the edge-gated rule need
+    verdicts = {v["forecaster"]: v for v in report["verdict_vs_random_walk"]}
     for name, ev in evals.items():
+        report["forecasters"][name]["toy_rule"]["edge"] = edge_rule(ev, verdicts.get(name), settings)
+        # what trust.edge of a live forecast needs: this backtest's verdict on skill and the settings it ran
+        ev.calibrator.meta |= jsonable({"versus_random_walk": verdicts.get(name),
+                                        "forecaster_settings": pinned.get(name), "report": str(out_dir / "report.json")})
         path = ev.calibrator.save(out_dir / f"calibrator_{name}.json")
         report["calibrators"][name] = path.name
     atomic_write_text(out_dir / "per_origin.csv", per_origin_table(evals).to_csv(index=False, float_format="%.8g"))

@@ -11,6 +11,7 @@ mode and a finished shard is never redone.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -18,6 +19,7 @@ from typing import Any, Iterable, Sequence
 from forecast.artifacts import atomic_write_json, atomic_write_text
 from forecast.errors import SettingsError
 
+log = logging.getLogger(__name__)
 SKIP = "_skipped"  # pseudo-forecaster name of the records that say why an origin was skipped
 RESULTS = "results.jsonl"
 RUN_FILE = "run.json"
@@ -33,6 +35,33 @@ def _lines(records: Iterable[dict[str, Any]]) -> str:
     return "".join(json.dumps(r, allow_nan=False, separators=(",", ":")) + "\n" for r in records)
 
 
+class DamagedStore(SettingsError):
+    """A file of the resume store cannot be read; the message names it and says --fresh."""
+
+
+def _record(raw: bytes, path: Path, number: int) -> dict[str, Any]:
+    try:
+        rec = json.loads(raw)
+    except ValueError:
+        rec = None
+    if not isinstance(rec, dict) or not isinstance(rec.get("forecaster"), str) or "origin" not in rec:
+        raise DamagedStore(f"{path} is damaged: line {number} is not a result record; rerun with --fresh to "
+                           "start over (or move the folder aside)")
+    return rec
+
+
+def read_run_file(path: Path) -> dict[str, Any]:
+    """run.json as a mapping; a DamagedStore naming it when it is not one (a torn or edited file)."""
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        run = None
+    if not isinstance(run, dict) or not all(isinstance(run.get(k), dict) for k in ("settings", "data", "forecasters")):
+        raise DamagedStore(f"{path} is damaged (not the run record this program writes); rerun with --fresh to "
+                           "start over (or move the folder aside)")
+    return run
+
+
 class ResultStore:
     """Append-only JSON-lines file of finished records, keyed by (forecaster, origin)."""
 
@@ -41,17 +70,22 @@ class ResultStore:
         self.parts = self.path.parent / PARTS
 
     def load(self) -> dict[tuple[str, str], dict[str, Any]]:
-        """Every finished record: results.jsonl, then the shard parts in name order (duplicates: first wins)."""
+        """Every finished record: results.jsonl, then the shard parts in name order (duplicates: first wins).
+        A torn last line of results.jsonl (a run stopped mid-append) is cut off, with a warning; any other
+        unreadable line is a DamagedStore naming the file and line."""
         out: dict[tuple[str, str], dict[str, Any]] = {}
         files = [self.path] + (sorted(self.parts.glob("*.jsonl")) if self.parts.is_dir() else [])
         for path in files:
             if not path.exists():
                 continue
             with open(path, "rb") as fh:
-                for raw in fh:
-                    if not raw.endswith(b"\n"):
-                        break  # a torn last line: that batch never finished
-                    rec = json.loads(raw)
+                for number, raw in enumerate(fh, 1):
+                    if not raw.endswith(b"\n") and path == self.path:  # that batch never finished
+                        log.warning("%s: its last line (%d) is incomplete, from a run stopped while writing it; "
+                                    "dropped it (those origins run again)", path, number)
+                        self._cut_torn_tail()
+                        break
+                    rec = _record(raw, path, number)
                     out.setdefault((rec["forecaster"], rec["origin"]), rec)
         return out
 
@@ -103,7 +137,7 @@ def check_run_file(out_dir: Path, settings: dict[str, Any], data: dict[str, Any]
     described = forecasters if isinstance(forecasters, dict) else {f.name: describe(f) for f in forecasters}
     current = json.loads(json.dumps({"settings": settings, "data": data, "forecasters": described}))
     if path.exists():
-        old = json.loads(path.read_text())
+        old = read_run_file(path)
         current = {**old, **current}
         if old["settings"] != current["settings"] or old["data"] != current["data"]:
             changed = sorted(k for k in set(old["settings"]) | set(current["settings"])
@@ -120,6 +154,6 @@ def check_run_file(out_dir: Path, settings: dict[str, Any], data: dict[str, Any]
 def record_shards(out_dir: Path, timings: dict[str, dict[str, Any]]) -> None:
     """Add finished shards' timings to run.json's "shards" section (the run record of a sharded run)."""
     path = out_dir / RUN_FILE
-    run = json.loads(path.read_text())
+    run = read_run_file(path)
     run["shards"] = {**run.get("shards", {}), **timings}
     atomic_write_json(path, run)

@@ -32,8 +32,8 @@ class SymbolData:
 
 
 def bars_file(data_dir: Path, symbol: str) -> Path | None:
-    """DIR/<SYMBOL>.csv (.csv.gz, .parquet, .pq); the symbol as given, then upper case."""
-    for name in dict.fromkeys((symbol, symbol.upper())):
+    """DIR/<SYMBOL>.csv (.csv.gz, .parquet, .pq); the symbol as given (upper case), then lower case."""
+    for name in dict.fromkeys((symbol, symbol.upper(), symbol.lower())):
         for suffix in FILE_SUFFIXES:
             path = Path(data_dir) / f"{name}{suffix}"
             if path.is_file():
@@ -64,7 +64,8 @@ def load_symbol(cfg: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
     from marketdata.files import read_bars_file
 
     if cfg.source == "csv":
-        return read_bars_file(cfg.csv, tz=cfg.csv_tz, label=cfg.csv_label), csv_identity(cfg.csv)
+        frame = read_bars_file(cfg.csv, tz=cfg.csv_tz, label=cfg.csv_label, symbol=cfg.symbol)
+        return frame, csv_identity(cfg.csv)
     sessions = needed_sessions(cfg)
     if not sessions:
         raise DataError(f"no session between {cfg.start} and {cfg.end}")
@@ -90,13 +91,15 @@ def _usable(sd: SymbolData, cfg: Any) -> SymbolData:
 
 
 def from_file(data_dir: Path, symbol: str, cfg: Any) -> SymbolData:
-    from marketdata.files import read_bars_file
+    from marketdata.files import SymbolMismatch, read_bars_file
 
     path = bars_file(data_dir, symbol)
     if path is None:
         return SymbolData(symbol, problem=f"no bars file {symbol}{{{','.join(FILE_SUFFIXES)}}} in {data_dir}")
     try:
-        frame = read_bars_file(path, tz=cfg.csv_tz, label=cfg.csv_label)
+        frame = read_bars_file(path, tz=cfg.csv_tz, label=cfg.csv_label, symbol=symbol)
+    except SymbolMismatch:
+        raise  # swapped files stop the run (exit 2): a mix-up to fix, not one symbol's gap to leave out
     except DataError as exc:
         return SymbolData(symbol, problem=str(exc))
     return _usable(SymbolData(symbol, frame, csv_identity(path)), cfg)

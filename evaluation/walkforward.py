@@ -87,9 +87,9 @@ def run_walk_forward(frame: pd.DataFrame, pipeline: ForecastPipeline, forecaster
     cfg = pipeline.cfg
     out_dir.mkdir(parents=True, exist_ok=True)
     check_forecaster_names([f.name for f in forecasters])
-    check_run_file(out_dir, fingerprint(cfg), data or {}, forecasters)
     store = ResultStore(out_dir / RESULTS)
-    done = set(store.load())
+    done = set(store.load())  # a damaged store is refused before run.json is written
+    check_run_file(out_dir, fingerprint(cfg), data or {}, forecasters)
     origins = make_origins(frame, cfg)
     from tqdm import tqdm
 

@@ -19,3 +19,7 @@ class ModelError(Exception):
 class SettingsError(ValueError):
     """A setting cannot be used (a calibrator file that is not one, a device this machine lacks); exit 2.
     The message names the config key."""
+
+
+class Diverged(Exception):
+    """Fine-tuning stopped because its loss became NaN or infinite; exit 8. The message says at which step."""

@@ -90,10 +90,16 @@ def engine_inputs(bars: pd.DataFrame, times: pd.DatetimeIndex, time_label: str) 
 class ForecastPipeline:
     """Turns bars closed by now into a forecast, with a warm engine."""
 
-    def __init__(self, cfg: Config, sampler: Any = None, calibrator: Calibrator | None = None) -> None:
+    def __init__(self, cfg: Config, sampler: Any = None, calibrator: Calibrator | None = None,
+                 loader: Callable[[Config], Any] | None = None) -> None:
         self.cfg = cfg
         self._sampler = sampler
+        self._loader = loader or load_sampler  # a warm worker passes its kept engines' lookup
         self.calibrator = calibrator if calibrator is not None else self._load_calibrator(cfg.calibrator)
+        # Set by the entry point that keeps them (the cron CLI, the live service): the online calibration state
+        # (forecast.online) and the recent resolved outcomes trust.status is decided on (forecast.trust.Recent).
+        self.online: Any = None
+        self.recent: Any = None
 
     # ------------------------------------------------------------------------------------------- the engine
 
@@ -107,7 +113,7 @@ class ForecastPipeline:
         """Load the Kronos engine now (seconds taken); a failure is a ModelError naming the problem."""
         t0 = time.perf_counter()
         if self._sampler is None:
-            self._sampler = load_sampler(self.cfg)
+            self._sampler = self._loader(self.cfg)
         return time.perf_counter() - t0
 
     def engine_info(self) -> dict[str, Any]:
@@ -210,6 +216,26 @@ class ForecastPipeline:
             calibrated[f"p_hit_vwap_{h}m"] = both["p_hit_vwap_cal"]
         return calibrated
 
+    def online_and_trust(self, metrics: Metrics, close_paths: np.ndarray, calibrated: dict[str, Any] | None,
+                         notes: list[str]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """The online values (raw, walk-forward and online side by side) and the trust block of one forecast."""
+        from forecast.online import online_values
+        from forecast.trust import trust_block
+
+        h, online = metrics.horizon_min, self.online
+        keys = list(metrics.percentiles)
+        if online is not None and not online.matches(h, tuple(float(k[1:]) / 100 for k in keys)):
+            if online.learnt:  # a state that has learnt nothing yet is no calibration to miss
+                notes.append(f"online calibration kept for {online.horizon}-minute forecasts at levels "
+                             f"{list(online.levels)}; not applied to this one")
+            online = None
+        cal = self.calibrator if calibrated is not None else None
+        values = None if online is None else online_values(online, cal, h, metrics.p_up, metrics.p_hit_vwap,
+                                                           close_paths, metrics.now_close, keys, calibrated)
+        trust = trust_block(calibrator=cal, online=online, recent=self.recent, p_up=metrics.p_up,
+                            n_paths=int(close_paths.shape[0]), settings=_settings(self.cfg))
+        return values, trust
+
     def forecast(self, frame: pd.DataFrame, now: pd.Timestamp, *, data_asof: pd.Timestamp | None = None,
                  provenance: dict[str, Any] | None = None, market_open: bool = True,
                  status_note: str | None = None, timings: dict[str, float] | None = None,
@@ -260,7 +286,14 @@ class ForecastPipeline:
         summary = build_summary(cfg=self.cfg, ctx=ctx, metrics=metrics, calibrated=calibrated, notes=notes,
                                 engine=self.engine_info(), provenance=provenance, timings=timings,
                                 market_open=market_open, vs_ext=vs_ext)
+        summary["online"], summary["trust"] = self.online_and_trust(metrics, repaired[:, :, 3], calibrated, notes)
         return Forecast(ctx, repaired, metrics, calibrated, summary, timings)
+
+
+def _settings(cfg: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(vars(cfg))
 
 
 def origin_ticker(n_origins: int, tell: Callable[[int], None]) -> Callable[[int, int], None]:

@@ -2,10 +2,12 @@
 
 The file is append-only. Each row goes out in one os.write on an O_APPEND descriptor under an exclusive flock, so
 concurrent appenders neither interleave nor both write a header, and a crash cannot leave half a row. A log that a
-spreadsheet saved again (CRLF line ends, quoted fields, no final newline) is still read and appended to.
+spreadsheet saved again (a UTF-8 BOM, CRLF line ends, quoted fields, columns moved, no final newline) is read
+the same way by cron runs and by calibration (``read_header``), and appended to in its own column order.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
 import fcntl
@@ -14,7 +16,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -24,8 +26,8 @@ from forecast.artifacts import FILE_MODE, format_number
 log = logging.getLogger(__name__)
 
 # Run log columns, in file order. New columns go at the end only: a log started under an older version (its
-# header a prefix of this list, at least through summary_file) keeps its own columns and still takes rows; any
-# other header is refused (RunLogSchemaError) before the run writes anything: move it aside.
+# header the first columns of this list, at least through summary_file, in any order) keeps its own columns and
+# still takes rows; any other header is refused (RunLogSchemaError) before the run writes anything: move it aside.
 RUN_LOG_COLUMNS: tuple[str, ...] = (
     "asof", "last_bar", "symbol", "now_close", "horizon_min", "n_samples",
     "p_up", "p_up_cal", "exp_ret", "p10_end", "p50_end", "p90_end",
@@ -34,6 +36,8 @@ RUN_LOG_COLUMNS: tuple[str, ...] = (
     "model", "device", "seed", "runtime_s", "summary_file",
     "market_open", "feed", "delayed", "filled_bars",
     "bad_bars", "filled_max_window",
+    "p_up_online", "p10_end_online", "p50_end_online", "p90_end_online", "p_hit_vwap_online",
+    "trust_status", "trust_edge",
     "asof_new_york", "last_bar_new_york",
 )
 OLDEST_HEADER = RUN_LOG_COLUMNS.index("summary_file") + 1  # the first version's columns
@@ -68,6 +72,7 @@ def log_row(summary: dict[str, Any], summary_file: str) -> dict[str, Any]:
         "filled_bars": data.get("filled_count"), "bad_bars": data.get("bad_bars"),
         "filled_max_window": data.get("filled_max_window"),
         "asof_new_york": new_york_cell(summary["asof"]), "last_bar_new_york": new_york_cell(summary["last_bar"]),
+        **online_columns(summary),
     }
 
 
@@ -77,9 +82,22 @@ def new_york_cell(utc_iso: str) -> str:
     return pd.Timestamp(utc_iso).tz_convert("America/New_York").strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _csv_line(values: Sequence[str]) -> str:
+def online_columns(summary: dict[str, Any]) -> dict[str, Any]:
+    """The online values (forecast.online) and the trust verdict of a run: what the next run's online update and
+    trust status read back."""
+    h = summary["horizon_min"]
+    on = summary.get("online") or {}
+    pct = on.get("percentiles") or {}
+    trust = summary.get("trust") or {}
+    return {"p_up_online": on.get(f"p_up_{h}m"),
+            **{f"{k}_end_online": (pct[k][-1] if k in pct else None) for k in ("p10", "p50", "p90")},
+            "p_hit_vwap_online": on.get(f"p_hit_vwap_{h}m"), "trust_status": trust.get("status"),
+            "trust_edge": trust.get("edge")}
+
+
+def _csv_line(values: Sequence[str], newline: str = "\n") -> str:
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(values)
+    csv.writer(buf, lineterminator=newline).writerow(values)
     return buf.getvalue()
 
 
@@ -91,38 +109,69 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+class Header(NamedTuple):
+    columns: tuple[str, ...]  # as the file names them, in its order
+    newline: str              # the file's line end: a spreadsheet saves "\r\n"
+
+
+def read_header(path: Path) -> Header | None:
+    """The log's header as a spreadsheet may have saved it (a UTF-8 BOM, CRLF, quoted names, spaces around
+    them); None for a missing or empty file (or one holding only a BOM). The one reading of the header, for
+    appending and calibrating."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise RunLogSchemaError(f"run log {path} cannot be read: {exc.strerror}") from None
+    if first.startswith(codecs.BOM_UTF8):
+        first = first[len(codecs.BOM_UTF8):]
+    if not first:
+        return None
+    text = first.decode("utf-8", errors="replace").rstrip("\r\n")
+    columns = tuple(_column_name(f) for f in next(csv.reader([text]), []))
+    return Header(columns, "\r\n" if first.endswith(b"\r\n") else "\n")
+
+
+def _column_name(text: str) -> str:
+    return text.strip().lstrip("\ufeff")
+
+
 def check_run_log(log_path: str | os.PathLike[str]) -> tuple[str, ...]:
-    """The columns an existing log takes (RUN_LOG_COLUMNS, or an older version's prefix of them); raise
-    RunLogSchemaError when it cannot take our rows. A missing or empty file takes every column. Runs before a
-    forecast writes anything, and tells (once per run) the newer columns that an older header does not record."""
+    """The columns an existing log takes, in its order (RUN_LOG_COLUMNS, or an older version's first columns,
+    in any order); raise RunLogSchemaError when it cannot take our rows. A missing or empty file takes every
+    column. Runs before a forecast writes anything, and tells (once per run) the newer columns that an older
+    header does not record."""
     fields = _log_columns(Path(log_path))
-    if len(fields) < len(RUN_LOG_COLUMNS):
+    missing = [c for c in RUN_LOG_COLUMNS if c not in fields]
+    if missing:
         log.info("run log %s has an older header: it does not record %s (move it aside to start a full one)",
-                 log_path, ", ".join(RUN_LOG_COLUMNS[len(fields):]))
+                 log_path, ", ".join(missing))
     return fields
 
 
 def _log_columns(path: Path) -> tuple[str, ...]:
     # check_run_log without the note: append_run_log checks the header again under its lock, silently
-    try:
-        with open(path, "rb") as fh:
-            first = fh.readline().decode("utf-8", errors="replace")
-    except FileNotFoundError:
+    header = read_header(path)
+    if header is None:
         return RUN_LOG_COLUMNS
-    except OSError as exc:
-        raise RunLogSchemaError(f"run log {path} cannot be read: {exc.strerror}") from None
-    if not first:
-        return RUN_LOG_COLUMNS
-    fields = tuple(f.strip() for f in next(csv.reader([first.rstrip("\r\n")]), []))
-    if len(fields) < OLDEST_HEADER or fields != RUN_LOG_COLUMNS[:len(fields)]:
-        raise RunLogSchemaError(f"run log {path} has another header ({len(fields)} columns, expected "
+    fields = header.columns
+    # Columns are matched by name: a spreadsheet may have moved them. The set must be one version's columns.
+    one_version = len(set(fields)) == len(fields) and set(fields) == set(RUN_LOG_COLUMNS[:len(fields)])
+    if len(fields) < OLDEST_HEADER or not one_version:
+        hint = ""
+        if len(fields) == 1 and ";" in fields[0]:
+            hint = " (it is semicolon-separated: save it with commas)"
+        raise RunLogSchemaError(f"run log {path} has another header{hint} ({len(fields)} columns, expected "
                                 f"{len(RUN_LOG_COLUMNS)}: {','.join(RUN_LOG_COLUMNS[:3])},...); move it aside and rerun")
     return fields
 
 
 def append_run_log(log_path: str | os.PathLike[str], row: Mapping[str, Any]) -> None:
-    """Append one run as a CSV row with the RUN_LOG_COLUMNS header (written when the file is new or empty); a
-    log with an older header gets the row in its own columns.
+    """Append one run as a CSV row with the RUN_LOG_COLUMNS header (written when the file is new or empty). An
+    existing log gets the row in its own header's column order (a spreadsheet may have reordered them; an
+    older version's header has fewer) and with its own line end, so the file stays one consistent table.
 
     Unknown keys raise ValueError (a typo must not silently lose a value); missing keys are written empty."""
     unknown = sorted(set(row) - set(RUN_LOG_COLUMNS))
@@ -132,13 +181,14 @@ def append_run_log(log_path: str | os.PathLike[str], row: Mapping[str, Any]) -> 
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
-        if size == 0:
+        header = read_header(Path(log_path)) if size else None
+        if header is None:  # new, empty (or only a BOM)
             data = _csv_line(RUN_LOG_COLUMNS) + _csv_line([_cell(row.get(c)) for c in RUN_LOG_COLUMNS])
         else:
             columns = _log_columns(Path(log_path))  # the header may have changed since preflight
-            line = _csv_line([_cell(row.get(c)) for c in columns])
+            line = _csv_line([_cell(row.get(c)) for c in columns], header.newline)
             last = os.pread(fd, 1, size - 1)
-            data = line if last == b"\n" else "\n" + line  # a spreadsheet may drop the final newline
+            data = line if last == b"\n" else header.newline + line  # a spreadsheet may drop the final newline
         encoded = data.encode("utf-8")
         if os.write(fd, encoded) != len(encoded):
             raise OSError(f"short write to {log_path}; the last row may be partial")
@@ -150,8 +200,8 @@ def append_run_log(log_path: str | os.PathLike[str], row: Mapping[str, Any]) -> 
 def read_run_log(log_path: str | os.PathLike[str]) -> pd.DataFrame:
     """The log as a frame (CRLF and quoted fields welcome). Replays of the same instant count once: the last
     row of each (symbol, asof, horizon_min) wins, so replaying an --asof twice never weighs it twice."""
-    log = pd.read_csv(log_path)
-    log.columns = [str(c).strip() for c in log.columns]
+    log = pd.read_csv(log_path, encoding="utf-8-sig")
+    log.columns = [_column_name(str(c)) for c in log.columns]  # as read_header names them
     missing = [c for c in ("asof", "symbol", "now_close", "horizon_min", "p_up") if c not in log.columns]
     if missing:
         raise RunLogSchemaError(f"run log {log_path} lacks column(s) {', '.join(missing)}")

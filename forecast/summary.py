@@ -90,11 +90,27 @@ def console_text(summary: dict[str, Any]) -> str:
         f"  drawdown p50/p90/p95  {_pct(m.get(f'drawdown_p50_{h}m'))} / {_pct(m.get(f'drawdown_p90_{h}m'))} / "
         f"{_pct(m.get(f'drawdown_p95_{h}m'))}   run-up p90 {_pct(m.get(f'runup_p90_{h}m'))}",
     ]
+    lines += _online_and_trust_lines(summary)
     told = note_of(ext) if ext is not None else None  # the header lines above say it already
     lines += [f"  note: {n}" for n in summary["notes"] if n != told]
     if summary["events_in_window"]:
         lines.append(f"  FLAG: event quiet window ({', '.join(summary['events_in_window'])})")
     return "\n".join(lines)
+
+
+def _online_and_trust_lines(summary: dict[str, Any]) -> list[str]:
+    """Online values beside the raw and walk-forward ones, and the trust status (forecast.online, forecast.trust)."""
+    from forecast.trust import console_line
+
+    h = summary["horizon_min"]
+    on = summary.get("online") or {}
+    out = []
+    if on:
+        band = " / ".join(f"{k} {v[-1]:.2f}" for k, v in on["percentiles"].items())
+        out.append(f"  online           P(up) {on[f'p_up_{h}m']:.1%}, close in {h}m {band} "
+                   f"({on['n_updates']} outcomes learnt)")
+    line = console_line(summary.get("trust"))
+    return out + ([line] if line else [])
 
 
 def _pct(x: Any) -> str:

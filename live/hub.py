@@ -24,7 +24,7 @@ import pandas as pd
 from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram
 
 from forecast.metrics import session_bars_of_last_day
-from live.scorecard import iso, make_record, num, reconcile, reliability
+from live.scorecard import iso, make_record, num, p_up_history, reconcile, reliability
 from marketdata import calendar as mcal
 from marketdata.prepare import session_bars
 from marketdata.frame import COLUMNS, ONE_MINUTE
@@ -68,6 +68,7 @@ class LiveHub:
         self._skips: Counter = Counter()
         self._recent_skips: deque = deque(maxlen=RECENT_SKIPS)
         self._last_error: dict[str, Any] | None = None
+        self.on_outcome: dict[str, Any] = {}  # symbol -> live.online.OnlineKeeper.on_outcome, set by the service
         self._reconnects = 0
         self._stream: dict[str, Any] | None = None  # a live source's connection state (None: a replay)
         self._output_errors: dict[str, dict[str, Any]] = {}
@@ -115,7 +116,7 @@ class LiveHub:
             st.lag_s = (mcal.to_utc(now) - (st.last_bar + ONE_MINUTE)).total_seconds()
             st.received_at = time.time()
             self._m_lag.labels(symbol.upper()).set(st.lag_s)
-            resolved = reconcile(st.history, st.bars)
+            resolved = reconcile(st.history, st.bars, self.on_outcome.get(symbol.upper()))
         if resolved:
             self._publish({"event": "outcome", "symbol": symbol.upper(), "n": resolved})
 
@@ -138,7 +139,7 @@ class LiveHub:
                          "latency_s": float(latency_s), "received_at": time.time()}
             if record is not None:
                 st.history.append(record)
-                reconcile(st.history, st.bars)
+                reconcile(st.history, st.bars, self.on_outcome.get(symbol.upper()))
         self._m_latency.labels(symbol.upper()).observe(float(latency_s))
         self._m_forecasts.labels(symbol.upper()).inc()
         self._publish({"event": "forecast", "symbol": symbol.upper()})
@@ -237,6 +238,7 @@ class LiveHub:
                     "paths": None if latest is None else latest["paths"],
                     "latency_s": None if latest is None else latest["latency_s"],
                     "candles": candles, "reliability": reliability(st.history), "freshness": fresh,
+                    "p_up_history": p_up_history(st.history),
                     "model_loaded": self._model is not None}
 
     def close(self) -> None:

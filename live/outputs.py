@@ -14,11 +14,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from forecast.owned import Owner, check, claim
 from forecast.publish import preflight, publish
 from marketdata.frame import first_line
 from marketdata.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
+# What the service writes in live_out: the CLI's files (the _latest copies, the timestamped ones, charts, the run
+# logs), its lock and the probe of a writable folder. It never deletes, so a folder of only such files written
+# before the marker existed (the service's own, or cron's) is taken over.
+SERVE = Owner("serve.py", {"pred_summary_*.json": None, "paths_*.csv": None, "fan_*.png": None, "runs_*.csv": None,
+                           ".serve.lock": None, ".probe.*.tmp": None}, lambda folder: True)
 
 
 class RedisPublisher:
@@ -104,9 +110,15 @@ class Outputs:
         self.hub, self.timestamped, self.redis = hub, timestamped, redis
 
     def preflight(self, symbols: list[str]) -> None:
-        """Every check that can fail before the service starts (SettingsError naming the problem)."""
+        """Every check that can fail before the service starts (SettingsError naming the problem), the folder's
+        ownership among them (exit 2 when it holds anything the service did not write); nothing is written."""
+        check(self.out, SERVE, "--live-out")
         for symbol in symbols:
             preflight(self.out, symbol)
+
+    def claim(self) -> None:
+        """Mark the folder as the service's, once its lock is held (a run refused by the lock writes nothing)."""
+        claim(self.out, SERVE, "--live-out")
 
     def publish(self, symbol: str, fc: Any, latency_start: float) -> dict[str, Any]:
         """Send the forecast everywhere; returns the summary JSON document (the one every output carries)."""

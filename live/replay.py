@@ -23,7 +23,7 @@ def load_replay(files: dict[str, str], start: pd.Timestamp | None, *, tz: str = 
     file that cannot be used."""
     frames = {}
     for symbol, path in files.items():
-        frame = read_bars_file(path, tz=tz, label=label)
+        frame = read_bars_file(path, tz=tz, label=label, symbol=symbol)
         if frame.empty:
             raise DataError(f"replay file {path} holds no bars")
         frames[symbol] = frame

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -56,12 +56,18 @@ class ForecastRecord:
     context: Context | None         # what the forecast saw: its prepared bars and plan (dropped once reconciled)
     outcome: dict[str, Any] | None = None
     unresolved: str | None = None   # why the outcome cannot be computed, if so
+    online: dict[str, Any] | None = None  # the summary's online block (forecast.online), what it learns from
+    trust: dict[str, Any] | None = None   # the summary's trust block (forecast.trust)
 
     def to_dict(self) -> dict[str, Any]:
         b = self.band
         return {"symbol": self.symbol, "asof": iso(self.asof), "last_bar": iso(self.last_bar),
                 "horizon_min": self.horizon_min, "end": iso(self.times[-1]), "now_close": self.now_close,
-                "p_up": self.p_up, "p_up_calibrated": self.p_up_cal, "latency_s": round(self.latency_s, 4),
+                "p_up": self.p_up, "p_up_calibrated": self.p_up_cal,
+                "p_up_online": num((self.online or {}).get(f"p_up_{self.horizon_min}m")),
+                "p_up_interval": (self.trust or {}).get("p_up_interval_calibrated"),
+                "trust": (self.trust or {}).get("status"), "edge": (self.trust or {}).get("edge"),
+                "latency_s": round(self.latency_s, 4),
                 "band": {"lo": b["lo_key"], "hi": b["hi_key"], "nominal": b["nominal"],
                          "lo_end": num(b["lo"][-1]), "hi_end": num(b["hi"][-1])},
                 "outcome": self.outcome, "unresolved": self.unresolved}
@@ -86,12 +92,15 @@ def make_record(symbol: str, summary: dict, closes: np.ndarray, latency_s: float
     centre, scale = ensemble_centre_scale(closes, now_close)
     return ForecastRecord(symbol, to_utc(summary["asof"]), to_utc(summary["last_bar"]), times, now_close, h,
                    num(block.get(f"p_up_{h}m")), num(cal.get(f"p_up_{h}m")), band, centre, scale,
-                   dict(summary.get("settings") or {}), latency_s, context)
+                   dict(summary.get("settings") or {}), latency_s, context, online=summary.get("online"),
+                   trust=summary.get("trust"))
 
 
 
-def reconcile(history: Iterable[ForecastRecord], raw: pd.DataFrame) -> int:
-    """Fill in the outcomes of the forecasts whose last minute now has a bar in ``raw``; -> how many."""
+def reconcile(history: Iterable[ForecastRecord], raw: pd.DataFrame,
+              on_outcome: Callable[[ForecastRecord, Any], None] | None = None) -> int:
+    """Fill in the outcomes of the forecasts whose last minute now has a bar in ``raw``; -> how many.
+    ``on_outcome(record, outcome)`` sees each as it resolves (the online calibration learns it)."""
     if raw.empty:
         return 0
     done = 0
@@ -109,6 +118,13 @@ def reconcile(history: Iterable[ForecastRecord], raw: pd.DataFrame) -> int:
         except Exception as exc:  # noqa: BLE001
             r.unresolved = f"outcome failed: {type(exc).__name__}: {exc}"
             log.warning("%s %s: %s", r.symbol, iso(r.asof), r.unresolved)
+            continue
+        if on_outcome is not None:
+            try:  # nor may the online calibration's bookkeeping
+                on_outcome(r, out)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("%s %s: online calibration did not learn this outcome: %s: %s", r.symbol,
+                            iso(r.asof), type(exc).__name__, exc)
     return done
 
 
@@ -153,3 +169,23 @@ def reliability(history: Iterable[ForecastRecord]) -> dict[str, Any]:
             "coverage_calibrated": num(np.mean(inside_cal)) if inside_cal else None,
             "coverage_all_minutes": num(np.mean([r.outcome["inside_band_share"] for r in done]))
             if done else None}
+
+
+def p_up_history(history: Iterable[ForecastRecord]) -> list[dict[str, Any]]:
+    """The session's P(up) as the page draws it: raw, calibrated (walk-forward) and online, the calibrated
+    interval (forecast.trust), and the realised up once known."""
+    records = list(history)
+    if not records:
+        return []
+    day = records[-1].asof.tz_convert(NEW_YORK).date()
+    out = []
+    for r in records:
+        if r.asof.tz_convert(NEW_YORK).date() != day:
+            continue
+        interval = (r.trust or {}).get("p_up_interval_calibrated") or [None, None]
+        out.append({"asof": iso(r.asof), "p_up": r.p_up, "p_up_calibrated": r.p_up_cal,
+                    "p_up_online": num((r.online or {}).get(f"p_up_{r.horizon_min}m")),
+                    "lo": num(interval[0]) if interval[0] is not None else None,
+                    "hi": num(interval[1]) if interval[1] is not None else None,
+                    "up": None if r.outcome is None else r.outcome["up"]})
+    return out

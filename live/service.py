@@ -82,11 +82,16 @@ class Service:
         self.outputs.preflight(self.symbols)
         self._lock = run_lock(out / ".serve.lock")  # one service per folder (exit 6 for a second one)
         self._lock.__enter__()
+        self.outputs.claim()
 
         load_s = base.load()
         # one engine and one calibrator, shared: the model is loaded once
         pipelines = {s: ForecastPipeline(c, sampler=base.sampler, calibrator=base.calibrator)
                      for s, c in configs.items()}
+        from live.online import OnlineKeeper
+
+        for s, p in pipelines.items():  # online calibration: the hub resolves outcomes, the pipeline reads the state
+            hub.on_outcome[s.upper()] = OnlineKeeper(out, s, p).on_outcome
         hub.set_model({**base.engine_info(), "load_s": round(load_s, 3)})
         log.info("model %s loaded on %s in %.1f s", cfg.model, base.sampler.device, load_s)
 
@@ -170,10 +175,8 @@ class Service:
 
 
 def symbols_of(cfg: Any) -> list[str]:
-    symbols = [s.upper() for s in (cfg.symbols or [cfg.symbol])]
-    if len(set(symbols)) != len(symbols):
-        raise ConfigError(f"config key 'symbols' lists a ticker twice: {', '.join(symbols)}")
-    return symbols
+    """The service's tickers: upper case and each once already (app.config's rule, marketdata.symbols)."""
+    return list(cfg.symbols or [cfg.symbol])
 
 
 def alpaca_credentials(environ: Mapping[str, str]) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import warnings
 from pathlib import Path
@@ -16,6 +17,10 @@ from marketdata.quality import contradictory_prices
 
 log = logging.getLogger(__name__)
 
+
+class SymbolMismatch(DataError):
+    """The file's symbol column names another ticker than the run's (exit 2)."""
+
 _TIME_NAMES = ("timestamp", "datetime", "date", "time", "t")
 _ALIASES = {
     "open": ("open", "o"),
@@ -26,14 +31,16 @@ _ALIASES = {
 }
 
 
-def read_bars_file(path: str | Path, tz: str = "auto", label: str = "auto") -> pd.DataFrame:
+def read_bars_file(path: str | Path, tz: str = "auto", label: str = "auto", symbol: str | None = None
+                   ) -> pd.DataFrame:
     """Read a CSV (.csv, .csv.gz) or Parquet (.parquet, .pq) file of 1-minute bars into a canonical frame.
 
     Columns (names case-insensitive, extra columns ignored): a time column named timestamp, datetime, date,
     time or t (first found; for Parquet a DatetimeIndex also works), open/o, high/h, low/l, close/c and
     volume/v/vol.  A missing volume column is filled with 0 and a UserWarning is issued (VWAP then is
     meaningless); any other missing column is a DataError.  A "symbol" column with more than one value is a
-    DataError.  Integer time columns are epoch seconds/ms/us/ns (chosen by magnitude), UTC.
+    DataError, and so is one that names another ticker than ``symbol`` (the one the run asks for; case aside):
+    a swapped file must not be forecast at the wrong symbol's price.  Integer time columns are epoch seconds/ms/us/ns (chosen by magnitude), UTC.
 
     tz: how naive timestamps are read.  "auto" = UTC (Alpaca, Polygon and most APIs export UTC); pass an IANA
         name such as "America/New_York" for wall-clock files.  Aware timestamps are kept as given (tz ignored).
@@ -58,7 +65,7 @@ def read_bars_file(path: str | Path, tz: str = "auto", label: str = "auto") -> p
     cols = {str(c).strip().lower(): c for c in raw.columns}
     times, naive = _parse_times(_time_column(raw, cols, p), p, tz)
     out = pd.DataFrame(index=pd.DatetimeIndex(times, name="timestamp"))
-    _check_single_symbol(raw, cols, p)
+    _check_single_symbol(raw, cols, p, symbol)
     for name in COLUMNS:
         src = next((cols[a] for a in _ALIASES[name] if a in cols), None)
         if src is None and name == "volume":
@@ -89,6 +96,7 @@ def _read_table(p: Path) -> pd.DataFrame:
                 # A DatetimeIndex is the time column when no named time column exists.
                 raw = raw.reset_index(names="__index_time__")
         elif suffixes.endswith(".csv") or suffixes.endswith(".csv.gz"):
+            _check_separator(p)
             raw = pd.read_csv(p, dtype=str, keep_default_na=False, na_values=[""])
         else:
             raise DataError(f"{p}: unknown file type {p.suffix!r} (expected .csv, .csv.gz, .parquet or .pq)")
@@ -103,6 +111,17 @@ def _read_table(p: Path) -> pd.DataFrame:
     if raw.empty:
         raise DataError(f"{p}: the file has no data rows")
     return raw
+
+
+def _check_separator(p: Path) -> None:
+    """A header split by semicolons or tabs and holding no comma: a spreadsheet's regional CSV. Say so, rather
+    than reading one column and reporting no time column."""
+    opener = gzip.open if p.name.lower().endswith(".gz") else open
+    with opener(p, "rt", encoding="utf-8", errors="replace") as fh:
+        header = fh.readline()
+    for sep, name in ((";", "semicolon"), ("\t", "tab")):
+        if sep in header and "," not in header:
+            raise DataError(f"{p}: the file is {name}-separated; use commas (save it as comma-separated CSV)")
 
 
 def _time_column(raw: pd.DataFrame, cols: dict[str, Any], p: Path) -> pd.Series:
@@ -226,12 +245,15 @@ def _numeric(col: pd.Series, p: Path, name: str) -> np.ndarray:
     return values
 
 
-def _check_single_symbol(raw: pd.DataFrame, cols: dict[str, Any], p: Path) -> None:
+def _check_single_symbol(raw: pd.DataFrame, cols: dict[str, Any], p: Path, asked: str | None) -> None:
     if "symbol" in cols:
-        symbols = raw[cols["symbol"]].dropna().unique()
+        symbols = pd.unique(raw[cols["symbol"]].dropna().astype(str).str.strip().str.upper())
         if len(symbols) > 1:
             raise DataError(f"{p}: the file holds several symbols ({', '.join(map(str, symbols[:5]))}); "
                             "keep one symbol per file")
+        if asked is not None and len(symbols) == 1 and symbols[0] != asked.upper():
+            raise SymbolMismatch(f"{p}: its symbol column says {symbols[0]}, but the run is for {asked.upper()}; "
+                            f"give the {asked.upper()} bars file (or --symbol {symbols[0]})")
 
 
 def _check_values(out: pd.DataFrame, p: Path) -> None:

@@ -82,7 +82,7 @@ def prepare_bars(frame: pd.DataFrame, asof: mcal.TimeLike, days: int = 3, rth: b
       skip_reason.
     * skip_reason (the CLI skips cleanly when it is set): no closed bars at all; the current session has
       closed minutes but no bar (stale data); or more than max_recent_filled of the last recent_window bars
-      are fills; bad bars under "skip".
+      are fills; bad bars under "skip"; under either policy, a bar that looks like an unadjusted split.
     Returns a canonical frame and a PrepareInfo.
     """
     if bad_bars not in BAD_BAR_POLICIES:
@@ -104,7 +104,7 @@ def prepare_bars(frame: pd.DataFrame, asof: mcal.TimeLike, days: int = 3, rth: b
         reals.append(real)
     bad = find_bad_bars(reals, rules, [_regular(r, s) for r, s in zip(reals, sessions)]) if rules else []
     if bad and bad_bars == "fill":
-        drop = pd.DatetimeIndex([b.time for b in bad])
+        drop = pd.DatetimeIndex([b.time for b in bad if b.kind != "split"])  # a split is refused below, not filled
         reals = [r[~r.index.isin(drop)] for r in reals]
     for session, (start, end), real in zip(sessions, windows, reals):
         grid_end = min(end, t.floor("min"))
@@ -142,6 +142,11 @@ def prepare_bars(frame: pd.DataFrame, asof: mcal.TimeLike, days: int = 3, rth: b
         info.skip_code = "data"
         info.skip_reason = (f"{len(bad)} bad bar(s) in the context (bad_bars: skip): "
                             f"{'; '.join(info.bad_bar_details)}{more}")
+    split = next((b for b in bad if b.kind == "split"), None)
+    if split is not None:  # under either policy: dropping the bar leaves the shifted level in the context
+        info.skip_code = "data"
+        info.skip_reason = (f"{len(bad)} bad bar(s) in the context, one a level shift no fill repairs: "
+                            f"{split.describe()}; give split-adjusted bars")
     return bars, info
 
 

@@ -15,6 +15,16 @@ A bar is bad when
   one side to compare with: a genuine move of more than ``move_multiple`` typical moves within the newest minute
   counts as bad until the next bar confirms it.
 
+* it looks like an unadjusted split: its close is a common split ratio (2:1, 3:1, 3:2, 10:1, ... or a reverse
+  split 1:2, 1:10, ...) away from the close before it, within ``SPLIT_TOLERANCE`` (10 %, room for an overnight
+  gap on top of the split), and the new level holds: the median close of the bar and the ones after it (at least
+  two, up to ``NEIGHBOURS``) stands the same ratio away from the median of the ``NEIGHBOURS`` bars before it.
+  Sessions are compared across their boundary (a split happens overnight). Such a bar cannot be dropped and
+  filled (the level stays shifted), so a context holding one is never forecast, under either policy. The
+  smallest ratio, 3:2, means a move of 27 % down or more; the largest one-bar move of the real tapes (QQQ 2025
+  with extended hours and every overnight gap, QQQ 2019, SPY 2013) is 3.9 %. A dividend (well under 2 % for
+  these ETFs) is an ordinary overnight gap by size alone: no rule on prices can tell it, and none is tried.
+
 With the defaults (50 typical moves, about 1.7 % for QQQ whose typical move is 0.035 %; 1000 times the
 median volume) the real QQQ 2025, QQQ 2019 and SPY 2013 tapes flag nothing in regular hours (the largest
 real bar sits at about 30 typical moves); in extended hours QQQ 2025 flags 4 bars in 45 sessions, each a
@@ -30,6 +40,9 @@ import numpy as np
 import pandas as pd
 
 NEIGHBOURS = 5          # bars on each side that define the local price level
+SPLIT_RATIOS = ((3, 2), (2, 1), (5, 2), (3, 1), (4, 1), (5, 1), (6, 1), (7, 1), (8, 1), (10, 1), (15, 1), (20, 1),
+                (25, 1), (30, 1), (40, 1), (50, 1), (100, 1))  # a:b, a shares for b; the price becomes b/a of itself
+SPLIT_TOLERANCE = float(np.log(1.10))  # the ratio, up to an overnight gap of 10 % either way
 MIN_TYPICAL_MOVE = 1e-5  # floor of the typical move (a flat tape would otherwise make any move a tick)
 MIN_CORE_BARS = 30      # regular-hours bars needed before their median volume is the reference
 PRICES = ("open", "high", "low", "close")
@@ -46,6 +59,7 @@ class BarRules:
 class BadBar:
     time: pd.Timestamp
     reason: str
+    kind: str = "bad"  # "split": a persistent level shift that filling cannot repair (the context is refused)
 
     def describe(self) -> str:
         return f"{self.time.isoformat().replace('+00:00', 'Z')} {self.reason}"
@@ -67,6 +81,9 @@ def find_bad_bars(sessions: Sequence[pd.DataFrame], rules: BarRules,
         logp = _log_prices(frame)
         logp[frame.index.isin(list(reasons))] = np.nan  # an impossible bar is nobody's neighbour
         logs.append(logp)
+    splits = _split_like(sessions, logs)
+    for t, reason in splits.items():
+        found.setdefault(t, reason)
     typical = _typical_move(logs)
     limit = rules.move_multiple * typical
     for frame, logp in zip(sessions, logs):
@@ -77,7 +94,38 @@ def find_bad_bars(sessions: Sequence[pd.DataFrame], rules: BarRules,
                              f"the typical 1-minute move ({typical:.3%}) away from the bars around it "
                              f"(limit {rules.move_multiple:g}x)")
     found.update(_absurd_volume(sessions, core, rules, found))
-    return [BadBar(t, found[t]) for t in sorted(found)]
+    return [BadBar(t, found[t], "split" if t in splits and found[t] == splits[t] else "bad") for t in sorted(found)]
+
+
+def split_ratio(step: float) -> str | None:
+    """The split a change of the log price looks like ("2:1", or "1:10" for a reverse split), or None."""
+    for a, b in SPLIT_RATIOS:
+        if abs(step + np.log(a / b)) < SPLIT_TOLERANCE:
+            return f"{a}:{b}"
+        if abs(step - np.log(a / b)) < SPLIT_TOLERANCE:
+            return f"{b}:{a}"
+    return None
+
+
+def _split_like(sessions: Sequence[pd.DataFrame], logs: Sequence[np.ndarray]) -> dict[pd.Timestamp, str]:
+    """Bars whose close jumps by a split ratio from the close before (across sessions too) and stays there."""
+    times = sessions[0].index.append([f.index for f in sessions[1:]])
+    close = np.concatenate([lp[:, 3] for lp in logs])
+    ok = np.isfinite(close)
+    times, close = times[ok], close[ok]
+    smallest = min(np.log(a / b) for a, b in SPLIT_RATIOS) - SPLIT_TOLERANCE
+    out = {}
+    for i in np.flatnonzero(np.abs(np.diff(close)) > smallest) + 1:
+        if i + 1 >= len(close):
+            continue  # the newest bar: not yet a level (the tick rule judges it)
+        ratio = split_ratio(close[i] - close[i - 1])
+        level = np.median(close[i:i + NEIGHBOURS]) - np.median(close[max(0, i - NEIGHBOURS):i])
+        if ratio is not None and split_ratio(level) == ratio:
+            t = times[i]
+            before, now = np.exp(close[i - 1]), np.exp(close[i])
+            out[t] = (f"close {now:.6g} is {now / before - 1:+.0%} from the close before it ({before:.6g}) and the "
+                      f"level holds: it looks like an unadjusted {ratio} split, which no fill can repair")
+    return out
 
 
 def contradictory_prices(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,10 @@
-"""Fetch the recent raw bars a run needs from the configured source, with their provenance."""
+"""Fetch the recent raw bars a run needs from the configured source, with their provenance.
+
+A process that runs many forecasts (the --warm worker) passes a BarCache: it keeps the bars it fetched and asks
+Alpaca only for the minutes since its last request (a few minutes before, again, as Alpaca may still revise a
+just-closed bar), and rereads a bars file only when the file changed. What it returns is what a fetch without
+it returns; preparation (closed bars, gap fills, bad bars) is the same code after it.
+"""
 from __future__ import annotations
 
 import logging
@@ -9,9 +15,9 @@ from typing import Any, Mapping
 import pandas as pd
 
 from marketdata import calendar as mcal
-from marketdata.alpaca import AlpacaBarSource, credentials_from_env, fetch_with_fallback
+from marketdata.alpaca import AlpacaBarSource, FetchResult, credentials_from_env, fetch_with_fallback
 from marketdata.files import read_bars_file
-from marketdata.frame import DataError
+from marketdata.frame import DataError, canonical
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +33,15 @@ class RecentBars:
 def fetch_recent_bars(source: str, symbol: str, now: pd.Timestamp | None, days: int, rth: bool, *,
                       csv: str | None = None, csv_tz: str = "auto", csv_label: str = "auto", feed: str = "iex",
                       sip_fallback: str = "iex", environ: Mapping[str, str] | None = None,
-                      url_override: str | None = None) -> RecentBars:
+                      url_override: str | None = None, cache: BarCache | None = None) -> RecentBars:
     """The raw bars of the last `days` sessions up to `now` (live) or a replayed instant.
 
     `now` None means the clock for Alpaca and, for a bars file, the close of its last bar (a replay of the
-    file's end).
+    file's end). ``cache`` keeps bars between calls of one process (see BarCache).
     """
     if source == "csv":
-        frame = read_bars_file(csv, tz=csv_tz, label=csv_label)
+        frame = (read_bars_file(csv, tz=csv_tz, label=csv_label, symbol=symbol) if cache is None
+                 else cache.file(csv, csv_tz, csv_label, symbol))
         if now is None:
             if frame.empty:
                 raise DataError(f"bars file {csv} holds no bars")
@@ -52,8 +59,63 @@ def fetch_recent_bars(source: str, symbol: str, now: pd.Timestamp | None, days: 
         raise DataError("no Alpaca keys: set ALPACA_KEY_ID and ALPACA_SECRET_KEY (or APCA_API_KEY_ID and "
                         "APCA_API_SECRET_KEY), or use --source csv --csv FILE")
     client = AlpacaBarSource(credentials.key_id, credentials.secret_key, feed=feed, url_override=url_override)
-    fetched = fetch_with_fallback(client, symbol, start, now, now, policy=sip_fallback)
+    fetched = (fetch_with_fallback(client, symbol, start, now, now, policy=sip_fallback) if cache is None
+               else cache.alpaca(client, symbol, start, now, sip_fallback))
     return RecentBars(fetched.frame, now, fetched.asof, {"source": "alpaca", **fetched.provenance()})
+
+
+REFETCH = pd.Timedelta(minutes=5)  # minutes before the last request's end that are asked for again
+
+
+@dataclass
+class _Held:
+    start: pd.Timestamp      # the held bars begin at the window start of that request
+    complete: pd.Timestamp   # ...and are complete up to here (the request's now, or the delayed SIP cut)
+    frame: pd.DataFrame
+    feed: str
+    delayed: bool
+
+
+class BarCache:
+    """Bars kept between the forecasts of one process: per Alpaca symbol, feed, policy, endpoint and key id the
+    bars of the last request; per bars file its frame while the file is unchanged. ``requests`` counts the Alpaca
+    fetches made (each may page)."""
+
+    def __init__(self) -> None:
+        self._alpaca: dict[tuple, _Held] = {}
+        self._files: dict[tuple, pd.DataFrame] = {}
+        self.requests = 0
+
+    def file(self, path: str | None, tz: str, label: str, symbol: str | None = None) -> pd.DataFrame:
+        try:
+            st = os.stat(str(path))
+            key = (os.path.abspath(str(path)), st.st_size, st.st_mtime_ns, st.st_ino, tz, label, symbol)
+        except (OSError, TypeError):
+            return read_bars_file(path, tz=tz, label=label, symbol=symbol)  # its own error for an odd path
+        if key not in self._files:
+            self._files = {key: read_bars_file(path, tz=tz, label=label, symbol=symbol)}  # one file is enough
+        return self._files[key]
+
+    def alpaca(self, client: AlpacaBarSource, symbol: str, start: pd.Timestamp, now: pd.Timestamp,
+               policy: str) -> FetchResult:
+        """fetch_with_fallback(client, symbol, start, now, now, policy), from the held bars and a request for
+        the minutes after them (a whole request when nothing usable is held: another window start or a clock
+        that went back, or the fallback's feed changed)."""
+        key = (symbol, client.feed, policy, client.url_override, client.credentials.key_id)
+        held = self._alpaca.get(key)
+        if held is not None and held.start <= start and held.complete <= now:
+            since = max(start, held.complete.floor("min") - REFETCH)
+            self.requests += 1
+            part = fetch_with_fallback(client, symbol, since, now, now, policy=policy)
+            if (part.feed, part.delayed) == (held.feed, held.delayed):
+                old = held.frame[(held.frame.index >= start) & (held.frame.index < since)]
+                frame = canonical(pd.concat([old, part.frame])) if len(old) else part.frame
+                self._alpaca[key] = _Held(start, part.asof, frame, part.feed, part.delayed)
+                return FetchResult(frame, part.feed, part.delayed, part.asof, part.note)
+        self.requests += 1
+        whole = fetch_with_fallback(client, symbol, start, now, now, policy=policy)
+        self._alpaca[key] = _Held(start, whole.asof, whole.frame, whole.feed, whole.delayed)
+        return whole
 
 
 def range_note(frame: pd.DataFrame, now: pd.Timestamp, csv: str | None) -> str | None:
@@ -69,4 +131,3 @@ def range_note(frame: pd.DataFrame, now: pd.Timestamp, csv: str | None) -> str |
 
     return (f"--asof {log_stamp(now)} is {where} of {csv}, which covers {log_stamp(first)} .. {log_stamp(last)} "
             "(bar starts)")
-

@@ -296,11 +296,11 @@ def test_run_log_new_york_columns_come_last_and_read_in_a_spreadsheet(tmp_path: 
     """asof_new_york and last_bar_new_york are appended after every earlier column (a log of the version before
     them keeps its header), as wall-clock New York times a spreadsheet parses: EDT in June, EST in January."""
     cols = runlog.RUN_LOG_COLUMNS
-    assert cols[-2:] == ("asof_new_york", "last_bar_new_york") and cols.index("filled_max_window") == len(cols) - 3
+    assert cols[-2:] == ("asof_new_york", "last_bar_new_york")
     assert runlog.new_york_cell("2025-06-02T15:00:00Z") == "2025-06-02 11:00:00"
     assert runlog.new_york_cell("2025-01-02T15:00:00Z") == "2025-01-02 10:00:00"
     log = tmp_path / "runs.csv"
-    previous = cols[:cols.index("filled_max_window") + 1]
+    previous = cols[:cols.index("asof_new_york")]  # the version before these two columns
     log.write_text(",".join(previous) + "\n")
     runlog.append_run_log(log, {"asof": "2025-06-02T15:00:00Z", "symbol": "QQQ", "now_close": 1, "horizon_min": 30,
                                 "p_up": 0.5, "asof_new_york": "2025-06-02 11:00:00"})

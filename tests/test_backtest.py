@@ -206,13 +206,27 @@ def test_report_catches_and_calibration_fixes_an_overconfident_forecaster(tmp_pa
     assert abs(rw["coverage_by_step"]["p10_p90"]["raw"][-1] - 0.8) < 0.1
     dm = oc["diebold_mariano_vs_random_walk"]["crps_end"]
     assert dm["stat"] > 2 and dm["p_value"] < 0.05 and dm["h"] == 2
+    # The report opens with the plain verdict: the random walk is better.
+    assert list(report)[0] == "verdict_vs_random_walk"
+    assert report["verdict_vs_random_walk"][0]["sentence"].startswith("overconfident: the random walk is better")
+    assert erep.console_table(report).splitlines()[1].startswith("  overconfident: the random walk is better")
     # Fixed walk-forward: calibrated p_up is reliable, calibrated bands cover about 80 %.
     assert oc["p_up"]["calibrated"]["reliability"] < 0.02
     assert oc["p_up"]["calibrated"]["brier"] < oc["p_up"]["raw_after_warmup"]["brier"]
     assert abs(oc["coverage_by_step"]["p10_p90"]["calibrated"][-1] - 0.8) < 0.1
+    # Online (forecast.online) beside them, scored on the same origins: as reliable, bands as close to nominal.
+    assert oc["p_up"]["online"]["n"] == oc["p_up"]["calibrated"]["n"]
+    assert oc["p_up"]["online"]["reliability"] < 0.02
+    for band in ("p05_p95", "p10_p90", "p25_p75"):
+        cov = oc["coverage_by_step"][band]
+        assert abs(np.mean(cov["online"]) - cov["nominal"]) < 0.06
     w = report["independent_windows"]
     assert w["n_sessions"] == 11 and w["n_independent"] == 11 * 13  # 09:45 .. 15:45 ET, 30-minute windows
     assert (tmp_path / "calibrator_overconfident.json").exists() and (tmp_path / "per_origin.csv").exists()
+    # No skill against the random walk: the edge-gated rule never trades; the calibrator records why (trust.edge).
+    assert oc["toy_rule"]["edge"]["n_trades"] == 0 and oc["toy_rule"]["edge"]["skill"] is False
+    meta = json.loads((tmp_path / "calibrator_overconfident.json").read_text())["meta"]
+    assert meta["versus_random_walk"]["outcome"] == "worse" and meta["forecaster_settings"] is not None
 
 
 def test_baseline_backtest_on_real_bars(real_data_dir: Path, tmp_path: Path, capsys) -> None:
@@ -238,6 +252,9 @@ def test_baseline_backtest_on_real_bars(real_data_dir: Path, tmp_path: Path, cap
     assert 0.15 < rw["p_up"]["raw"]["brier"] < 0.35 and rw["close_end"]["crps_fair_bp"] > 0
     out = capsys.readouterr().out
     assert "random_walk" in out and "independent" in out
+    assert "against the random walk" in out.splitlines()[0] or any(
+        ln.startswith("against the random walk") for ln in out.splitlines()[:3])
+    assert [v["forecaster"] for v in report["verdict_vs_random_walk"]] == names[1:]
 
 
 def tiny_kronos(root: Path) -> tuple[Path, Path]:
@@ -355,7 +372,7 @@ def test_command_line_errors_exit_with_the_cli_codes(tmp_path: Path, monkeypatch
     assert cli.main(["--config", config, "--start", "2025-05-05", "--end", "2025-05-06", "--out", str(tmp_path)]) == 2
     assert "Alpaca keys" in last_error()
     assert cli.main(["--config", config, "--start", "2025-05-06", "--end", "2025-04-01", "--out", str(tmp_path)]) == 2
-    assert "no session between 2025-05-06 and 2025-04-01" in last_error()  # an empty range, before asking Alpaca
+    assert "'end' (2025-04-01) is before 'start' (2025-05-06)" in last_error()  # before asking Alpaca
     csv = tmp_path / "bars.csv"
     simulated.simulate_bars("2025-03-03", 4, seed=27).rename_axis("timestamp").reset_index().to_csv(csv, index=False)
     base = ["--config", config, "--csv", str(csv), "--forecasters", "random_walk", "--n-samples", "8",

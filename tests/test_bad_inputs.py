@@ -8,6 +8,7 @@ interpreter runs the three, so they cost one start-up).
 """
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import logging
@@ -111,6 +112,20 @@ def high_below_close(f: pd.DataFrame) -> None:
     f.loc[TICK, "close"] = f.loc[TICK, "low"] * 1.001
 
 
+def symbol_column(symbol: str):
+    """A Symbol column, as vendors' exports have one."""
+    def edit(f: pd.DataFrame) -> None:
+        f.insert(0, "Symbol", symbol)
+    return edit
+
+
+def unadjusted_before(when: str, factor: float):
+    """The sessions before ``when`` at their prices before a split (a feed that does not adjust history)."""
+    def edit(f: pd.DataFrame) -> None:
+        f.loc[f.index < pd.Timestamp(when), ["open", "high", "low", "close"]] *= factor
+    return edit
+
+
 def config(text: str):
     def setup(d: Path, a: dict) -> None:
         (d / "config.yaml").write_text(text)
@@ -207,6 +222,10 @@ def filled_bad_bar(out: Path) -> None:
     assert row["bad_bars"] == 1
 
 
+def foreign_state_untouched(out: Path) -> None:
+    assert json.loads((out / "online_QQQ.json").read_text()) == {"mine": 1}
+
+
 def old_log_appended(out: Path) -> None:
     rows = (out / "runs_QQQ.csv").read_text().splitlines()
     assert len(rows) == 3 and all(len(r.split(",")) == OLDEST_HEADER for r in rows)
@@ -241,6 +260,45 @@ def disk_full(path: Path) -> None:
 
 def header_replaced(path: Path) -> None:
     path.write_bytes(OTHER_HEADER.encode())  # someone else's log since preflight checked it
+def spreadsheet_log(out: Path) -> None:
+    """The run log as a spreadsheet saves it: a UTF-8 BOM, CRLF, every field quoted, the columns in another order
+    (written here with the csv module, not with our appender); one earlier row."""
+    out.mkdir()
+    with open(out / "runs_QQQ.csv", "w", newline="", encoding="utf-8-sig") as fh:
+        writer = csv.DictWriter(fh, fieldnames=SPREADSHEET_COLUMNS, quoting=csv.QUOTE_ALL)
+        writer.writeheader()
+        writer.writerow(EARLIER_ROW)
+
+
+SPREADSHEET_COLUMNS = sorted(RUN_LOG_COLUMNS, key=lambda c: (len(c), c))  # names matched, not positions
+EARLIER_ROW = {"asof": "2025-06-03T15:00:00+00:00", "symbol": "QQQ", "now_close": "500.25", "horizon_min": "10",
+               "n_samples": "2", "p_up": "0.5", "model": "kronos, small", "summary_file": "earlier.json"}
+
+
+def spreadsheet_log_appended(out: Path) -> None:
+    """Our row went under the file's own header, in its column order and line end, and reads back by name."""
+    from forecast.runlog import read_run_log
+
+    data = (out / "runs_QQQ.csv").read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf") and data.endswith(b"\r\n") and data.count(b"\n") == data.count(b"\r\n") == 3
+    with open(out / "runs_QQQ.csv", newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    assert reader.fieldnames == SPREADSHEET_COLUMNS and len(rows) == 2
+    assert {k: v for k, v in rows[0].items() if v} == EARLIER_ROW
+    s, ours = summary_of(out), rows[1]
+    assert ours["asof"] == s["asof"] and ours["symbol"] == "QQQ" and int(ours["horizon_min"]) == 10
+    close = pytest.approx  # the log keeps 10 significant digits
+    assert float(ours["now_close"]) == close(s["now_close"], rel=1e-9)
+    assert float(ours["p_up"]) == close(s["summary"]["p_up_10m"], rel=1e-9)
+    assert float(ours["p90_end"]) == close(s["summary"]["percentiles"]["p90"][-1], rel=1e-9)
+    assert ours["summary_file"] == f"pred_summary_QQQ_{STAMP}.json" and ours["model"] == s["model"]["model"]
+    read = read_run_log(out / "runs_QQQ.csv")  # the calibration's reader sees the same two rows
+    assert list(read["asof"]) == [EARLIER_ROW["asof"], s["asof"]]
+    assert list(read["p_up"]) == pytest.approx([0.5, s["summary"]["p_up_10m"]], rel=1e-9)
+
+
+SEMICOLON_LOG = "asof;last_bar;symbol\r\n"
 OLD_LOG = ",".join(RUN_LOG_COLUMNS[:OLDEST_HEADER]) + "\r\n" + ",".join(
     ['"2025-06-03T15:00:00Z"', "", "QQQ", "500", "10", "2", "0.5"] + [""] * (OLDEST_HEADER - 7)) + "\r\n"
 
@@ -261,6 +319,14 @@ CASES = [
          files=NO_FOLDER),
     Case("config-context-too-long", 2, ("exceed the model's context",),
          args=("--model", "NeoQuasar/Kronos-small", "--lookback", "500", "--horizon", "30"), files=NO_FOLDER),
+    Case("config-duplicate-key", 2, ("duplicate key 'horizon'", "line 3", "first given at line 1"),
+         setup=config("horizon: 10\nlookback: 64\nhorizon: 20\n"), files=NO_FOLDER),
+    Case("config-nan", 2, ("'temperature'", "finite number", "nan"), args=("--temperature", "nan"), files=NO_FOLDER),
+    Case("config-inf-in-yaml", 2, ("'top_p'", "finite number"), setup=config("top_p: .inf\n"), files=NO_FOLDER),
+    Case("config-time-budget-absurd", 2, ("'time_budget'", "86400"), args=("--time-budget", "1e20"), files=NO_FOLDER),
+    Case("config-seed-negative", 2, ("'seed'", "0..4294967295"), args=("--seed", "-1"), files=NO_FOLDER),
+    Case("config-event-window-absurd", 2, ("'event_after'", "0..1440"), args=("--event-after", "1000000000000"),
+         files=NO_FOLDER),
     Case("asof-not-a-time", 2, ("--asof", "ISO 8601"), args=("--asof", "yesterday"), files=NO_FOLDER),
     Case("asof-before-calendar", 2, ("outside the market calendar", "2005"), args=("--asof", "1999-06-01T15:00Z")),
     Case("asof-after-calendar", 2, ("outside the market calendar",), args=("--asof", "2100-06-01T15:00Z")),
@@ -278,6 +344,8 @@ CASES = [
          setup=bars_text("timestamp,open,high,low,close,volume\nJune 4th,1,2,0.5,1,10\n")),
     Case("bars-no-time-column", 2, ("no time column", "timestamp"),
          setup=bars_text("when,open,high,low,close,volume\n2025-06-04T14:00:00Z,1,2,0.5,1,10\n")),
+    Case("bars-semicolon-separated", 2, ("semicolon-separated", "use commas"),
+         setup=bars_text("timestamp;open;high;low;close;volume\n2025-06-04T14:00:00Z;1;2;0,5;1;10\n")),
     Case("bars-unknown-type", 2, ("unknown file type", ".txt"), setup=bars_text("x", name="bars.txt")),
     Case("bars-new-york-wall-clock", 2, ("csv_tz", "America/New_York"), setup=wall_clock("America/New_York")),
     Case("bars-chicago-wall-clock", 2, ("csv_tz", "America/Chicago"), setup=wall_clock("America/Chicago")),
@@ -343,7 +411,14 @@ CASES = [
          files={"runs_QQQ.csv"}),
     Case("run-log-other-header", 2, ("another header", "move it aside"), setup=run_log(OTHER_HEADER),
          files={"runs_QQQ.csv"}, check=log_untouched(OTHER_HEADER)),
-    Case("run-log-older-version", 0, ("wrote",), setup=run_log(OLD_LOG), files=RUN_FILES | {LOCK},
+    Case("run-log-semicolon-separated", 2, ("runs_QQQ.csv", "semicolon-separated"),
+         setup=run_log(SEMICOLON_LOG), files={"runs_QQQ.csv"}, check=log_untouched(SEMICOLON_LOG)),
+    # read like any run log: its resolved rows teach the online calibration, whose state is kept
+    Case("run-log-from-a-spreadsheet", 0, ("wrote",), setup=out_folder(spreadsheet_log),
+         files=RUN_FILES | {LOCK, "online_QQQ.json"},
+         check=spreadsheet_log_appended),
+    # its old row's outcome has resolved: the online calibration learns it and keeps its state (forecast.online)
+    Case("run-log-older-version", 0, ("wrote",), setup=run_log(OLD_LOG), files=RUN_FILES | {LOCK, "online_QQQ.json"},
          check=old_log_appended),
     # a failure after the renames: the one line names the files the run did leave, and exactly those are there
     Case("run-log-disk-full", 2, ("runs_QQQ.csv", "No space left on device", "it had already written",
@@ -352,8 +427,24 @@ CASES = [
     Case("run-log-header-changed-during-run", 2, ("another header", "it had already written", *BEFORE_LOG),
          setup=at_run_log_append(header_replaced), files=RUN_FILES | {LOCK}, check=log_untouched(OTHER_HEADER),
          absent=("nothing was written",)),
+    # a file where the online calibration state goes that is not one: refused, left as it was, nothing written
+    Case("online-state-foreign", 2, ("online_QQQ.json", "not an online calibration state", "move it aside"),
+         setup=out_folder(lambda out: (out.mkdir(), (out / "online_QQQ.json").write_text('{"mine": 1}'))),
+         files={LOCK, "online_QQQ.json"},
+         check=foreign_state_untouched),
     Case("locked", 6, ("another run holds the lock",), setup=out_folder(lambda out: out.mkdir()), files={LOCK}),
     Case("time-budget", 7, ("time budget of 0.001 s",), args=("--time-budget", "0.001")),
+    # wrong data is refused, not forecast: a swapped file, a ticker in two spellings, a name that is no ticker
+    Case("bars-symbol-other", 2, ("symbol column says QQQ", "the run is for SPY", "bars.csv"),
+         args=("--symbol", "SPY"), setup=bars_with(symbol_column("QQQ")), files={".run_SPY.lock"}),
+    Case("bars-symbol-other-case", 0, ("wrote",), setup=bars_with(symbol_column("qqq")), files=RUN_FILES | {LOCK}),
+    Case("config-symbol-lower-case", 0, ("wrote",), args=("--symbol", "qqq"), files=RUN_FILES | {LOCK}),
+    Case("bars-unadjusted-split", 3, ("2025-06-04T13:30:00Z", "unadjusted 2:1 split", "split-adjusted"),
+         setup=bars_with(unadjusted_before("2025-06-04T13:30Z", 2.0))),
+    Case("bars-unadjusted-split-skip", 3, ("unadjusted 2:1 split",), args=("--bad-bars", "skip"),
+         setup=bars_with(unadjusted_before("2025-06-04T13:30Z", 2.0))),
+    Case("config-symbol-not-ascii", 2, ("config key 'symbol'", "ASCII letters, digits and dots"),
+         args=("--symbol", "QQ\u00c9"), files=NO_FOLDER),
 ]
 
 
@@ -513,6 +604,23 @@ def test_signals_during_each_phase(tiny, tmp_path):
     for (phase, *_, files, words), line in zip(SIGNALS, lines):
         assert "ERROR interrupted" in line and words in line, (phase, line)
         assert {p.name for p in (tmp_path / phase).iterdir()} == files, phase
+
+
+def test_a_closed_stdout_ends_quietly(tiny, tmp_path):
+    """`cli ... --json | head -1`: the reader is gone before the summary is printed. The run's files are all
+    written, so it ends with 0 and no BrokenPipeError traceback."""
+    read, write = os.pipe()
+    os.close(read)  # closed before the child writes: every write to stdout fails with EPIPE
+    a = {**tiny, "source": "csv", "out": tmp_path / "out", "asof": ASOF, "args": ("--json", "-q")}
+    try:
+        proc = subprocess.run([sys.executable, str(ROOT / "cli_kronos_prob_qqq.py"), *argv_for(a)], cwd=ROOT,
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=300,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    finally:
+        os.close(write)
+    assert proc.returncode == ExitCode.OK and proc.stderr == "", proc.stderr
+    assert {p.name for p in a["out"].iterdir()} == RUN_FILES | {LOCK}
+    summary_of(a["out"])  # complete JSON
 
 
 def test_an_older_run_log_header_is_told_once_per_run(tiny, tmp_path, caplog):

@@ -168,3 +168,57 @@ def test_an_unknown_bad_bar_policy_is_refused(policy):
     assert info.bad_bars == 1 and frame.index[30] in info.filled_index
     with pytest.raises(ValueError, match="bad_bars must be one of fill, skip"):
         prepare_bars(frame, asof, days=1, bad_bars=policy)
+
+
+# ------------------------------------------------------------------------------------------- unadjusted splits
+
+def sessions_of(frame):
+    """The frame cut into its New York days (what prepare_bars hands find_bad_bars), oldest first."""
+    days = pd.DatetimeIndex(frame.index).tz_convert(mcal.NY).tz_localize(None).normalize()
+    return [frame[days == d] for d in days.unique()]
+
+
+def test_real_tapes_hold_no_split_like_bar_and_their_largest_move_is_far_from_any_split(real_data_dir):
+    """Every session of every real tape at once, extended hours and every overnight gap included: nothing looks
+    like a split. The margin, by hand: the smallest split move (3:2, log 1.5 less the 10 % tolerance) is over
+    seven times the largest one-bar move of these tapes (3.9 %, QQQ 2025 premarket)."""
+    largest = 0.0
+    for name, frame in real_tapes(real_data_dir).items():
+        bad = find_bad_bars(sessions_of(frame), BarRules())
+        assert not [b for b in bad if b.kind == "split"], (name, [b.describe() for b in bad if b.kind == "split"])
+        largest = max(largest, float(np.abs(np.diff(np.log(frame["close"].to_numpy(float)))).max()))
+    assert 0.03 < largest < 0.04
+    assert np.log(1.5) - np.log(1.10) > 7 * largest
+    # (each session as the newest of a 3-session context: test_real_regular_hours_tape_flags_nothing)
+
+
+@pytest.mark.parametrize("factor, ratio", [(2.0, "2:1"), (3.0, "3:1"), (1.5, "3:2"), (10.0, "10:1"),
+                                           (0.5, "1:2"), (0.1, "1:10")])
+def test_an_unadjusted_split_in_real_tape_refuses_the_context_under_both_policies(real_data_dir, factor, ratio):
+    """QQQ 2025 with the sessions before 2025-06-03 left unadjusted (prices times ``factor``): the first bar of
+    2025-06-03 is named as a ``ratio`` split, counted as a bad bar, and no policy fills it away."""
+    frame = real_tapes(real_data_dir)["QQQ 2025"].copy()
+    split = pd.Timestamp("2025-06-03T08:00Z")  # 04:00 ET, the session's first bar with extended hours
+    frame.loc[frame.index < split, ["open", "high", "low", "close"]] *= factor
+    for rth, first in ((True, "2025-06-03T13:30:00Z"), (False, "2025-06-03T08:00:00Z")):
+        for policy in ("fill", "skip"):
+            _, info = prepare_bars(frame, pd.Timestamp("2025-06-03T15:00Z"), days=3, rth=rth, bad_bars=policy)
+            assert info.bad_bars >= 1 and info.skip_code == "data", info.bad_bar_details
+            assert f"{first} close" in info.skip_reason and f"unadjusted {ratio} split" in info.skip_reason
+            assert "split-adjusted" in info.skip_reason
+    _, after = prepare_bars(frame, pd.Timestamp("2025-06-06T15:00Z"), days=3)  # the split left the context
+    assert after.bad_bars == 0 and after.skip_reason is None
+
+
+def test_a_split_needs_a_ratio_and_a_level_that_holds():
+    rows = walk(n=80)
+    frame = frame_of(rows)
+    frame.iloc[40:, :4] /= 2
+    bad = find_bad_bars([frame.iloc[:40], frame.iloc[40:]], BarRules())
+    assert [(b.time, b.kind) for b in bad] == [(frame.index[40], "split")] and "-50%" in bad[0].reason
+    assert find_bad_bars([frame.iloc[:41]], BarRules())[0].kind == "bad"  # the newest bar: a tick until confirmed
+    frame.iloc[40:, :4] *= 2 / 1.667  # a lasting 40 % fall: no split ratio within 10 %, a level shift, not bad
+    assert find_bad_bars([frame.iloc[:40], frame.iloc[40:]], BarRules()) == []
+    frame = frame_of(rows)
+    frame.iloc[40, :4] /= 2  # halved for one bar only: a tick, not a split
+    assert [b.kind for b in find_bad_bars([frame], BarRules())] == ["bad"]

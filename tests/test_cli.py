@@ -363,3 +363,52 @@ def test_non_finite_model_output_is_a_model_error(mini_checkpoint, bars_csv, tmp
     code = cli.main(args_for(mini_checkpoint, bars_csv, out, "--asof", "2025-06-04T15:00:00Z", "--n-samples", "4",
                              "--lookback", "200"))
     assert code == ExitCode.MODEL and not list(out.glob("pred_summary_*"))
+
+
+def test_online_calibration_learns_resolved_runs_from_the_run_log(mini_checkpoint, bars_csv, tmp_path, capsys):
+    """Run at 15:00Z, then at 15:45Z (the first run's window ended at 15:30Z), then at 15:46Z. The second run
+    applies exactly one outcome to the online state: its P(up) and its p10/p90 ends are recomputed here from one
+    online Newton step and one ACI step by hand; the third run applies nothing twice."""
+    from scipy import stats
+
+    from forecast.online import GAMMA, ONS_EPS
+
+    out = tmp_path / "out"
+    summaries = []
+    for t in ("15:00", "15:45", "15:46"):
+        assert cli.main(args_for(mini_checkpoint, bars_csv, out, "--asof", f"2025-06-04T{t}:00Z", "--n-samples", "20",
+                                 "--lookback", "200", "--seed", "2")) == 0
+        summaries.append(json.loads((out / "pred_summary_QQQ_latest.json").read_text()))
+    first, second, third = summaries
+    bars = synthetic_bars().set_index("timestamp")
+    y_close = bars.loc["2025-06-04T15:29:00Z", "close"]
+    up = float(y_close > first["now_close"])
+    assert first["online"]["n_updates"] == 0 and second["online"]["n_updates"] == third["online"]["n_updates"] == 1
+    # one ONS step from theta = (1, 0) on the first run's (raw: no calibrator) P(up)
+    p1 = min(max(first["summary"]["p_up_30m"], 1e-3), 1 - 1e-3)
+    x = np.array([np.log(p1 / (1 - p1)), 1.0])
+    g = (1 / (1 + np.exp(-x[0])) - up) * x
+    theta = np.array([1.0, 0.0]) - np.linalg.solve(ONS_EPS * np.eye(2) + np.outer(g, g), g)
+    p2 = min(max(second["summary"]["p_up_30m"], 1e-3), 1 - 1e-3)
+    expected = 1 / (1 + np.exp(-(theta[0] * np.log(p2 / (1 - p2)) + theta[1])))
+    assert second["online"]["p_up_30m"] == pytest.approx(expected)
+    # one ACI step at the horizon's end, which every step borrows; the band from the second run's own paths
+    ends = [first["online"]["percentiles"][k][-1] for k in ("p10", "p50", "p90")]
+    w = np.array([0.1, 0.5, 0.9]) + GAMMA * (np.array([0.1, 0.5, 0.9]) - (y_close <= np.array(ends)))
+    _, closes = read_paths_csv(out / "paths_QQQ_20250604T154500Z.csv")
+    r = np.log(closes / second["now_close"])
+    q10, q50, q90 = np.quantile(r, [0.1, 0.5, 0.9], axis=0)
+    z = stats.norm.ppf(w)
+    scale = (q90 - q10) / 2.5631
+    for j, k in enumerate(("p10", "p50", "p90")):
+        assert second["online"]["percentiles"][k] == pytest.approx(second["now_close"] * np.exp(q50 + scale * z[j]))
+    state = json.loads((out / "online_QQQ.json").read_text())
+    assert state["last_resolved"].startswith("2025-06-04T15:30") and state["n_band"][-1] == 1
+    # raw, walk-forward (none here) and online side by side in the run log; the trust verdict too
+    with (out / "runs_QQQ.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert float(rows[1]["p_up_online"]) == pytest.approx(expected)
+    assert float(rows[1]["p90_end_online"]) == pytest.approx(second["online"]["percentiles"]["p90"][-1])
+    assert rows[0]["trust_status"] == "uncalibrated" and rows[1]["trust_status"] == "stale"
+    assert second["trust"]["edge"] is None  # no backtest of this model known
+    assert "trust            stale" in capsys.readouterr().out

@@ -110,7 +110,7 @@ def test_readme_backtest_keys_reference_is_current():
 
 def test_serve_keys_are_validated():
     cfg = build_config({"symbols": ["qqq", "SPY"], "port": 0}, {}, script="serve")
-    assert cfg.symbols == ["qqq", "SPY"] and cfg.port == 0 and cfg.redis_url is None
+    assert cfg.symbols == ["QQQ", "SPY"] and cfg.port == 0 and cfg.redis_url is None
     with pytest.raises(ConfigError, match="'redis_url'"):
         build_config({"redis_url": "http://localhost:6379"}, {}, script="serve")
     with pytest.raises(ConfigError, match="'port'"):
@@ -126,6 +126,22 @@ def test_symbols_must_be_tickers_in_every_script(script, symbols):
     with pytest.raises(ConfigError, match=r"'symbols' must be a list of tickers"):
         build_config({"symbols": symbols}, {}, script=script)
     assert build_config({"symbols": ["QQQ", "BRK.B"]}, {}, script=script).symbols == ["QQQ", "BRK.B"]
+
+
+@pytest.mark.parametrize("script", ["forecast", "backtest", "serve", "finetune"])
+def test_tickers_are_upper_case_ascii_and_named_once(script):
+    """One rule (marketdata.symbols) for every script: qqq is QQQ (one lock, one run log, one Redis key), so
+    qqq,QQQ names one ticker twice; a non-ASCII letter, which str.isalnum takes, is no ticker."""
+    assert build_config({}, {"symbol": " qqq "}, script=script).symbol == "QQQ"
+    assert build_config({}, {"symbol": "brk.b"}, script=script).symbol == "BRK.B"
+    for bad in ("QQQ\u00e9", "\uff31QQ", "\u0661\u0662", ".QQQ", "QQ-Q", ""):
+        with pytest.raises(ConfigError, match="'symbol' must be ASCII letters, digits and dots"):
+            build_config({}, {"symbol": bad}, script=script)
+    if script in ("backtest", "serve"):
+        assert build_config({}, {"symbols": "spy,qqq"}, script=script).symbols == ["SPY", "QQQ"]
+        for bad in ("qqq,QQQ", "QQQ,spy,Qqq", "QQQ,SP\u00dd"):
+            with pytest.raises(ConfigError, match=r"'symbols' must be a list of tickers .*each once"):
+                build_config({}, {"symbols": bad}, script=script)
 
 
 def test_backtest_with_a_symbol_that_is_not_a_ticker_is_exit_2(tmp_path, caplog):

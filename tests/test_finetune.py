@@ -209,7 +209,7 @@ def test_interrupted_run_resumed_equals_the_uninterrupted_run(tiny, bars, tmp_pa
     assert finetune.main(argv(tiny, bars, tmp_path / "b", "--max-steps", "7", "--eval-every", "2")) == 2
 
 
-def test_ab_report_and_verdict(trained, tiny, bars):
+def test_ab_report_and_verdict(trained, tiny, bars, capsys):
     assert finetune.main(argv(tiny, bars, trained, "--ab", "--ab-every", "90", "--n-samples", "4",
                               "--ab-baselines", "random_walk", "--test-sessions", "2")) == 0
     ab = json.loads((trained / "ab" / "ab.json").read_text())
@@ -226,6 +226,14 @@ def test_ab_report_and_verdict(trained, tiny, bars):
     assert ab["adopt"] is rule
     card = json.loads((trained / "card.json").read_text())
     assert card["ab"]["adopt"] is rule and "Diebold-Mariano" in card["decision_rule"]
+    # the plain thing first: both checkpoints against the random walk, in ab.json, the card and on stdout
+    assert list(ab)[0] == "versus_random_walk" and list(card["ab"])[0] == "versus_random_walk"
+    assert [x["forecaster"] for x in ab["versus_random_walk"]] == ["vanilla", "finetuned"]
+    for x in ab["versus_random_walk"]:
+        dm_rw = report["forecasters"][x["forecaster"]]["diebold_mariano_vs_random_walk"]["crps_end"]
+        assert x["crps_dm_p"] == dm_rw["p_value"]
+    out = capsys.readouterr().out
+    assert out.index("against the random walk") < out.index("verdict:")
 
 
 def mark_first_record(ab: Path) -> None:

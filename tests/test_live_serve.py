@@ -144,3 +144,55 @@ def test_a_second_service_on_the_same_folder_is_refused(ckpt, bars_csv, tmp_path
     with run_lock(out / ".serve.lock"):
         assert serve.main(flags(ckpt, out, "--replay", str(bars_csv))) == ExitCode.LOCKED
     assert "another run holds the lock" in caplog.text
+
+
+def test_out_is_the_services_folder(ckpt, bars_csv, tmp_path):
+    """--out on serve.py's command line is where its files go (the same as --live-out)."""
+    out = tmp_path / "mine"
+    argv = [a for a in flags(ckpt, tmp_path / "unused") if a not in ("--live-out", str(tmp_path / "unused"))]
+    assert serve.serve_overrides(serve.parse_args(argv + ["--out", str(out)]))["live_out"] == str(out)
+    proc = subprocess.Popen([sys.executable, "serve.py", "--replay", str(bars_csv), "--from", "2025-06-04T15:00:00Z",
+                             "--speed", "120", *argv, "--out", str(out)], cwd=ROOT, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "KRONOS_SERVE_TOKEN": ""})
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "pred_summary_QQQ_latest.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    assert code == ExitCode.OK, "".join(lines)
+    assert {"pred_summary_QQQ_latest.json", "paths_QQQ_latest.csv", "runs_QQQ.csv"} <= {p.name for p in out.iterdir()}
+    assert not (tmp_path / "unused").exists()
+
+
+def test_out_and_live_out_naming_two_folders_is_refused(ckpt, tmp_path, caplog):
+    assert serve.main(flags(ckpt, tmp_path / "a", "--out", str(tmp_path / "b"))) == ExitCode.BAD_INPUT
+    assert "--out" in caplog.text and "--live-out" in caplog.text and "two folders" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_replay_file_of_another_symbol_is_refused(ckpt, tmp_path, caplog):
+    """QQQ's bars (its Symbol column says so) replayed as SPY: exit 2 naming both, nothing written."""
+    path = tmp_path / "spy.csv"
+    canonical_bars().rename_axis("timestamp").reset_index().assign(Symbol="QQQ").to_csv(path, index=False)
+    out = tmp_path / "live"
+    assert serve.main(flags(ckpt, out, "--symbol", "SPY", "--replay", str(path))) == ExitCode.BAD_INPUT
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "symbol column says QQQ" in errors[0] and "the run is for SPY" in errors[0]
+    assert not out.exists()
+
+
+def test_a_live_folder_holding_other_files_is_refused_and_left_alone(ckpt, bars_csv, tmp_path, caplog):
+    out = tmp_path / "live"
+    out.mkdir()
+    (out / "pred_summary_QQQ_latest.json").write_text("{}")  # the CLI's name: the service may replace it
+    (out / "budget.xlsx").write_text("mine")
+    assert serve.main(flags(ckpt, out, "--replay", str(bars_csv))) == ExitCode.BAD_INPUT
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "budget.xlsx" in errors[0] and "not written by serve.py" in errors[0]
+    assert sorted(p.name for p in out.iterdir()) == ["budget.xlsx", "pred_summary_QQQ_latest.json"]
+    assert (out / "pred_summary_QQQ_latest.json").read_text() == "{}"

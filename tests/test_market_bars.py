@@ -244,7 +244,9 @@ def test_prepare_drops_forming_bar_fills_gaps_and_not_across_sessions():
         et("2025-05-27 09:35"): (60.0, 61.0, 59.0, 60.5, 8.0),  # forming at 09:35:30
         et("2025-05-27 08:00"): (1.0, 1.0, 1.0, 1.0, 1.0),       # pre-market, outside RTH
     })
-    bars, info = prepare_bars(frame(rows), et("2025-05-27 09:35:30"), days=2)
+    # the fill rule alone: these prices halve overnight and stay, an unadjusted 2:1 split to the bad-bar rules
+    # (tests/test_bar_quality.py)
+    bars, info = prepare_bars(frame(rows), et("2025-05-27 09:35:30"), days=2, rules=None)
     assert info.sessions == ["2025-05-23", "2025-05-27"]
     assert info.bar_count == 390 + 4 and info.filled_count == 3 and info.real_count == 391
     assert info.dropped_unclosed == 1 and info.dropped_outside == 1 and info.leading_missing == 1

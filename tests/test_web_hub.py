@@ -220,3 +220,52 @@ def test_todays_candles_stay_in_the_forecasts_window_after_the_close(bars, rth):
     assert candles["times"] == [t.isoformat().replace("+00:00", "Z") for t in want.index]
     if rth:
         assert len(candles["times"]) == 390
+
+
+def test_online_calibration_learns_each_resolved_forecast_and_resumes(bars, tmp_path):
+    """The hub's resolved outcome reaches the symbol's online state: every step's ACI tracker and the P(up) map
+    take one step each (recomputed here by hand), the state is saved, and a restarted keeper resumes from it
+    without learning the same outcome twice."""
+    from forecast.online import GAMMA, ONS_EPS
+    from live.online import OnlineKeeper
+
+    pipe = pipeline(calibrated=True)
+    hub = _hub()
+    keeper = OnlineKeeper(tmp_path, "QQQ", pipe)
+    hub.on_outcome["QQQ"] = keeper.on_outcome
+    hub.on_bars("QQQ", bars[bars.index < NOW], NOW)
+    summary, closes, ctx = synthetic_forecast(pipe, bars, NOW, seed=3)
+    hub.on_forecast("QQQ", summary, closes, 0.8, context=ctx)
+    assert summary["online"]["n_updates"] == 0 and summary["trust"]["status"] == "stale"
+    end = ctx.times[-1]
+    hub.on_bars("QQQ", bars[(bars.index >= NOW) & (bars.index <= end)], end + MINUTE)
+    realised = bars.loc[ctx.times, "close"].to_numpy()
+    issued = np.array([summary["online"]["percentiles"][k] for k in ("p10", "p50", "p90")])  # [L, H]
+    tau = np.array([0.1, 0.5, 0.9])
+    want_w = tau[None] + GAMMA * (tau[None] - (realised[:, None] <= issued.T))
+    state = keeper.state
+    np.testing.assert_allclose(state.w, want_w)
+    up = float(realised[-1] > ctx.now_close)
+    p = summary["online"]["p_up_base"]
+    assert p == summary["calibrated"]["p_up_10m"]  # the online map sits on the walk-forward value
+    x = np.array([np.log(p / (1 - p)), 1.0])
+    g = (p - up) * x
+    np.testing.assert_allclose(state.probs["p_up"].theta,
+                               [1, 0] - np.linalg.solve(ONS_EPS * np.eye(2) + np.outer(g, g), g))
+    # the next forecast uses it; the history shows raw, walk-forward and online side by side
+    later = NOW + pd.Timedelta(minutes=15)
+    nxt, _, _ = synthetic_forecast(pipe, bars, later, seed=4)
+    assert nxt["online"]["n_updates"] == 1
+    row = hub.history("QQQ")[-1]
+    assert row["p_up_online"] == pytest.approx(summary["online"]["p_up_10m"]) and row["trust"] == "stale"
+    # a restart resumes; the same outcome offered again is not learnt twice
+    again = OnlineKeeper(tmp_path, "QQQ", pipeline(calibrated=True))
+    np.testing.assert_allclose(again.state.w, want_w)
+    record = hub._state["QQQ"].history[0]
+    again.on_outcome(record, SimpleOutcome(realised, up))
+    np.testing.assert_allclose(again.state.w, want_w)
+
+
+class SimpleOutcome:
+    def __init__(self, close, up):
+        self.close, self.up, self.hit_vwap = close, up, None

@@ -101,6 +101,25 @@ def test_page_in_headless_chromium(real_data_dir, tmp_path):
             panel = hub.page_state("QQQ")["reliability"]
             assert panel["n"] > 10 and f"{panel['brier']:.3f}" in rel and "coin flip 0.25" in rel
             assert "last bar 13:44 NY" in driver.find_element("id", "freshness").text
+            # the trust badge says the summary's trust block; the session's P(up) history: raw, calibrated, the
+            # calibrated interval as a band, realised ups and downs marked, each checked against the records
+            badge = driver.find_element("id", "trust")
+            assert badge.get_attribute("data-status") == shown["trust"]["status"]
+            assert badge.text.startswith(shown["trust"]["status"]) and "edge unknown" in badge.text
+            hist = driver.execute_script(
+                "return document.getElementById('p-history').data.map(t => ({name: t.name, y: t.y, x: t.x}))")
+            h = {t["name"]: t for t in hist}
+            records = [r for r in hub.history("QQQ", 500)]
+            assert h["P(up) raw"]["y"] == pytest.approx([r["p_up"] for r in records])
+            assert h["P(up) calibrated"]["y"] == pytest.approx([r["p_up_calibrated"] for r in records])
+            lo_hi = [r["p_up_interval"] for r in records]
+            assert h["interval lo"]["y"] == pytest.approx([x[0] for x in lo_hi])
+            assert h["calibrated 95% interval"]["y"] == pytest.approx([x[1] for x in lo_hi])
+            assert all(lo <= c <= hi for (lo, hi), c in zip(lo_hi, h["P(up) calibrated"]["y"]))
+            ups = [r for r in records if r["outcome"] is not None and r["outcome"]["up"] == 1]
+            downs = [r for r in records if r["outcome"] is not None and r["outcome"]["up"] == 0]
+            assert len(h["realised: up"]["x"]) == len(ups) and len(h["realised: down"]["x"]) == len(downs)
+            assert len(ups) + len(downs) == panel["n"] and set(h["realised: up"]["y"]) <= {1}
 
             driver.execute_script("window.__noReload = 'still here'")
             hub.on_bars("QQQ", bars[bars.index < later], later)

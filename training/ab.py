@@ -56,7 +56,8 @@ def run_ab(cfg: Any, frame: pd.DataFrame, test_sessions: list[str], best: Path, 
     records = run_walk_forward(frame, ForecastPipeline(bcfg, calibrator=None), forecasters, out, identity,
                                progress=progress)
     report = build_report(records, bcfg, out, data, baseline=VANILLA, plots=plots)
-    result = {"rule": RULE, "test_sessions": test_sessions, "every": bcfg.every, "baselines": list(cfg.ab_baselines),
+    # the plain thing first: each checkpoint against the random walk, before the rule's vanilla-vs-tuned verdict
+    result = {"versus_random_walk": report.get("verdict_vs_random_walk") or [], "rule": RULE, "test_sessions": test_sessions, "every": bcfg.every, "baselines": list(cfg.ab_baselines),
               **verdict(report), "table": comparison(report)}
     atomic_write_json(out / "ab.json", jsonable(result))
     return result
@@ -134,9 +135,10 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
 
 def console_table(result: dict[str, Any]) -> str:
     from evaluation.report import fmt
+    from evaluation.verdict import lines as verdict_lines
 
     head = f"{'forecaster':<16}{'n':>5}{'CRPS bp':>9}{'Brier':>8}{'cov80':>7}{'cov90':>7}{'DM stat':>9}{'DM p':>8}"
-    lines = [head, "-" * len(head)]
+    lines = verdict_lines(result.get("versus_random_walk") or []) + ["", head, "-" * len(head)]
     for r in result["table"]:
         lines.append(f"{r['forecaster']:<16}{r['n_origins'] or 0:>5}{fmt(r['crps_end_bp'], 9, 2)}"
                      f"{fmt(r['brier_p_up'], 8, 4)}{fmt(r['coverage_p10_p90'], 7, 2)}"

@@ -68,3 +68,12 @@ def broadcast_flag(world: World, flag: bool) -> bool:
     t = torch.tensor([int(flag)], device=world.device if world.device.type == "cuda" else "cpu")
     dist.broadcast(t, 0)
     return bool(t.item())
+
+
+def any_flag(world: World, flag: bool) -> bool:
+    """True on every rank when the flag is true on any (e.g. a non-finite loss: every rank stops together)."""
+    if not world.distributed:
+        return flag
+    t = torch.tensor([int(flag)], device=world.device if world.device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

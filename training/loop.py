@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from training import checkpoint as ck
-from training.distributed import World, broadcast_flag
+from forecast.errors import Diverged
+from training.distributed import World, any_flag, broadcast_flag
 from training.loss import PredictorObjective, TokenizerObjective
 from training.windows import Split, make_batch
 
@@ -129,11 +130,25 @@ class Trainer:
                 tok_loss, _, _ = self.tok_obj(x)
             tok_loss.backward()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        torch.nn.utils.clip_grad_norm_(params, self.s.grad_clip)
+        norm = float(torch.nn.utils.clip_grad_norm_(params, self.s.grad_clip))
+        value = float(loss.detach())
+        tok_value = float(tok_loss.detach()) if self.tok_obj is not None else 0.0
+        self.stop_if_diverged({"training loss": value, "tokenizer loss": tok_value, "gradient norm": norm},
+                              self.step + 1)  # before the step: the weights never take a NaN
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        return float(loss.detach())
+        return value
+
+    def stop_if_diverged(self, values: dict[str, float], step: int) -> None:
+        """Diverged (exit 8), on every rank together, when a loss or the gradient norm is NaN or infinite: a
+        run that goes on would only write NaN checkpoints and a card that looks finished."""
+        bad = {name: v for name, v in values.items() if not math.isfinite(v)}
+        if any_flag(self.world, bool(bad)):
+            what = ", ".join(f"{name} {v}" for name, v in bad.items()) or "a loss on another process not finite"
+            kept = f"{self.out / 'best'} keeps step {self.best_step}" if self.history else "nothing was kept"
+            raise Diverged(f"fine-tuning stopped at step {step}: {what}; {kept}; lower --lr ({self.s.lr:g}) or "
+                           "--grad-clip, or check the bars")
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -189,6 +204,7 @@ class Trainer:
 
     def record_eval(self) -> None:
         val = self.evaluate()
+        self.stop_if_diverged({"validation loss": val}, self.step)
         train = float(np.mean(self.window_loss)) if self.window_loss else None
         self.window_loss = []
         self.history.append({"step": self.step, "train_loss": train, "val_loss": val,

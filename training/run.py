@@ -15,12 +15,35 @@ import torch
 from app.config import FINETUNE_KEYS, ConfigError
 from forecast.errors import SettingsError
 from training import checkpoint as ck
-from training.card import CARD, plot_losses, write_card
+from training.card import CARD, CURVE, plot_losses, write_card
 from training.distributed import World, barrier, close_world, init_world
 from training.windows import SPLITS, Split, build_splits
 
 log = logging.getLogger("finetune")
 DROPOUT_FIELDS = ("attn_dropout_p", "resid_dropout_p", "ffn_dropout_p", "token_dropout_p")
+
+
+def _earlier_run(out: Path) -> bool:
+    """OUT/last/state.pt of ours: it loads and holds a fine-tuning fingerprint."""
+    from kronos import CheckpointError
+
+    if not ck.has_last(out):
+        return False
+    try:
+        return "fingerprint" in ck.read_state(out / "last")
+    except CheckpointError:
+        return False
+
+
+def _owner() -> Any:
+    """What finetune.py writes in OUT: checkpoints, the card, the loss curve and the A/B backtest."""
+    from evaluation.jobs import RUN_LAYOUT
+    from forecast.owned import Owner
+
+    network = {ck.CONFIG: None, ck.WEIGHTS: None}
+    return Owner("finetune.py", {CARD: None, CURVE: None, "best": network, "best_tokenizer": network,
+                                 "last": {**network, ck.STATE: None, "tokenizer": network},
+                                 "ab": {**RUN_LAYOUT, "ab.json": None}}, _earlier_run)
 
 
 def check_output(out: Path) -> None:
@@ -71,9 +94,11 @@ def fingerprint(cfg: Any, splits: dict[str, Split]) -> dict[str, Any]:
 
 def prepare(cfg: Any, out: Path, world: World, fresh: bool) -> tuple[Any, dict[str, Split], dict[str, Any]]:
     """Data, splits and checkpoint checks; nothing is written. -> (training data, splits, raw configs)."""
+    from forecast.owned import check
     from training.data import load_training_bars
 
     check_output(out)
+    check(out, _owner())  # only our own files are replaced or deleted in OUT (exit 2 naming the first other)
     configs = check_context(cfg)  # reads both config.json files and the derived buffers of both weights files
     data = load_training_bars(cfg)
     splits = splits_of(cfg, data)
@@ -145,7 +170,9 @@ def train(cfg: Any, out: Path, fresh: bool = False, progress: bool = True) -> tu
     data, splits, configs = prepare(cfg, out, world, fresh)
     barrier(world)  # every rank has checked the last state before rank 0 may replace it
     if world.main:
-        out.mkdir(parents=True, exist_ok=True)
+        from forecast.owned import claim
+
+        claim(out, _owner())
         if fresh:
             for name in ("last", "best", "best_tokenizer", "ab"):
                 if (out / name).exists():
@@ -218,6 +245,9 @@ def run_ab_only(cfg: Any, out: Path, fresh: bool, progress: bool, plots: bool) -
     from app.exits import ExitCode
     from training.data import load_training_bars
 
+    from forecast.owned import check, claim
+
+    check(out, _owner())
     path = out / CARD
     if not path.is_file() or not (out / "best" / ck.WEIGHTS).is_file():
         raise SettingsError(f"--ab needs a finished fine-tuning run in {out} (card.json and best/); none found")
@@ -227,6 +257,7 @@ def run_ab_only(cfg: Any, out: Path, fresh: bool, progress: bool, plots: bool) -
     if splits["test"].sessions != card["splits"]["test"]["sessions"]:
         raise SettingsError(f"the test sessions of these bars ({', '.join(splits['test'].sessions)}) are not the "
                             f"ones held out by the run in {out}; use the same data and split settings")
+    claim(out, _owner())
     if fresh and (out / "ab").exists():
         shutil.rmtree(out / "ab")
     ab_test(cfg, out, card, data, splits, progress, plots)

@@ -99,7 +99,9 @@
     Plotly.react("chart", traces(s), layout(), { displaylogo: false, responsive: true });
     renderFreshness(s.freshness);
     renderReliability(s.reliability);
+    renderHistory(s.p_up_history || []);
     if (!sum) return;
+    renderTrust(sum.trust);
     var m = sum.summary, h = sum.horizon_min;
     var pUp = m["p_up_" + h + "m"];
     el("last-close").textContent = num(sum.now_close);
@@ -133,6 +135,47 @@
     notes.innerHTML = "";
     (sum.notes || []).concat((sum.events_in_window || []).map(function (e) { return "event in window: " + e; }))
       .forEach(function (n) { var li = document.createElement("li"); li.textContent = n; notes.appendChild(li); });
+  }
+
+  // The session's P(up): raw, calibrated and online, the calibrated 95 % interval as a band, realised ups marked.
+  function renderHistory(hist) {
+    var x = hist.map(function (r) { return ny(r.asof); });
+    var col = function (k) { return hist.map(function (r) { return r[k]; }); };
+    var done = hist.filter(function (r) { return r.up !== null; });
+    var data = [
+      { type: "scatter", mode: "lines", name: "interval lo", x: x, y: col("lo"), line: { width: 0 },
+        showlegend: false, hoverinfo: "skip" },
+      { type: "scatter", mode: "lines", name: "calibrated 95% interval", x: x, y: col("hi"), fill: "tonexty",
+        fillcolor: "rgba(210,168,255,0.18)", line: { width: 0 } },
+      { type: "scatter", mode: "lines", name: "P(up) raw", x: x, y: col("p_up"), line: { color: "#58a6ff", width: 1.5 } },
+      { type: "scatter", mode: "lines", name: "P(up) calibrated", x: x, y: col("p_up_calibrated"),
+        line: { color: "#d2a8ff", width: 2 } },
+      { type: "scatter", mode: "lines", name: "P(up) online", x: x, y: col("p_up_online"),
+        line: { color: "#e3b341", width: 1.5, dash: "dot" } },
+      { type: "scatter", mode: "markers", name: "realised: up", x: done.filter(function (r) { return r.up === 1; })
+          .map(function (r) { return ny(r.asof); }), y: done.filter(function (r) { return r.up === 1; }).map(function () { return 1; }),
+        marker: { color: "#26a69a", symbol: "triangle-up", size: 7 } },
+      { type: "scatter", mode: "markers", name: "realised: down", x: done.filter(function (r) { return r.up === 0; })
+          .map(function (r) { return ny(r.asof); }), y: done.filter(function (r) { return r.up === 0; }).map(function () { return 0; }),
+        marker: { color: "#ef5350", symbol: "triangle-down", size: 7 } }
+    ];
+    var lay = layout();
+    lay.yaxis = { gridcolor: "#30363d", range: [-0.08, 1.08], title: { text: "P(up)" } };
+    lay.margin = { l: 55, r: 20, t: 34, b: 40 };   // the legend above the plot, clear of the realised-up marks
+    lay.legend = { orientation: "h", y: 1.2 };
+    lay.height = 260;
+    Plotly.react("p-history", data, lay, { displaylogo: false, responsive: true });
+  }
+
+  function renderTrust(t) {
+    var node = el("trust");
+    if (!t) { node.textContent = "trust —"; return; }
+    var edge = t.edge === true ? "edge" : t.edge === false ? "no edge" : "edge unknown";
+    node.textContent = t.status + " · " + edge;
+    node.dataset.status = t.status;
+    node.dataset.edge = String(t.edge);
+    node.title = t.reason + (t.edge_reason ? "; " + t.edge_reason : "");
+    node.className = "pill " + (t.status === "calibrated" ? "live" : t.status === "stale" ? "warn" : "down");
   }
 
   function renderFreshness(f) {
