@@ -470,6 +470,9 @@ def _source_of_csv(layer: dict[str, Any], where: str) -> dict[str, Any]:
     return layer
 
 
+_TOLD: set[tuple[str, str, str]] = set()  # contradictions of a fine-tuned folder's record already warned about
+
+
 def _trained_defaults(file_values: dict[str, Any], overrides: dict[str, Any], names: set[str]) -> dict[str, Any]:
     """A fine-tuned model folder records its tokenizer and the forecast settings it was trained for
     (kronos.loading.read_trained_for): they win over config.yaml and the defaults; a command-line flag still wins
@@ -496,7 +499,9 @@ def _trained_defaults(file_values: dict[str, Any], overrides: dict[str, Any], na
         same = given == value
         if name == "tokenizer" and Path(given).expanduser().exists():
             same = Path(given).expanduser().resolve() == Path(value).resolve()
-        if not same:
+        told = (str(model), name, str(given))
+        if not same and told not in _TOLD:  # once per process: a --warm client and its worker read the settings
+            _TOLD.add(told)
             shown = (lambda v: str(v).lower() if isinstance(v, bool) else str(v))
             log.warning("%s %s contradicts %s, which was trained with %s %s; using %s", flag(name), shown(given),
                         Path(model).expanduser() / TRAINED_FOR, name, shown(value), shown(given))

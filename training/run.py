@@ -40,8 +40,11 @@ def _owner() -> Any:
     from evaluation.jobs import RUN_LAYOUT
     from forecast.owned import Owner
 
+    from kronos.loading import TRAINED_FOR
+
     network = {ck.CONFIG: None, ck.WEIGHTS: None}
-    return Owner("finetune.py", {CARD: None, CURVE: None, "best": network, "best_tokenizer": network,
+    return Owner("finetune.py", {CARD: None, CURVE: None, "best": {**network, TRAINED_FOR: None},
+                                 "best_tokenizer": network,
                                  "last": {**network, ck.STATE: None, "tokenizer": network},
                                  "ab": {**RUN_LAYOUT, "ab.json": None}}, _earlier_run)
 
