@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from app.config import add_config_flags, load_config, overrides_from_args, script_parser
+from app.exits import ExitCode
 from app.operation import install_program_handlers, report_failure
 
 log = logging.getLogger("finetune")
@@ -48,8 +49,9 @@ def main(argv: list[str] | None = None, program: bool = False) -> int:
         cfg = load_config(args.config, overrides, script="finetune")
         from training.run import fine_tune
 
-        return fine_tune(cfg, args.out, fresh=args.fresh, ab_only=args.ab, progress=not args.no_progress,
-                         plots=not args.no_plots)
+        fine_tune(cfg, args.out, fresh=args.fresh, ab_only=args.ab, progress=not args.no_progress,
+                  plots=not args.no_plots)
+        return ExitCode.OK
     except BaseException as exc:  # noqa: BLE001 - one line and a documented code; our own bugs keep the traceback
         return report_failure(exc, log, interrupted="rerun the same command to resume from OUT/last")
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from app.config import ConfigError, add_config_flags, load_config, overrides_from_args, parse_time, script_parser
 from app.exits import ExitCode
-from app.memory import bound_kernel_caches
-from app.operation import install_program_handlers, interrupt_once, report_failure
+from live.memory import bound_kernel_caches
+from app.operation import install_program_handlers, interrupt_once, report_failure, run_lock
 
 log = logging.getLogger("kronos_serve")
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.yaml"
@@ -86,7 +86,7 @@ def replay_of(args: argparse.Namespace, symbols: list[str], cfg=None):
 
 def main(argv: list[str] | None = None, program: bool = False) -> int:
     args = parse_args(argv)
-    bound_kernel_caches()  # before torch runs a kernel: its caches read the bounds once (see app/memory.py)
+    bound_kernel_caches()  # before torch runs a kernel: its caches read the bounds once (see live/memory.py)
     if program:
         install_program_handlers(verbose=args.verbose, quiet=args.quiet)
         interrupt_once(log)  # a second Ctrl-C or SIGTERM while stopping is told, not a traceback
@@ -95,8 +95,9 @@ def main(argv: list[str] | None = None, program: bool = False) -> int:
     try:
         cfg = load_config(args.config, serve_overrides(args), script="serve")
         from live.service import Service, symbols_of
+        from web.server import start_web
 
-        service = Service(cfg, replay_of(args, symbols_of(cfg), cfg))
+        service = Service(cfg, replay_of(args, symbols_of(cfg), cfg), start_web=start_web, run_lock=run_lock)
         service.start()
         service.wait()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (systemd's stop): a clean stop

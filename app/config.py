@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import yaml
 
 from app.yamlfile import load_yaml, yaml_problem
-from forecast.errors import SettingsError
+from forecast.errors import ConfigError  # noqa: F401 - the scripts and tests import it from here too
 from marketdata import symbols as tickers
 from marketdata.redact import redact_url
 
@@ -36,10 +36,6 @@ if TYPE_CHECKING:
 # pandas, the calendars and torch are imported where needed: a --warm run reads its settings with this module
 # alone before it hands the job to the resident worker (docs/warm.md)
 BAD_BAR_POLICIES = ("fill", "skip")  # marketdata.quality.BAD_BAR_POLICIES (a test keeps them equal)
-
-
-class ConfigError(SettingsError):
-    """A configuration value or file is unusable; the message names the key and what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +49,7 @@ class Key:
     rule: str = ""  # what `check` allows, for the error message
     affects_results: bool = True  # False: changing it never changes a forecast (so a backtest may resume)
     normal: Callable[[Any], Any] | None = None  # the value's one spelling, before the check (tickers: upper case)
+    words: tuple[str, ...] = ()  # strings a number key also takes (n_samples: auto)
 
 
 def _positive(v: Any) -> bool:
@@ -116,7 +113,14 @@ KEYS: tuple[Key, ...] = (
     Key("symbol", str, "QQQ", "ticker to forecast", check=tickers.is_ticker, rule=tickers.RULE,
         normal=tickers.normal),
     Key("horizon", int, 30, "minutes to forecast", check=lambda v: 1 <= v <= 390, rule="1..390"),
-    Key("n_samples", int, 100, "number of sampled paths", check=lambda v: 1 <= v <= 100_000, rule="1..100000"),
+    Key("n_samples", int, 100, "number of sampled paths; auto: draw in chunks until P(up)'s 95 % interval is "
+        "within ±p_up_precision, max_samples or the time budget (forecast CLI only)",
+        check=lambda v: 1 <= v <= 100_000, rule="1..100000", words=("auto",)),
+    # these two act only with n_samples auto, which the backtest refuses: they never change a backtest's results
+    Key("p_up_precision", float, 0.02, "n_samples auto: stop once P(up)'s 95 % Monte Carlo interval has at most "
+        "this half-width", check=lambda v: 0 < v < 0.5, rule="in (0, 0.5)", affects_results=False),
+    Key("max_samples", int, 10_000, "n_samples auto: never draw more paths than this",
+        check=lambda v: 1 <= v <= 100_000, rule="1..100000", affects_results=False),
     Key("temperature", float, 1.0, "sampling temperature", check=_positive, rule="> 0"),
     Key("top_p", float, 0.9, "nucleus sampling mass (1.0 turns it off)", check=lambda v: 0 < v <= 1,
         rule="in (0, 1]"),
@@ -185,12 +189,16 @@ KEYS: tuple[Key, ...] = (
     Key("time_budget", float, 50.0, "seconds a run may take before it stops (cron runs every 60 s)",
         check=lambda v: 0 < v <= MAX_TIME_BUDGET_S, rule="> 0 and at most 86400 (a day)", affects_results=False),
     Key("plot", bool, False, "also write the fan chart PNG", affects_results=False),
+)
+KEYS_BY_NAME = {k.name: k for k in KEYS}
+
+# The forecast script's own keys: the other scripts share KEYS but have no resident worker.
+CRON_KEYS: tuple[Key, ...] = (
     Key("warm", bool, False, "cli_kronos_prob_qqq.py: hand the run to a resident worker that keeps the model and "
         "the recent bars (started by the first such run; docs/warm.md)", affects_results=False),
     Key("warm_idle", float, 10.0, "minutes without a forecast after which the warm worker exits",
         check=_positive, rule="> 0", affects_results=False),
 )
-KEYS_BY_NAME = {k.name: k for k in KEYS}
 
 
 BACKTEST_KEYS: tuple[Key, ...] = (
@@ -303,7 +311,7 @@ FINETUNE_KEYS: tuple[Key, ...] = (
 
 # Which tables each script reads. One config.yaml may hold every script's keys; a script ignores the others'.
 SCRIPT_KEYS: dict[str, tuple[Key, ...]] = {
-    "forecast": KEYS,
+    "forecast": KEYS + CRON_KEYS,
     "backtest": KEYS + BACKTEST_KEYS,
     "serve": KEYS + SERVE_KEYS,
     "finetune": KEYS + FINETUNE_KEYS,
@@ -319,7 +327,7 @@ def _config_class(name: str, keys: tuple[Key, ...], doc: str) -> type:
 
 
 # The one definition of every setting: the classes are derived from the tables, field names are the YAML keys.
-Config = _config_class("Config", KEYS, "Validated settings of one forecast run; field names are the YAML keys.")
+Config = _config_class("Config", SCRIPT_KEYS["forecast"], "Validated settings of one forecast run; field names are the YAML keys.")
 BacktestConfig = _config_class("BacktestConfig", SCRIPT_KEYS["backtest"],
                                "The forecast's settings plus the backtest's own keys.")
 ServeConfig = _config_class("ServeConfig", SCRIPT_KEYS["serve"], "The forecast's settings plus the service's own keys.")
@@ -342,6 +350,8 @@ def _coerce(key: Key, value: Any) -> Any:
             return None
         raise ConfigError(f"config key '{key.name}' must not be empty")
     kind = key.kind
+    if isinstance(value, str) and value.strip().lower() in key.words:
+        return value.strip().lower()
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -379,7 +389,8 @@ def _coerce(key: Key, value: Any) -> Any:
         raise
     except (TypeError, ValueError):
         pass
-    raise ConfigError(f"config key '{key.name}' must be {_kind_name(kind)}, got {value!r}")
+    words = "".join(f" or {w}" for w in key.words)
+    raise ConfigError(f"config key '{key.name}' must be {_kind_name(kind)}{words}, got {value!r}")
 
 
 def _kind_name(kind: type) -> str:
@@ -395,7 +406,7 @@ def _check(key: Key, value: Any) -> Any:
         value = key.normal(value)
     if key.choices is not None and value not in key.choices:
         raise ConfigError(f"config key '{key.name}' must be one of {', '.join(key.choices)}; got {value!r}")
-    if key.check is not None and not key.check(value):
+    if key.check is not None and value not in key.words and not key.check(value):
         shown = redact_url(value) if isinstance(value, str) and "://" in value else value  # no password shown
         raise ConfigError(f"config key '{key.name}' must be {key.rule}; got {shown!r}")
     return value
@@ -531,6 +542,9 @@ def parse_setting_spec(text: str, allowed: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _check_combination(cfg: Config) -> None:
+    if cfg.n_samples == "auto" and not isinstance(cfg, Config):
+        raise ConfigError("config key 'n_samples' may be auto for the forecast CLI only; give this script a number "
+                          "of paths (every origin and forecaster must be scored on the same N)")
     if cfg.source == "csv" and not cfg.csv:
         raise ConfigError("config key 'csv' must name a bars file when source is csv (or pass --csv PATH)")
     if cfg.dtype != "float32" and cfg.device in ("cpu", "mps"):
@@ -614,11 +628,12 @@ def load_config(path: Path | None, overrides: dict[str, Any], script: str = "for
     return build_config(file_values, overrides, script)
 
 
-def reference_table(keys: tuple[Key, ...] = KEYS) -> str:
+def reference_table(keys: tuple[Key, ...] = KEYS + CRON_KEYS) -> str:
     """A config reference as a Markdown table, for the README."""
     rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
     for key in keys:
         allowed = ", ".join(key.choices) if key.choices else (key.rule or _kind_name(key.kind))
+        allowed += "".join(f" or {w}" for w in key.words)
         default = "null" if key.default is None else str(key.default).lower() if key.kind is bool \
             else str(key.default)
         rows.append(f"| `{key.name}` | `{default}` | {allowed} | {key.help} |")

@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
-    from app.memory import bound_kernel_caches, fix_mmap_threshold
+    from live.memory import bound_kernel_caches, fix_mmap_threshold
 
     bound_kernel_caches()  # before torch loads: a process that forecasts all day (as the live service)
     fix_mmap_threshold()

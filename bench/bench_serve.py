@@ -101,7 +101,7 @@ def main() -> None:
                              "only the session's last 40 minutes)")
     parser.add_argument("--outputs", default="file,sse,redis", help="outputs to wait for and measure")
     args = parser.parse_args()
-    from app.memory import bound_kernel_caches
+    from live.memory import bound_kernel_caches
 
     bound_kernel_caches()  # as serve.py does, before torch runs a kernel
 
@@ -112,7 +112,8 @@ def main() -> None:
     from app.config import build_config
     from kronos_checkpoints import write_checkpoint_pair
     from live import outputs as outputs_mod
-    from live.service import listen_socket, start_web
+    from live.service import listen_socket
+    from web.server import start_web
     from live_support import ManualClock, make_loop
 
     with tempfile.TemporaryDirectory() as tmp_dir:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from evaluation import scoring  # noqa: E402
 from evaluation.online import calibrated_columns  # noqa: E402
-from evaluation.report import _end, frames_by_forecaster  # noqa: E402
+from evaluation.evaluate import _end, frames_by_forecaster  # noqa: E402
 from evaluation.store import RESULTS, ResultStore  # noqa: E402
 from evaluation.walkforward import LEVELS  # noqa: E402
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from evaluation.report import BANDS, DIAGRAM_MIN_BIN, Evaluation
+from evaluation.evaluate import BANDS, DIAGRAM_MIN_BIN, Evaluation
 
 
 def write_plots(evals: dict[str, Evaluation], report: dict[str, Any], out_dir: Path) -> list[str]:

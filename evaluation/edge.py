@@ -19,7 +19,7 @@ def edge_rule(ev: Any, verdict_entry: dict[str, Any] | None, settings: Any) -> d
     """The toy rule on the calibrated p_up, trading only where trust.edge would hold: the model beat the random walk
     in this backtest (DM p < 0.05 on CRPS or Brier; in-sample, so the kindest case) and the calibrated p_up
     interval excludes 0.5. The random walk itself and a model without skill never trade."""
-    from evaluation.report import toy_rule
+    from evaluation.evaluate import toy_rule
     from forecast.trust import backtest_skill
 
     skill, _ = backtest_skill({"source": "backtest", "versus_random_walk": verdict_entry,

@@ -65,7 +65,7 @@ def sample_cases(forecaster: Any, cases: Sequence[Case], cfg: Any,
 
 def check_baseline_names(names: Sequence[str]) -> None:
     """An unknown baseline name is a ConfigError naming it and the choices."""
-    from app.config import ConfigError
+    from forecast.errors import ConfigError
 
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
@@ -89,7 +89,7 @@ def forecaster_names(names: Sequence[str], kronos_settings: Sequence[dict[str, A
 
 def check_forecaster_names(names: Sequence[str]) -> None:
     """Records are keyed by forecaster name: every name unique, and none the skip records' name."""
-    from app.config import ConfigError
+    from forecast.errors import ConfigError
 
     if len(set(names)) != len(names) or SKIP in names:
         raise ConfigError(f"forecaster names must be unique and not {SKIP!r}: {list(names)}")

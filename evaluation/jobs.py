@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Sequence
 
-import pandas as pd
-
 from evaluation.store import PARTS, RESULTS, RUN_FILE, ResultStore, read_run_file
+from evaluation.universe import SymbolJob
 from forecast.owned import Layout, Owner, claim
 
 log = logging.getLogger(__name__)
@@ -44,17 +42,6 @@ def _earlier_backtest(folder: Path) -> bool:
 
 
 BACKTEST = Owner("backtest.py", {**RUN_LAYOUT, SYMBOL_FOLDERS: RUN_LAYOUT}, _earlier_backtest)
-
-
-@dataclass
-class SymbolJob:
-    """One symbol of the run: its bars, its results folder, its settings (symbol set) and what identifies its
-    bars for a resume (run.json's "data")."""
-    symbol: str
-    frame: pd.DataFrame
-    out_dir: Path
-    cfg: Any
-    data: dict[str, Any] = field(default_factory=dict)
 
 
 def clear_results(folder: Path) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
-from evaluation.jobs import SymbolJob
+from evaluation.universe import SymbolJob
 from evaluation.shards import BASELINES, FAULT_ENV, KRONOS, Shard, plan_shards, shard_done, shard_frame
 from evaluation.store import RESULTS, ResultStore, record_shards
 from marketdata.frame import DataSourceError, first_line
@@ -37,7 +37,7 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        from app.config import ConfigError
+        from forecast.errors import ConfigError
 
         raise ConfigError("--ray needs Ray: pip install -r requirements-ray.txt (or bash setup_venv.sh --ray)") \
             from None

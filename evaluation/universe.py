@@ -174,3 +174,14 @@ def load_universe(cfg: Any, symbols: Sequence[str], data_dir: Path | None, cache
             log.info("%s: %d bars (%s)", symbol, len(sd.frame), sd.data["source"])
         out.append(sd)
     return out
+
+
+@dataclass
+class SymbolJob:
+    """One symbol of the run: its bars, its results folder, its settings (symbol set) and what identifies its
+    bars for a resume (run.json's "data")."""
+    symbol: str
+    frame: pd.DataFrame
+    out_dir: Path
+    cfg: Any
+    data: dict[str, Any] = field(default_factory=dict)

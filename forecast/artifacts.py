@@ -105,6 +105,10 @@ def paths_name(symbol: str, stamp: str, field: str = "close") -> str:
     return f"{middle}_{symbol}_{stamp}.csv"
 
 
+def bands_name(symbol: str, stamp: str) -> str:
+    return f"bands_{symbol}_{stamp}.csv"
+
+
 def iso_utc(times: Sequence[Any] | pd.DatetimeIndex) -> list[str]:
     """Tz-aware times -> ['2025-05-01T14:00:00Z', ...]."""
     idx = pd.DatetimeIndex(times)
@@ -172,26 +176,35 @@ def write_run_artifacts(out_dir: str | os.PathLike[str], symbol: str, stamp: str
 
 
 def run_files(symbol: str, stamp: str, summary: Mapping[str, Any], arr: np.ndarray, header: list[str],
-              extra: Sequence[str], timestamped: bool = True) -> dict[str, tuple[str, bytes]]:
+              extra: Sequence[str], timestamped: bool = True,
+              bands: bytes | None = None) -> dict[str, tuple[str, bytes]]:
     """Key -> (file name, content) of one run's files, in the order they must appear on disk. Without
     ``timestamped``: the timestamped summary (small; the run-log row names it, so every row keeps its own
-    forecast) and the ``_latest`` copies of the close paths and the summary (``extra`` unused)."""
+    forecast) and the ``_latest`` copies of the close paths, the bands and the summary (``extra`` unused).
+    ``bands``: the per-minute bands CSV (forecast/bands.py), written beside the paths when given."""
     if not timestamped:
-        latest = (paths_name(symbol, "latest"), paths_csv_text(arr[:, :, PATH_FIELDS["close"]], header).encode())
-        block = {"stamp": stamp, "summary": summary_name(symbol, stamp),
-                 "summary_latest": summary_name(symbol, "latest"), "paths_close_latest": latest[0]}
+        files = {"paths_close_latest": (paths_name(symbol, "latest"),
+                                        paths_csv_text(arr[:, :, PATH_FIELDS["close"]], header).encode())}
+        if bands is not None:
+            files["bands_latest"] = (bands_name(symbol, "latest"), bands)
+        block = {"stamp": stamp, "summary": summary_name(symbol, stamp), "summary_latest": summary_name(symbol, "latest"),
+                 **{k: name for k, (name, _) in files.items()}}
         body = (json.dumps({**summary, "artifacts": block}, indent=2, allow_nan=False) + "\n").encode()
-        return {"summary": (summary_name(symbol, stamp), body), "paths_close_latest": latest,
+        return {"summary": (summary_name(symbol, stamp), body), **files,
                 "summary_latest": (summary_name(symbol, "latest"), body)}
     files: dict[str, tuple[str, bytes]] = {}
     for field in (*extra, "close"):
         files[f"paths_{field}"] = (paths_name(symbol, stamp, field),
                                    paths_csv_text(arr[:, :, PATH_FIELDS[field]], header).encode())
+    if bands is not None:
+        files["bands"] = (bands_name(symbol, stamp), bands)
     block = {"stamp": stamp, **{k: name for k, (name, _) in files.items()}}
     body = (json.dumps({**summary, "artifacts": block}, indent=2, allow_nan=False) + "\n").encode()
     files["summary"] = (summary_name(symbol, stamp), body)
     # latest copies last: whatever a latest file names already exists
     files["paths_close_latest"] = (paths_name(symbol, "latest"), files["paths_close"][1])
+    if bands is not None:
+        files["bands_latest"] = (bands_name(symbol, "latest"), bands)
     files["summary_latest"] = (summary_name(symbol, "latest"), body)
     return files
 

@@ -21,5 +21,9 @@ class SettingsError(ValueError):
     The message names the config key."""
 
 
+class ConfigError(SettingsError):
+    """A configuration value or file is unusable; the message names the key and what is allowed."""
+
+
 class Diverged(Exception):
     """Fine-tuning stopped because its loss became NaN or infinite; exit 8. The message says at which step."""

@@ -14,6 +14,7 @@ which is what calibration measures.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
@@ -52,6 +53,24 @@ def quantile_interval(values: np.ndarray, level: float, confidence: float = CONF
     lo = float(x[r - 1]) if r >= 1 else -math.inf
     hi = float(x[s - 1]) if s <= len(x) else math.inf
     return lo, hi
+
+
+def quantile_intervals(values: np.ndarray, levels: Sequence[float],
+                       confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
+    """quantile_interval for several levels and along the first axis at once: values [N, ...] -> (lo, hi), each
+    [len(levels), ...]; -inf / inf where N draws cannot bound a side. One sort serves every level."""
+    x = np.sort(np.asarray(values, dtype=float), axis=0)
+    n = x.shape[0]
+    padded = np.concatenate([np.full((1, *x.shape[1:]), -math.inf), x, np.full((1, *x.shape[1:]), math.inf)])
+    ranks = np.array([order_statistic_ranks(n, level, confidence) for level in levels], dtype=int).reshape(-1, 2)
+    return padded[ranks[:, 0]], padded[ranks[:, 1]]  # rank r is row r of the padded sort (row 0: -inf)
+
+
+def share_interval(share: float | None, n: int, confidence: float = CONFIDENCE) -> list[float] | None:
+    """proportion_interval of a share already computed as k / n (None stays None)."""
+    if share is None:
+        return None
+    return list(proportion_interval(int(round(share * n)), n, confidence))
 
 
 def mean_standard_error(values: np.ndarray) -> float:

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from forecast.mc_error import mean_standard_error, quantile_intervals, share_interval
+
 OPEN, HIGH, LOW, CLOSE, VOLUME, AMOUNT = range(6)
 NY_TZ = "America/New_York"
 VWAP_MODES = ("static", "moving")
@@ -282,39 +284,61 @@ HORIZON_BOUND = frozenset({
 class Metrics:
     """Everything a trader reads off one forecast; None where undefined (no session volume, too little history).
 
+    Every estimate comes with its Monte Carlo error from the N paths (forecast/mc_error.py): ``<name>_ci`` a 95 %
+    interval (Jeffreys for a share of paths, order statistics for a quantile), ``exp_ret_se`` a standard error.
     Field names carry no horizon; ``to_dict`` adds the ``_{H}m`` suffix where the JSON, the console text and the
-    run log are written."""
+    run log are written (p_up_30m, p_up_30m_ci)."""
     horizon_min: int
     n_paths: int
     now_close: float | None
     p_up: float | None
+    p_up_ci: list[float] | None                 # 95 % Monte Carlo interval [lo, hi] of p_up (mc_error)
     exp_ret: float | None
+    exp_ret_se: float | None                    # its Monte Carlo standard error
     percentiles: dict[str, list[float | None]]  # per-minute close percentiles, "p10" -> [H values]
+    percentiles_ci: dict[str, list[list[float | None]]]  # "p10" -> per minute [lo, hi] (None: N cannot bound it)
     ret_percentiles: dict[str, float | None]    # return at the horizon end, "p10" -> value
+    ret_percentiles_ci: dict[str, list[float | None]]
     vwap: float | None
     vwap_mode: str
     vwap_session: str | None  # the New York date whose bars make the VWAP
     p_hit_vwap: float | None
+    p_hit_vwap_ci: list[float] | None
     mid_band: float | None
     mid_kind: str
     mid_window: int
     p_hit_mid: float | None
+    p_hit_mid_ci: list[float] | None
     zscore_mid: float | None
     drawdown_p50: float | None
+    drawdown_p50_ci: list[float | None]
     drawdown_p90: float | None
+    drawdown_p90_ci: list[float | None]
     drawdown_p95: float | None
+    drawdown_p95_ci: list[float | None]
     runup_p50: float | None
+    runup_p50_ci: list[float | None]
     runup_p90: float | None
+    runup_p90_ci: list[float | None]
     runup_p95: float | None
+    runup_p95_ci: list[float | None]
     p_vol_exceeds_recent: float | None
+    p_vol_exceeds_recent_ci: list[float] | None
     recent_vol_1m: float | None
     vol_window: int
     repaired_bars: dict[str, Any]  # what repair_paths changed: count and share of bars
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict in field order, horizon-bound keys suffixed with the horizon (p_up_30m)."""
-        sfx = f"_{self.horizon_min}m"
-        return {(f"{f.name}{sfx}" if f.name in HORIZON_BOUND else f.name): getattr(self, f.name) for f in fields(self)}
+        return {json_key(f.name, self.horizon_min): getattr(self, f.name) for f in fields(self)}
+
+
+def json_key(name: str, horizon_min: int) -> str:
+    """A Metrics field's JSON key: p_up -> p_up_30m, p_up_ci -> p_up_30m_ci, exp_ret_se -> exp_ret_30m_se."""
+    base, _, tail = name.rpartition("_")
+    if tail in ("ci", "se") and base in HORIZON_BOUND:
+        return f"{base}_{horizon_min}m_{tail}"
+    return f"{name}_{horizon_min}m" if name in HORIZON_BOUND else name
 
 
 def compute_metrics(paths: np.ndarray, history: pd.DataFrame, now_close: float,
@@ -352,17 +376,33 @@ def compute_metrics(paths: np.ndarray, history: pd.DataFrame, now_close: float,
              if math.isfinite(recent_vol) and np.isfinite(path_vol).all() else math.nan)
 
     f = _json_float
+    n = int(p.shape[0])
+    p_up = (closes[:, -1] > now_close).mean()
+    p_touch_vwap, p_touch_mid = p_hit_vwap(p, session, now_close, vwap_mode), p_hit_mid(p, now_close, mid)
+    levels = [q / 100 for q in qs]
+    band_lo, band_hi = quantile_intervals(closes, levels)          # [L, H] each
+    ret_lo, ret_hi = quantile_intervals(final_ret, levels)         # [L]
+    ex_lo, ex_hi = quantile_intervals(np.stack([dd, ru], axis=1), (0.5, 0.9, 0.95))  # [3, 2]
     return Metrics(
-        horizon_min=int(p.shape[1]), n_paths=int(p.shape[0]), now_close=f(now_close),
-        p_up=f((closes[:, -1] > now_close).mean()), exp_ret=f(final_ret.mean()),
+        horizon_min=int(p.shape[1]), n_paths=n, now_close=f(now_close),
+        p_up=f(p_up), p_up_ci=share_interval(f(p_up), n),
+        exp_ret=f(final_ret.mean()), exp_ret_se=f(mean_standard_error(final_ret)),
         percentiles={_pct_key(q): [f(v) for v in np.percentile(closes, q, axis=0)] for q in qs},
+        percentiles_ci={_pct_key(q): [[f(a), f(b)] for a, b in zip(band_lo[i], band_hi[i])] for i, q in enumerate(qs)},
         ret_percentiles={_pct_key(q): f(np.percentile(final_ret, q)) for q in qs},
+        ret_percentiles_ci={_pct_key(q): [f(ret_lo[i]), f(ret_hi[i])] for i, q in enumerate(qs)},
         vwap=f(session_vwap(session)), vwap_mode=vwap_mode, vwap_session=_session_date(session),
-        p_hit_vwap=f(p_hit_vwap(p, session, now_close, vwap_mode)),
-        mid_band=f(mid), mid_kind=mid_kind, mid_window=mid_window, p_hit_mid=f(p_hit_mid(p, now_close, mid)),
+        p_hit_vwap=f(p_touch_vwap), p_hit_vwap_ci=share_interval(f(p_touch_vwap), n),
+        mid_band=f(mid), mid_kind=mid_kind, mid_window=mid_window,
+        p_hit_mid=f(p_touch_mid), p_hit_mid_ci=share_interval(f(p_touch_mid), n),
         zscore_mid=f(zscore_mid(hist_close, now_close, mid_window, mid_kind)),
-        drawdown_p50=f(dd_q[0]), drawdown_p90=f(dd_q[1]), drawdown_p95=f(dd_q[2]),
-        runup_p50=f(ru_q[0]), runup_p90=f(ru_q[1]), runup_p95=f(ru_q[2]),
-        p_vol_exceeds_recent=f(p_vol), recent_vol_1m=f(recent_vol), vol_window=vol_window,
+        drawdown_p50=f(dd_q[0]), drawdown_p50_ci=[f(ex_lo[0, 0]), f(ex_hi[0, 0])],
+        drawdown_p90=f(dd_q[1]), drawdown_p90_ci=[f(ex_lo[1, 0]), f(ex_hi[1, 0])],
+        drawdown_p95=f(dd_q[2]), drawdown_p95_ci=[f(ex_lo[2, 0]), f(ex_hi[2, 0])],
+        runup_p50=f(ru_q[0]), runup_p50_ci=[f(ex_lo[0, 1]), f(ex_hi[0, 1])],
+        runup_p90=f(ru_q[1]), runup_p90_ci=[f(ex_lo[1, 1]), f(ex_hi[1, 1])],
+        runup_p95=f(ru_q[2]), runup_p95_ci=[f(ex_lo[2, 1]), f(ex_hi[2, 1])],
+        p_vol_exceeds_recent=f(p_vol), p_vol_exceeds_recent_ci=share_interval(f(p_vol), n),
+        recent_vol_1m=f(recent_vol), vol_window=vol_window,
         repaired_bars={"count": int(repair["count"]), "share": f(repair["share"])},
     )

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Sequence
 import numpy as np
 import pandas as pd
 
+from forecast.auto_samples import sample_until_precise
 from forecast.calibrator import Calibrator, load_calibrator
 from forecast.errors import ModelError, SettingsError, Skipped
 from forecast.extended import ExtendedPrice, latest_extended, relative_to
@@ -33,6 +34,7 @@ if TYPE_CHECKING:  # the application's config; the pipeline reads its fields onl
 
 log = logging.getLogger(__name__)
 PRICE_FIELDS = slice(0, 4)  # open, high, low, close of a path bar
+AUTO_RESERVE = 0.2  # n_samples auto: share of time_budget kept for metrics and files after the last chunk
 
 
 @dataclass(frozen=True)
@@ -212,8 +214,10 @@ class ForecastPipeline:
                                 levels=levels)
         calibrated = {f"p_up_{h}m": both["p_up_cal"], "method": both["p_up_method"], "calibrator": str(self.cfg.calibrator),
                       "percentiles": {key: band for key, band in zip(metrics.percentiles, both["bands_cal"])}}
+        calibrated[f"p_up_{h}m_ci"] = mapped_interval(cal.apply_p_up, metrics.p_up_ci)
         if "p_hit_vwap_cal" in both:
             calibrated[f"p_hit_vwap_{h}m"] = both["p_hit_vwap_cal"]
+            calibrated[f"p_hit_vwap_{h}m_ci"] = mapped_interval(cal.apply_p_hit_vwap, metrics.p_hit_vwap_ci)
         return calibrated
 
     def online_and_trust(self, metrics: Metrics, close_paths: np.ndarray, calibrated: dict[str, Any] | None,
@@ -253,19 +257,37 @@ class ForecastPipeline:
         with stage("loading"):
             timings["model_load"] = self.load()
         t1 = time.perf_counter()
+        sampling = None
         with stage("sampling"):
             self.sampler.progress = progress
             try:
-                raw = self.sample([ctx])[0]
+                if self.cfg.n_samples == "auto":
+                    # the run's budget started before the data was fetched; keep a share of it for metrics and files
+                    deadline = t0 - timings.get("data", 0.0) + self.cfg.time_budget * (1.0 - AUTO_RESERVE)
+                    raw, sampling = self.sample_auto(ctx, deadline)
+                else:
+                    raw = self.sample([ctx])[0]
             finally:
                 self.sampler.progress = None
         timings["sample"] = time.perf_counter() - t1
         return self.finish(ctx, raw, provenance=provenance, market_open=market_open, status_note=status_note,
-                           timings=timings, started=t0)
+                           timings=timings, started=t0, sampling=sampling)
+
+    def sample_auto(self, ctx: Context, deadline: float) -> tuple[np.ndarray, dict[str, Any]]:
+        """n_samples: auto. Raw paths drawn in chunks until P(up) is precise enough (forecast/auto_samples.py),
+        and the summary's ``sampling`` block; ``deadline`` on time.perf_counter. The paths equal those of a
+        fixed run of the same N with the same seed."""
+        cfg = self.cfg
+        values, x_stamp, y_stamp = engine_inputs(ctx.bars.iloc[-cfg.lookback:], ctx.times, cfg.time_label)
+        with self.sampler.open_stream(values, x_stamp, y_stamp, temperature=cfg.temperature, top_k=cfg.top_k,
+                                      top_p=cfg.top_p, seed=origin_seed(cfg.seed, ctx.first_minute)) as stream:
+            result = sample_until_precise(lambda n: check_paths(stream.draw(n)), ctx.now_close,
+                                          cfg.p_up_precision, cfg.max_samples, deadline)
+        return result.paths, result.block(cfg.p_up_precision, cfg.max_samples)
 
     def finish(self, ctx: Context, raw_paths: np.ndarray, *, provenance: dict[str, Any] | None = None,
                market_open: bool = True, status_note: str | None = None, timings: dict[str, float] | None = None,
-               started: float | None = None) -> Forecast:
+               started: float | None = None, sampling: dict[str, Any] | None = None) -> Forecast:
         """Repair the paths once, then metrics, calibrated values and the summary document."""
         repaired, repair = repair_paths(raw_paths)
         metrics = self.metrics(ctx, repaired, repair)
@@ -285,7 +307,7 @@ class ForecastPipeline:
         vs_ext = None if ctx.extended is None else relative_to(ctx.extended, repaired[:, -1, 3], len(ctx.times))
         summary = build_summary(cfg=self.cfg, ctx=ctx, metrics=metrics, calibrated=calibrated, notes=notes,
                                 engine=self.engine_info(), provenance=provenance, timings=timings,
-                                market_open=market_open, vs_ext=vs_ext)
+                                market_open=market_open, sampling=sampling, vs_ext=vs_ext)
         summary["online"], summary["trust"] = self.online_and_trust(metrics, repaired[:, :, 3], calibrated, notes)
         return Forecast(ctx, repaired, metrics, calibrated, summary, timings)
 
@@ -294,6 +316,16 @@ def _settings(cfg: Any) -> dict[str, Any]:
     import dataclasses
 
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(vars(cfg))
+
+
+def mapped_interval(fn: Any, ci: list[float] | None) -> list[float] | None:
+    """The Monte Carlo interval of a calibrated probability: the raw interval's endpoints mapped through the
+    calibration map. Platt and isotonic maps are monotone, so the image of [lo, hi] is the interval between the
+    mapped endpoints (sorted: a Platt slope below 0 turns the map around)."""
+    if ci is None:
+        return None
+    lo, hi = sorted(float(fn(x)) for x in ci)
+    return [lo, hi]
 
 
 def origin_ticker(n_origins: int, tell: Callable[[int], None]) -> Callable[[int, int], None]:

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import pandas as pd
 
-from forecast.artifacts import (artifact_stamp, check_targets, held_signals, iso_utc, paths_name, rename_staged,
+from forecast.artifacts import (artifact_stamp, bands_name, check_targets, held_signals, iso_utc, paths_name, rename_staged,
                                 run_files, stage_files, summary_name)
+from forecast.bands import bands_csv_text
 from forecast.errors import SettingsError
 from forecast.runlog import RunLogSchemaError, append_run_log, check_run_log, log_row, run_log_path
 
@@ -36,7 +37,8 @@ def preflight(out_dir: str | os.PathLike[str], symbol: str) -> Path:
         fd, probe = tempfile.mkstemp(dir=out, prefix=".probe.", suffix=".tmp")
         os.close(fd)
         os.unlink(probe)
-        check_targets(out, [paths_name(symbol, "latest"), summary_name(symbol, "latest"), f"runs_{symbol}.csv"])
+        check_targets(out, [paths_name(symbol, "latest"), bands_name(symbol, "latest"), summary_name(symbol, "latest"),
+                            f"runs_{symbol}.csv"])
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise SettingsError(f"config key 'out': {out} cannot take the run's files ({reason})") from None
@@ -58,7 +60,8 @@ def publish(out_dir: str | os.PathLike[str], symbol: str, fc: Forecast, plot: bo
     timestamped summary JSON is always written, as the run-log row names it."""
     out = Path(out_dir)
     stamp = artifact_stamp(pd.Timestamp(fc.summary["asof"]).to_pydatetime())
-    files = run_files(symbol, stamp, fc.summary, fc.paths, iso_utc(fc.context.times), EXTRA_FIELDS, timestamped)
+    files = run_files(symbol, stamp, fc.summary, fc.paths, iso_utc(fc.context.times), EXTRA_FIELDS, timestamped,
+                      bands=bands_csv_text(fc.summary).encode())
     if plot:
         from forecast.plotting import fan_chart_png
 

@@ -38,6 +38,11 @@ RUN_LOG_COLUMNS: tuple[str, ...] = (
     "bad_bars", "filled_max_window",
     "p_up_online", "p10_end_online", "p50_end_online", "p90_end_online", "p_hit_vwap_online",
     "trust_status", "trust_edge",
+    # the 95 % Monte Carlo intervals of the estimates above, and why sampling stopped (n_samples: auto)
+    "p_up_lo", "p_up_hi", "p_up_cal_lo", "p_up_cal_hi", "exp_ret_se",
+    "p10_end_lo", "p10_end_hi", "p50_end_lo", "p50_end_hi", "p90_end_lo", "p90_end_hi",
+    "p_hit_vwap_lo", "p_hit_vwap_hi", "p_hit_mid_lo", "p_hit_mid_hi",
+    "p_vol_exceeds_recent_lo", "p_vol_exceeds_recent_hi", "sampling_stop",
     "asof_new_york", "last_bar_new_york",
 )
 OLDEST_HEADER = RUN_LOG_COLUMNS.index("summary_file") + 1  # the first version's columns
@@ -73,6 +78,7 @@ def log_row(summary: dict[str, Any], summary_file: str) -> dict[str, Any]:
         "filled_max_window": data.get("filled_max_window"),
         "asof_new_york": new_york_cell(summary["asof"]), "last_bar_new_york": new_york_cell(summary["last_bar"]),
         **online_columns(summary),
+        **_interval_cells(summary),
     }
 
 
@@ -93,6 +99,22 @@ def online_columns(summary: dict[str, Any]) -> dict[str, Any]:
             **{f"{k}_end_online": (pct[k][-1] if k in pct else None) for k in ("p10", "p50", "p90")},
             "p_hit_vwap_online": on.get(f"p_hit_vwap_{h}m"), "trust_status": trust.get("status"),
             "trust_edge": trust.get("edge")}
+
+
+def _interval_cells(summary: dict[str, Any]) -> dict[str, Any]:
+    """The Monte Carlo intervals of the logged estimates (95 %: lo and hi columns; the mean's standard error)."""
+    h = summary["horizon_min"]
+    m, cal = summary["summary"], summary["calibrated"] or {}
+    bands = m.get("percentiles_ci") or {}
+    pairs = {"p_up": m.get(f"p_up_{h}m_ci"), "p_up_cal": cal.get(f"p_up_{h}m_ci"),
+             **{f"{k}_end": (bands.get(k) or [None])[-1] for k in ("p10", "p50", "p90")},
+             "p_hit_vwap": m.get(f"p_hit_vwap_{h}m_ci"), "p_hit_mid": m.get(f"p_hit_mid_{h}m_ci"),
+             "p_vol_exceeds_recent": m.get(f"p_vol_exceeds_recent_{h}m_ci")}
+    out: dict[str, Any] = {}
+    for name, ci in pairs.items():
+        out[f"{name}_lo"], out[f"{name}_hi"] = ci if ci else (None, None)
+    return {**out, "exp_ret_se": m.get(f"exp_ret_{h}m_se"),
+            "sampling_stop": (summary.get("sampling") or {}).get("stopped")}
 
 
 def _csv_line(values: Sequence[str], newline: str = "\n") -> str:

@@ -15,20 +15,24 @@ HISTORY_FOR_PLOT = 120  # closes kept in the summary so plot_paths.py can draw r
 
 def build_summary(*, cfg: Any, ctx: Any, metrics: Metrics, calibrated: dict[str, Any] | None, notes: list[str],
                   engine: dict[str, Any], provenance: dict[str, Any], timings: dict[str, float],
-                  market_open: bool, vs_ext: dict[str, float] | None = None) -> dict[str, Any]:
-    """The pred_summary JSON: the original plan's fields first, then everything needed to audit the run."""
+                  market_open: bool, sampling: dict[str, Any] | None = None,
+                  vs_ext: dict[str, float] | None = None) -> dict[str, Any]:
+    """The pred_summary JSON: the original plan's fields first, then everything needed to audit the run.
+    ``n_samples`` is the number of paths drawn; ``sampling`` says how that number was reached (n_samples: auto);
+    ``vs_ext``: P(up) and the mean return against the latest extended-hours price (forecast.extended)."""
     bars, times, now = ctx.bars, ctx.times, ctx.now
     h = len(times)
     recent = bars.iloc[-HISTORY_FOR_PLOT:]
     flat = metrics.to_dict()
-    summary_block = {key: flat[key] for key in (f"p_up_{h}m", f"exp_ret_{h}m", "percentiles")}
+    first = (f"p_up_{h}m", f"p_up_{h}m_ci", f"exp_ret_{h}m", f"exp_ret_{h}m_se", "percentiles", "percentiles_ci")
+    summary_block = {key: flat[key] for key in first}
     summary_block.update({k: v for k, v in flat.items() if k not in summary_block})
     ext = getattr(ctx, "extended", None)
     summary_block.update(vs_ext or {})  # beside the values against the regular close the paths start from
     return {
         "symbol": cfg.symbol,
         "now_close": ctx.now_close,
-        "n_samples": cfg.n_samples,
+        "n_samples": metrics.n_paths,
         "temp": cfg.temperature,
         "top_p": cfg.top_p,
         "top_k": cfg.top_k,
@@ -46,6 +50,7 @@ def build_summary(*, cfg: Any, ctx: Any, metrics: Metrics, calibrated: dict[str,
         "future_times": iso_utc(times),
         "summary": summary_block,
         "calibrated": calibrated,
+        "sampling": sampling or {"n_samples": cfg.n_samples, "stopped": "fixed"},
         "model": engine,
         "seed": cfg.seed,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
@@ -63,30 +68,38 @@ def console_text(summary: dict[str, Any]) -> str:
     m = summary["summary"]
     close = summary["now_close"]
     pct = m["percentiles"]
-    band = " / ".join(f"{k} {v[-1]:.2f}" for k, v in pct.items())
+    band_ci = m.get("percentiles_ci") or {}
+    band = " / ".join(f"{k} {v[-1]:.2f}{_range(band_ci.get(k, [None])[-1])}" for k, v in pct.items())
     cal = summary.get("calibrated") or {}
     p_up = m[f"p_up_{h}m"]
-    p_up_text = f"{p_up:.1%}" + (f" (calibrated {cal[f'p_up_{h}m']:.1%})" if f"p_up_{h}m" in cal else "")
+    p_up_text = f"{p_up:.1%}{_pm(m.get(f'p_up_{h}m_ci'))}"
+    if f"p_up_{h}m" in cal:
+        p_up_text += f" (calibrated {cal[f'p_up_{h}m']:.1%}{_pm(cal.get(f'p_up_{h}m_ci'))})"
     when = pd.Timestamp(summary["asof"]).tz_convert(NEW_YORK).strftime("%Y-%m-%d %H:%M:%S %Z")
+    se = m.get(f"exp_ret_{h}m_se")
+    stopped = (summary.get("sampling") or {}).get("stopped", "fixed")
+    drawn = (f"{summary['n_samples']} paths{'' if stopped == 'fixed' else f' (auto, stopped: {stopped})'}, "
+             f"{h} min ahead")
     ext = summary.get("extended_hours")
     start = summary.get("forecast_start")
     start_text = "" if start is None else \
         f" from {pd.Timestamp(start).tz_convert(NEW_YORK).strftime('%H:%M %Z')}"
     if ext is None:
-        lines = [f"{summary['symbol']} {close:.2f} at {when}, {summary['n_samples']} paths, {h} min ahead{start_text}"]
+        lines = [f"{summary['symbol']} {close:.2f} at {when}, {drawn}{start_text} (± 95 % Monte Carlo error)"]
     else:  # the model's paths start from the regular close; the extended-hours price is the one trading now
         bar = pd.Timestamp(ext["bar"]).tz_convert(NEW_YORK)
         regular_end = pd.Timestamp(ext["regular_bar"]).tz_convert(NEW_YORK) + pd.Timedelta(minutes=1)
         lines = [f"{summary['symbol']} at {when}: {ext['session']} {ext['price']:.2f} ({bar:%H:%M} bar), "
                  f"{ext['gap_to_close']:+.2%} vs the regular close {close:.2f} ({regular_end:%Y-%m-%d %H:%M})",
-                 f"  paths start from the regular close: {summary['n_samples']} paths, {h} min ahead{start_text}"]
+                 f"  paths start from the regular close: {drawn}{start_text} (± 95 % Monte Carlo error)"]
         p_up_text += f" vs close, {m[f'p_up_{h}m_vs_ext']:.1%} vs {ext['session']} {ext['price']:.2f}"
     lines += [
         f"  P(up {h}m)        {p_up_text}",
-        f"  expected return  {m[f'exp_ret_{h}m']:+.3%}",
+        f"  expected return  {m[f'exp_ret_{h}m']:+.3%}" + ("" if se is None else f" (s.e. {se:.3%})"),
         f"  close in {h}m     {band}",
-        f"  P(touch VWAP {_num(m.get('vwap'))})  {_pct(m.get(f'p_hit_vwap_{h}m'))}   "
-        f"P(touch mid {_num(m.get('mid_band'))})  {_pct(m.get(f'p_hit_mid_{h}m'))}",
+        f"  P(touch VWAP {_num(m.get('vwap'))})  {_pct(m.get(f'p_hit_vwap_{h}m'))}"
+        f"{_pm(m.get(f'p_hit_vwap_{h}m_ci'))}   "
+        f"P(touch mid {_num(m.get('mid_band'))})  {_pct(m.get(f'p_hit_mid_{h}m'))}{_pm(m.get(f'p_hit_mid_{h}m_ci'))}",
         f"  drawdown p50/p90/p95  {_pct(m.get(f'drawdown_p50_{h}m'))} / {_pct(m.get(f'drawdown_p90_{h}m'))} / "
         f"{_pct(m.get(f'drawdown_p95_{h}m'))}   run-up p90 {_pct(m.get(f'runup_p90_{h}m'))}",
     ]
@@ -115,6 +128,16 @@ def _online_and_trust_lines(summary: dict[str, Any]) -> list[str]:
 
 def _pct(x: Any) -> str:
     return "n/a" if x is None else f"{x:.1%}" if abs(x) >= 0.001 else f"{x:.3%}"
+
+
+def _pm(ci: Any) -> str:
+    """' ± 9.6' (percentage points, half the 95 % interval's width) for a probability's interval."""
+    return "" if not ci or None in ci else f" ± {(ci[1] - ci[0]) * 50:.1f}"
+
+
+def _range(ci: Any) -> str:
+    """' [498.70-499.52]' for a price quantile's interval ('' where N paths cannot bound it)."""
+    return "" if not ci or None in ci else f" [{ci[0]:.2f}-{ci[1]:.2f}]"
 
 
 def _num(x: Any) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from .inputs import check_sampling, check_seeds, check_stamps, check_values, nor
 from .layers import clear_caches
 from .loading import load_pair, to_dtype
 from .model import Kronos, KronosTokenizer
+
+if TYPE_CHECKING:
+    from .stream import PathStream
 
 NUCLEUS_K0 = 64  # first partial selection for top-p; grows x4 only for rows whose kept mass is not reached
 # New tokens per tokenizer-decoder call (see decode_paths): few on a CPU, where the attention scores should stay in
@@ -156,17 +159,21 @@ def decode_paths(model: Kronos, tokenizer: KronosTokenizer, h0: Tensor, y_stamp:
     return Generated(values, s1_all, s2_all)
 
 
+def generator(seed: int | None) -> torch.Generator:
+    """The CPU generator of one origin's uniforms (None: fresh OS entropy; the global RNG is untouched)."""
+    gen = torch.Generator(device="cpu")
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(seed)
+    return gen
+
+
 def uniforms(seeds: Sequence[int | None], n_paths: int, horizon: int) -> Tensor:
-    """[O, n, H, 2] uniforms for (s1, s2) of each step; origin o's come from its own generator and seed."""
-    out = []
-    for seed in seeds:
-        gen = torch.Generator(device="cpu")
-        if seed is None:
-            gen.seed()  # fresh OS entropy for this generator only; the global RNG is untouched
-        else:
-            gen.manual_seed(seed)
-        out.append(torch.rand(n_paths, horizon, 2, generator=gen))
-    return torch.stack(out)
+    """[O, n, H, 2] uniforms for (s1, s2) of each step; origin o's come from its own generator and seed. Path i
+    takes the i-th block of 2H numbers of that generator's stream, so drawing the paths in several calls on one
+    generator (PathStream) gives each path the same uniforms as one call for all of them."""
+    return torch.stack([torch.rand(n_paths, horizon, 2, generator=generator(seed)) for seed in seeds])
 
 
 def bytes_per_path(model: Kronos, tokenizer: KronosTokenizer, p: int, horizon: int, elem: int) -> int:
@@ -305,21 +312,42 @@ class KronosPathSampler:
         try:
             for o0 in range(0, n_origins, groups):  # origins whose prefixes fit in memory together
                 o1 = min(o0 + groups, n_origins)
-                xg = x[o0:o1].to(dev)
-                s1, s2 = self.tokenizer.encode(xg)
-                h0 = self.model.prefill(s1, s2, x_stamp[o0:o1].to(dev))
-                self.tokenizer.decode_prefix(s1, s2)
-                ys = y_stamp[o0:o1].to(dev)
-                row = [decode_paths(self.model, self.tokenizer, h0, ys, u[o0:o1, p0 : p0 + chunk].to(dev),
-                                    temperature, top_k, top_p, graph=self.cuda_graphs, plans=self.plans,
-                                    on_step=on_step if report is not None else None)
-                       for p0 in range(0, n_paths, chunk)]
-                parts.append(Generated(*(torch.cat([getattr(g, f).float() if f == "values" else getattr(g, f)
-                                                    for g in row], dim=1).cpu() for f in ("values", "s1", "s2"))))
+                h0 = self.prefill(x[o0:o1], x_stamp[o0:o1])
+                parts.append(self.decode(h0, y_stamp[o0:o1].to(dev), u[o0:o1], temperature, top_k, top_p, chunk,
+                                         on_step=on_step if report is not None else None))
         finally:
             self.model.clear_caches()
             clear_caches(self.tokenizer)
         return Generated(*(torch.cat([getattr(g, f) for g in parts]) for f in ("values", "s1", "s2")))
+
+    def prefill(self, x: Tensor, x_stamp: Tensor) -> Tensor:
+        """Encode and prefill normalised contexts x [O, P, 6] (caches kept in the model and tokenizer until
+        clear_caches); -> the last hidden state of each [O, d]."""
+        dev = self.device
+        xg = x.to(dev)
+        s1, s2 = self.tokenizer.encode(xg)
+        h0 = self.model.prefill(s1, s2, x_stamp.to(dev))
+        self.tokenizer.decode_prefix(s1, s2)
+        return h0
+
+    def decode(self, h0: Tensor, y_stamp: Tensor, u: Tensor, temperature: float, top_k: int, top_p: float,
+               chunk: int, on_step: Callable[[], None] | None = None) -> Generated:
+        """Decode the paths of uniforms u [O, n, H, 2] after prefill, ``chunk`` paths per origin at a time;
+        ``on_step`` after each decode step (a progress bar)."""
+        row = [decode_paths(self.model, self.tokenizer, h0, y_stamp, u[:, p0 : p0 + chunk].to(self.device),
+                            temperature, top_k, top_p, graph=self.cuda_graphs, plans=self.plans, on_step=on_step)
+               for p0 in range(0, u.shape[1], chunk)]
+        return Generated(*(torch.cat([getattr(g, f).float() if f == "values" else getattr(g, f) for g in row],
+                                     dim=1).cpu() for f in ("values", "s1", "s2")))
+
+    def open_stream(self, values: Any, x_stamp: Any, y_stamp: Any, temperature: float = 1.0, top_k: int = 0,
+                    top_p: float = 0.9, seed: int | None = None) -> "PathStream":
+        """One origin's paths on demand (n_samples: auto): ``with sampler.open_stream(...) as s: s.draw(100)``.
+        The context is prefilled once; draw(n) returns the next n paths, and the paths of any sequence of draws
+        are the paths of one sample() call for all of them with the same seed."""
+        from .stream import PathStream
+
+        return PathStream(self, values, x_stamp, y_stamp, temperature, top_k, top_p, seed)
 
     def budget(self) -> int:
         """Bytes we may use for caches and activations (default: 1 GiB, or half the free GPU memory)."""

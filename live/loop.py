@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from app.memory import fix_mmap_threshold
+from live.memory import fix_mmap_threshold
 from forecast.errors import ModelError, Skipped
 from forecast.pipeline import Context, ForecastPipeline
 from live.book import BarBook

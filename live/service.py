@@ -8,19 +8,18 @@ import logging
 import os
 import socket
 import threading
-import time
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from app.config import ConfigError
-from app.operation import run_lock
 from live.book import BarBook
 from live.clock import ReplayClock, WallClock
 from live.loop import ForecastLoop
 from live.outputs import Outputs, RedisPublisher
+from forecast.errors import ConfigError
 from marketdata.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -36,10 +35,18 @@ class Replay:
     speed: float = 60.0
 
 
+# What the application hands the service: the web server to start on the bound socket (web.server.start_web)
+# and the run lock (app.operation.run_lock). Both live above this package, so they come in as callables.
+WebStarter = Callable[[Any, "str | None", socket.socket, "list[threading.Thread]"], Any]
+RunLock = Callable[[Path], AbstractContextManager[None]]
+
+
 @dataclass
 class Service:
     cfg: Any
-    replay: Replay | None = None
+    replay: Replay | None
+    start_web: WebStarter
+    run_lock: RunLock
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -53,7 +60,7 @@ class Service:
         self.source: Any = None
         self.outputs: Outputs | None = None
         self.port: int | None = None
-        self._lock = None
+        self._held = ExitStack()  # the lock, released by close()
 
     # --------------------------------------------------------------------------------------------- start
 
@@ -80,8 +87,7 @@ class Service:
         redis = RedisPublisher(cfg.redis_url, cfg.redis_prefix, hub) if cfg.redis_url else None
         self.outputs = Outputs(out, hub, timestamped=cfg.timestamped_files, redis=redis)
         self.outputs.preflight(self.symbols)
-        self._lock = run_lock(out / ".serve.lock")  # one service per folder (exit 6 for a second one)
-        self._lock.__enter__()
+        self._held.enter_context(self.run_lock(out / ".serve.lock"))  # one service per folder (exit 6 for two)
         self.outputs.claim()
 
         load_s = base.load()
@@ -95,7 +101,7 @@ class Service:
         hub.set_model({**base.engine_info(), "load_s": round(load_s, 3)})
         log.info("model %s loaded on %s in %.1f s", cfg.model, base.sampler.device, load_s)
 
-        self.server = start_web(hub, self.token, sock, self.threads)
+        self.server = self.start_web(hub, self.token, sock, self.threads)
         log.info("web page on http://%s:%d/%s", cfg.host, self.port, "" if self.token is None else
                  " (token required)")
         if redis is not None:
@@ -169,9 +175,7 @@ class Service:
             thread.join(timeout=5)
         if self.outputs is not None:
             self.outputs.close()
-        if self._lock is not None:
-            self._lock.__exit__(None, None, None)
-            self._lock = None
+        self._held.close()
 
 
 def symbols_of(cfg: Any) -> list[str]:
@@ -224,29 +228,3 @@ def listen_socket(host: str, port: int) -> socket.socket:
     sock.listen(32)  # uvicorn listens again with web.guard.BACKLOG
     sock.set_inheritable(True)
     return sock
-
-
-def start_web(hub: Any, token: str | None, sock: socket.socket, threads: list[threading.Thread]) -> Any:
-    """uvicorn serving web.app.create_app(hub, token) on the bound socket, on its own thread, behind
-    web.guard: connections capped by the descriptor limit, a deadline for each request's headers."""
-    import uvicorn
-
-    from web.app import create_app
-    from web.guard import BACKLOG, HEADER_TIMEOUT_S, MAX_HEADER_BYTES, connection_cap, guarded_protocol
-
-    cap = connection_cap()
-    # log_config=None: uvicorn's records go through our handler (one format, repeats rate-limited)
-    server = uvicorn.Server(uvicorn.Config(create_app(hub, token), log_level="warning", access_log=False,
-                                           log_config=None, lifespan="on", timeout_graceful_shutdown=3,
-                                           http=guarded_protocol(cap), backlog=BACKLOG, timeout_keep_alive=5,
-                                           h11_max_incomplete_event_size=MAX_HEADER_BYTES))
-    log.info("web server: at most %d connections, %g s to send a request", cap, HEADER_TIMEOUT_S)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="web", daemon=True)
-    thread.start()
-    threads.append(thread)
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if not server.started:
-        raise RuntimeError("the web server did not start")
-    return server

@@ -34,8 +34,8 @@ ASOF = "2025-06-04T15:00:00Z"
 STAMP = "20250604T150000Z"
 LOCK = ".run_QQQ.lock"
 RUN_FILES = {f"paths_{f}_QQQ_{STAMP}.csv" for f in ("high", "low", "volume")} | {
-    f"paths_QQQ_{STAMP}.csv", f"pred_summary_QQQ_{STAMP}.json", "paths_QQQ_latest.csv",
-    "pred_summary_QQQ_latest.json", "runs_QQQ.csv"}
+    f"paths_QQQ_{STAMP}.csv", f"bands_QQQ_{STAMP}.csv", f"pred_summary_QQQ_{STAMP}.json", "paths_QQQ_latest.csv",
+    "bands_QQQ_latest.csv", "pred_summary_QQQ_latest.json", "runs_QQQ.csv"}
 NOTHING = {LOCK}          # the run got as far as its lock, and wrote nothing
 NO_FOLDER = None          # the run stopped before the output folder was made
 

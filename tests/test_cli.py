@@ -325,11 +325,18 @@ def test_calibrator_is_shown_beside_the_raw_value(mini_checkpoint, bars_csv, tmp
                              "--lookback", "200", "--calibrator", cal, "--seed", "2")) == 0
     summary = json.loads((out / "pred_summary_QQQ_latest.json").read_text())
     raw = summary["summary"]["p_up_30m"]
-    clipped = min(max(raw, 1e-3), 1 - 1e-3)
-    expected = 1 / (1 + np.exp(-(0.5 * np.log(clipped / (1 - clipped)) + 0.2)))
+
+    def platt(p):
+        clipped = min(max(p, 1e-3), 1 - 1e-3)
+        return 1 / (1 + np.exp(-(0.5 * np.log(clipped / (1 - clipped)) + 0.2)))
+
+    expected = platt(raw)
     assert summary["calibrated"]["p_up_30m"] == pytest.approx(expected)
     assert summary["calibrated"]["method"] == "platt"
-    assert f"(calibrated {expected:.1%})" in capsys.readouterr().out
+    # its Monte Carlo interval: the raw interval's ends through the same (increasing) map
+    lo, hi = (platt(p) for p in summary["summary"]["p_up_30m_ci"])
+    assert summary["calibrated"]["p_up_30m_ci"] == pytest.approx([lo, hi])
+    assert f"(calibrated {expected:.1%} ± {(hi - lo) * 50:.1f})" in capsys.readouterr().out
     with (out / "runs_QQQ.csv").open() as fh:
         assert float(next(csv.DictReader(fh))["p_up_cal"]) == pytest.approx(expected)
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from app.config import (ConfigError, KEYS, SERVE_KEYS, add_config_flags, build_config, load_config,
+from app.config import (CRON_KEYS, ConfigError, KEYS, SERVE_KEYS, add_config_flags, build_config, load_config,
                         overrides_from_args, read_yaml)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ def test_shipped_config_matches_the_documented_defaults():
     assert cfg.model == "NeoQuasar/Kronos-small" and cfg.tokenizer == "NeoQuasar/Kronos-Tokenizer-base"
     assert cfg.percentiles == [10, 50, 90] and cfg.rth is True and cfg.feed == "iex"
     # The file sets every key, so a default changed in code alone would show up here.
-    assert set(read_yaml(ROOT / "config.yaml")) == {k.name for k in KEYS + SERVE_KEYS}
+    assert set(read_yaml(ROOT / "config.yaml")) == {k.name for k in KEYS + CRON_KEYS + SERVE_KEYS}
 
 
 def test_every_key_has_a_command_line_flag():

@@ -42,8 +42,9 @@ def test_a_closed_bar_gives_the_cli_forecast_at_its_close(ckpt, bars, tmp_path):
     assert hub.latest("QQQ") == document  # the page and the API carry exactly the file's JSON
     assert document["asof"] == "2025-06-04T15:01:00Z" and document["last_bar"] == "2025-06-04T15:00:00Z"
     assert sorted(p.name for p in (tmp_path / "live").iterdir() if not p.name.startswith(".")) == [
-        "paths_QQQ_latest.csv", "pred_summary_QQQ_20250604T150100Z.json", "pred_summary_QQQ_latest.json",
-        "runs_QQQ.csv"]  # timestamped paths files are off; the summary the run-log row names is kept
+        "bands_QQQ_latest.csv", "paths_QQQ_latest.csv", "pred_summary_QQQ_20250604T150100Z.json",
+        "pred_summary_QQQ_latest.json", "runs_QQQ.csv"]  # timestamped paths files are off; the summary the run-log
+    # row names is kept
     log_rows = (tmp_path / "live" / "runs_QQQ.csv").read_text().splitlines()
     assert len(log_rows) == 2 and log_rows[1].startswith("2025-06-04T15:01:00Z,2025-06-04T15:00:00Z,QQQ,")
     assert ",pred_summary_QQQ_20250604T150100Z.json," in log_rows[1]

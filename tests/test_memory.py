@@ -1,4 +1,4 @@
-"""app.memory: a pinned glibc mmap threshold keeps large blocks on mmap even after glibc would have raised it."""
+"""live.memory: a pinned glibc mmap threshold keeps large blocks on mmap even after glibc would have raised it."""
 import platform
 import subprocess
 import sys
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # is pinned at 1 MiB the second one is mmapped again.
 PROBE = """
 import ctypes, ctypes.util
-from app.memory import fix_mmap_threshold
+from live.memory import fix_mmap_threshold
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in
@@ -42,7 +42,7 @@ def test_pinned_threshold_mmaps_large_blocks_again():
 
 
 def test_kernel_cache_bounds_leave_the_users_own_alone():
-    from app.memory import KERNEL_CACHES, bound_kernel_caches
+    from live.memory import KERNEL_CACHES, bound_kernel_caches
 
     env = {"LRU_CACHE_CAPACITY": "7"}
     bound_kernel_caches(env)

@@ -1,8 +1,10 @@
 """Outputs pinned on the real QQQ bars: the files in tests/golden were written by the code before the forecast
-pipeline was extracted (commit 5c4c8bc). The forecast CLI (with a deterministic stand-in for the engine, so the
-pin covers every rule after sampling: data preparation, horizon, metrics, calibration, summary, files) and the
-baselines' backtest must still produce them: text and integers exactly, floats to a relative 1e-9 (support.compare),
-so that another numpy, pandas or scikit-learn summing in another order passes and a changed rule does not."""
+pipeline was extracted (commit 5c4c8bc); the Monte Carlo intervals (the summaries' *_ci and *_se keys,
+`sampling`, the bands CSVs) were added later, with every earlier value checked unchanged. The forecast CLI (with
+a deterministic stand-in for the engine, so the pin covers every rule after sampling: data preparation, horizon,
+metrics, calibration, summary, files) and the baselines' backtest must still produce them: text and integers
+exactly, floats to a relative 1e-9 (support.compare), so that another numpy, pandas or scikit-learn summing in
+another order passes and a changed rule does not."""
 import json
 import os
 from pathlib import Path
@@ -113,3 +115,5 @@ def test_forecast_files_are_unchanged(case, real_data_dir, baselines_backtest, t
         if not calibrated:
             assert csv_differences((out / f"paths_QQQ_{stamp}.csv").read_text(),
                                    (GOLDEN / f"{case}_paths.csv").read_text()) == []
+            assert csv_differences((out / f"bands_QQQ_{stamp}.csv").read_text(),
+                                   (GOLDEN / f"{case}_bands.csv").read_text()) == []

@@ -111,7 +111,7 @@ def comparable(out: Path) -> dict[str, object]:
     for p in sorted(out.iterdir()):
         if p.name.startswith("."):
             continue
-        if p.suffix == ".json":
+        if p.name.startswith("pred_summary_"):
             doc = json.loads(p.read_text())
             doc.pop("timings_s")
             files[p.name] = doc
@@ -134,7 +134,8 @@ def test_warm_runs_equal_cold_runs(tiny, bars_csv, tmp_path, warm_dir, capsys):
         assert cli.main(run_args(tiny, bars_csv, tmp_path / "warm", "--warm", *extra)) == ExitCode.OK
         assert capsys.readouterr().out == cold_text
     assert comparable(tmp_path / "warm") == comparable(tmp_path / "cold")
-    assert len(comparable(tmp_path / "cold")) == 4 * 5 + 2 + 1  # 4 runs' 5 files, 2 latest copies, the run log
+    # 4 runs' 5 files, 2 latest copies, the run log and the online calibration state
+    assert len(comparable(tmp_path / "cold")) == 4 * 5 + 2 + 1 + 1
     assert len(warm._started) == 1 and len(worker_pids(warm_dir)) == 1  # one worker did every warm run
     # --json prints the same document (timings aside)
     extra = ("--asof", INSTANTS[0], "--seed", "5", "--json")

@@ -84,6 +84,12 @@ def test_page_in_headless_chromium(real_data_dir, tmp_path):
             assert float(p_up.get_attribute("data-value")) == shown["summary"]["p_up_30m"]
             cal = driver.find_element("id", "p-up-cal")
             assert cal.text == f"{shown['calibrated']['p_up_30m'] * 100:.1f}%"
+            for node, (lo, hi) in (("p-up-ci", shown["summary"]["p_up_30m_ci"]),
+                                   ("p-up-cal-ci", shown["calibrated"]["p_up_30m_ci"])):  # the Monte Carlo error
+                text = f"± {(hi - lo) * 50:.1f} pp ({lo * 100:.1f}–{hi * 100:.1f} %)"
+                assert driver.find_element("id", node).text == text
+            se = shown["summary"]["exp_ret_30m_se"]
+            assert driver.find_element("id", "exp-ret-se").text == f"s.e. {se * 100:.3f}%"
             traces = driver.execute_script(
                 "return document.getElementById('chart').data.map(t => ({name: t.name, type: t.type, "
                 "n: (t.y || t.close).length, y: t.y}))")

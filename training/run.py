@@ -12,7 +12,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from app.config import FINETUNE_KEYS, ConfigError
+from app.config import FINETUNE_KEYS
+from forecast.errors import ConfigError
 from forecast.errors import SettingsError
 from training import checkpoint as ck
 from training.card import CARD, CURVE, plot_losses, write_card
@@ -223,9 +224,8 @@ def ab_test(cfg: Any, out: Path, card: dict, data: Any, splits: dict[str, Split]
 
 
 def fine_tune(cfg: Any, out: Path, *, fresh: bool = False, ab_only: bool = False, progress: bool = True,
-              plots: bool = True) -> int:
-    from app.exits import ExitCode
-
+              plots: bool = True) -> None:
+    """Train (or, with ``ab_only``, only the A/B of an earlier run); a failure raises (the script maps it)."""
     if ab_only:
         return run_ab_only(cfg, out, fresh, progress, plots)
     card, data, splits, world = train(cfg, out, fresh, progress)
@@ -237,18 +237,15 @@ def fine_tune(cfg: Any, out: Path, *, fresh: bool = False, ab_only: bool = False
               f"card {out / CARD}")
         if cfg.ab_after_training:
             ab_test(cfg, out, card, data, splits, progress, plots)
-    return ExitCode.OK
 
 
-def run_ab_only(cfg: Any, out: Path, fresh: bool, progress: bool, plots: bool) -> int:
+def run_ab_only(cfg: Any, out: Path, fresh: bool, progress: bool, plots: bool) -> None:
     """--ab: the A/B of an earlier run's OUT/best, on the test sessions recorded in its card; with --fresh the
     A/B in OUT/ab starts over (the trained model is kept)."""
     import json
 
-    from app.exits import ExitCode
-    from training.data import load_training_bars
-
     from forecast.owned import check, claim
+    from training.data import load_training_bars
 
     check(out, _owner())
     path = out / CARD
@@ -264,4 +261,3 @@ def run_ab_only(cfg: Any, out: Path, fresh: bool, progress: bool, plots: bool) -
     if fresh and (out / "ab").exists():
         shutil.rmtree(out / "ab")
     ab_test(cfg, out, card, data, splits, progress, plots)
-    return ExitCode.OK

@@ -15,6 +15,13 @@
     nyFormat.formatToParts(new Date(iso)).forEach(function (x) { p[x.type] = x.value; });
     return p.year + "-" + p.month + "-" + p.day + " " + p.hour + ":" + p.minute + ":" + p.second;
   }
+  // a probability's 95 % Monte Carlo interval [lo, hi] as "± 4.9 pp (52.1–61.9 %)"; "" when there is none
+  function ci(pair) {
+    if (!pair || pair[0] === null || pair[1] === null) return "";
+    return "± " + ((pair[1] - pair[0]) * 50).toFixed(1) + " pp (" + (pair[0] * 100).toFixed(1) + "–" +
+      (pair[1] * 100).toFixed(1) + " %)";
+  }
+  function withCi(x, pair) { var c = ci(pair); return pct(x) + (c ? " " + c.split(" (")[0] : ""); }
   function pct(x, digits) { return x === null || x === undefined ? "—" : (x * 100).toFixed(digits === undefined ? 1 : digits) + "%"; }
   function num(x, digits) { return x === null || x === undefined ? "—" : Number(x).toFixed(digits === undefined ? 2 : digits); }
   function el(id) { return document.getElementById(id); }
@@ -115,19 +122,26 @@
     var calNode = el("p-up-cal");
     calNode.textContent = pct(pCal === undefined ? null : pCal);
     calNode.dataset.value = pCal === undefined ? "" : pCal;
+    el("p-up-ci").textContent = ci(m["p_up_" + h + "m_ci"]) || "—";
+    el("p-up-cal-ci").textContent = ci(cal["p_up_" + h + "m_ci"]) || "—";
+    var se = m["exp_ret_" + h + "m_se"];
+    el("exp-ret-se").textContent = se === null || se === undefined ? "—" : "s.e. " + pct(se, 3);
     el("cal-method").textContent = sum.calibrated ? cal.method + " calibrator" : "no calibrator configured";
     el("exp-ret").textContent = pct(m["exp_ret_" + h + "m"], 3);
-    el("asof").textContent = "as of " + ny(sum.asof) + " NY, " + sum.n_samples + " paths";
+    var stop = (sum.sampling || {}).stopped;
+    el("asof").textContent = "as of " + ny(sum.asof) + " NY, " + sum.n_samples + " paths" +
+      (stop && stop !== "fixed" ? " (auto: " + stop.replace("_", " ") + ")" : "");
     var r = m["ret_percentiles_" + h + "m"] || {};
     var rk = Object.keys(r);
     rows(el("risk"), [
       ["return " + rk.join(" / "), rk.map(function (k) { return pct(r[k], 2); }).join(" / ")],
       ["drawdown p50 / p90 / p95", [50, 90, 95].map(function (q) { return pct(m["drawdown_p" + q + "_" + h + "m"], 2); }).join(" / ")],
       ["run-up p50 / p90 / p95", [50, 90, 95].map(function (q) { return pct(m["runup_p" + q + "_" + h + "m"], 2); }).join(" / ")],
-      ["P(touch VWAP " + num(m.vwap) + ")", pct(m["p_hit_vwap_" + h + "m"])],
-      ["P(touch mid band " + num(m.mid_band) + ")", pct(m["p_hit_mid_" + h + "m"])],
+      ["P(touch VWAP " + num(m.vwap) + ")", withCi(m["p_hit_vwap_" + h + "m"], m["p_hit_vwap_" + h + "m_ci"])],
+      ["P(touch mid band " + num(m.mid_band) + ")", withCi(m["p_hit_mid_" + h + "m"], m["p_hit_mid_" + h + "m_ci"])],
       ["z-score to mid band", num(m.zscore_mid)],
-      ["P(path vol > recent " + m.vol_window + "m)", pct(m["p_vol_exceeds_recent_" + h + "m"])],
+      ["P(path vol > recent " + m.vol_window + "m)",
+        withCi(m["p_vol_exceeds_recent_" + h + "m"], m["p_vol_exceeds_recent_" + h + "m_ci"])],
       ["recent 1-min vol", pct(m.recent_vol_1m, 3)],
       ["forecast latency", s.latency_s === null ? "—" : num(s.latency_s, 2) + " s"]
     ]);
