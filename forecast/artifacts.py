@@ -187,8 +187,8 @@ def run_files(symbol: str, stamp: str, summary: Mapping[str, Any], arr: np.ndarr
                                         paths_csv_text(arr[:, :, PATH_FIELDS["close"]], header).encode())}
         if bands is not None:
             files["bands_latest"] = (bands_name(symbol, "latest"), bands)
-        block = {"stamp": stamp, "summary": summary_name(symbol, stamp), "summary_latest": summary_name(symbol, "latest"),
-                 **{k: name for k, (name, _) in files.items()}}
+        block = {"stamp": stamp, "summary": summary_name(symbol, stamp),
+                 "summary_latest": summary_name(symbol, "latest"), **{k: name for k, (name, _) in files.items()}}
         body = (json.dumps({**summary, "artifacts": block}, indent=2, allow_nan=False) + "\n").encode()
         return {"summary": (summary_name(symbol, stamp), body), **files,
                 "summary_latest": (summary_name(symbol, "latest"), body)}
