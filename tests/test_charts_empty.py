@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from evaluation import baselines
 from evaluation.charts import _legend_or_say
-from evaluation.report import DIAGRAM_MIN_BIN
+from evaluation.evaluate import DIAGRAM_MIN_BIN
 from test_backtest import bt, settings, sim  # noqa: F401 - sim is a fixture
 
 
