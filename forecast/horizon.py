@@ -19,9 +19,9 @@ import pandas as pd
 
 from forecast.errors import Skipped
 from marketdata.calendar import next_bar_starts, session_containing, session_minutes, xnys
+from marketdata.frame import ONE_MINUTE
 
 NEW_YORK = "America/New_York"
-ONE_MINUTE = pd.Timedelta(minutes=1)
 
 
 @dataclass(frozen=True)

@@ -77,3 +77,13 @@ def mean_standard_error(values: np.ndarray) -> float:
     """Standard error of the sample mean (NaN for fewer than two values)."""
     x = np.asarray(values, dtype=float).ravel()
     return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) >= 2 else math.nan
+
+
+def map_interval(interval: tuple[float, float] | list[float], maps: list) -> tuple[float, float]:
+    """An interval for a probability after monotone maps (Platt, isotonic, online Platt): each map's image of
+    [lo, hi] lies between the images of its ends, which swap when a map decreases (a Platt slope below 0)."""
+    lo, hi = (float(x) for x in interval)
+    for f in maps:
+        a, b = float(f(lo)), float(f(hi))
+        lo, hi = min(a, b), max(a, b)
+    return lo, hi

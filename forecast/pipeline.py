@@ -24,6 +24,7 @@ from forecast.calibrator import Calibrator, load_calibrator
 from forecast.errors import ModelError, SettingsError, Skipped
 from forecast.extended import ExtendedPrice, latest_extended, relative_to
 from forecast.horizon import HorizonPlan, events_in_window, model_time_features, plan_horizon
+from forecast.mc_error import map_interval
 from forecast.metrics import Metrics, compute_metrics, repair_paths
 from forecast.summary import build_summary
 from marketdata.prepare import PrepareInfo, prepare_bars
@@ -322,10 +323,7 @@ def mapped_interval(fn: Any, ci: list[float] | None) -> list[float] | None:
     """The Monte Carlo interval of a calibrated probability: the raw interval's endpoints mapped through the
     calibration map. Platt and isotonic maps are monotone, so the image of [lo, hi] is the interval between the
     mapped endpoints (sorted: a Platt slope below 0 turns the map around)."""
-    if ci is None:
-        return None
-    lo, hi = sorted(float(fn(x)) for x in ci)
-    return [lo, hi]
+    return None if ci is None else list(map_interval(ci, [fn]))
 
 
 def origin_ticker(n_origins: int, tell: Callable[[int], None]) -> Callable[[int, int], None]:

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from forecast.mc_error import proportion_interval
+from forecast.mc_error import map_interval, proportion_interval
 
 MIN_INDEPENDENT = 10
 TOLERANCE_FLOOR = 0.05
@@ -77,11 +77,7 @@ def status(recent: Recent | None, has_calibration: bool) -> dict[str, Any]:
 
 def calibrated_interval(k: int, n: int, maps: list[Callable[[float], float]]) -> tuple[float, float]:
     """The Jeffreys interval of k of n mapped through each monotone map in turn (a decreasing one swaps ends)."""
-    lo, hi = proportion_interval(k, n)
-    for f in maps:
-        a, b = float(f(lo)), float(f(hi))
-        lo, hi = min(a, b), max(a, b)
-    return lo, hi
+    return map_interval(proportion_interval(k, n), maps)
 
 
 def backtest_skill(meta: dict[str, Any] | None, settings: dict[str, Any]) -> tuple[bool | None, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 COLUMNS = ("open", "high", "low", "close", "volume", "amount")
 STAMP_FIELDS = ("minute", "hour", "weekday", "day", "month")
@@ -105,3 +106,13 @@ def normalise(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         out[o] = np.clip(centered / scale, -CLIP, CLIP)
         means[o, 0], scales[o, 0] = mean, scale
     return out, means, scales
+
+
+def generator(seed: int | None) -> torch.Generator:
+    """The CPU generator of one origin's uniforms (None: fresh OS entropy; the global RNG is untouched)."""
+    gen = torch.Generator(device="cpu")
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(seed)
+    return gen

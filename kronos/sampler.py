@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -17,13 +17,12 @@ from torch import Tensor
 
 from .config import default_context
 from .graphs import DecodePlans
-from .inputs import check_sampling, check_seeds, check_stamps, check_values, normalise
+from .inputs import check_sampling, check_seeds, check_stamps, check_values, generator, normalise
 from .layers import clear_caches
 from .loading import load_pair, to_dtype
 from .model import Kronos, KronosTokenizer
+from .stream import PathStream
 
-if TYPE_CHECKING:
-    from .stream import PathStream
 
 NUCLEUS_K0 = 64  # first partial selection for top-p; grows x4 only for rows whose kept mass is not reached
 # New tokens per tokenizer-decoder call (see decode_paths): few on a CPU, where the attention scores should stay in
@@ -157,16 +156,6 @@ def decode_paths(model: Kronos, tokenizer: KronosTokenizer, h0: Tensor, y_stamp:
                                                s2_all[:, j : j + step].reshape(-1, horizon)).view(o, -1, horizon, 6)
                         for j in range(0, n, step)], dim=1)
     return Generated(values, s1_all, s2_all)
-
-
-def generator(seed: int | None) -> torch.Generator:
-    """The CPU generator of one origin's uniforms (None: fresh OS entropy; the global RNG is untouched)."""
-    gen = torch.Generator(device="cpu")
-    if seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed(seed)
-    return gen
 
 
 def uniforms(seeds: Sequence[int | None], n_paths: int, horizon: int) -> Tensor:
@@ -341,12 +330,10 @@ class KronosPathSampler:
                                      dim=1).cpu() for f in ("values", "s1", "s2")))
 
     def open_stream(self, values: Any, x_stamp: Any, y_stamp: Any, temperature: float = 1.0, top_k: int = 0,
-                    top_p: float = 0.9, seed: int | None = None) -> "PathStream":
+                    top_p: float = 0.9, seed: int | None = None) -> PathStream:
         """One origin's paths on demand (n_samples: auto): ``with sampler.open_stream(...) as s: s.draw(100)``.
         The context is prefilled once; draw(n) returns the next n paths, and the paths of any sequence of draws
         are the paths of one sample() call for all of them with the same seed."""
-        from .stream import PathStream
-
         return PathStream(self, values, x_stamp, y_stamp, temperature, top_k, top_p, seed)
 
     def budget(self) -> int:

@@ -8,21 +8,31 @@ The model's caches belong to the stream until the block ends: no other sampling 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from .inputs import check_sampling, check_stamps, check_values, normalise
+from .inputs import check_sampling, check_stamps, check_values, generator, normalise
 from .layers import clear_caches
-from .sampler import generator
 
-if TYPE_CHECKING:
-    from .sampler import KronosPathSampler
+
+class StreamSampler(Protocol):
+    """What a stream uses of the sampler (KronosPathSampler), which builds streams: its networks, device and context,
+    the prefill and decode steps, and the memory plan."""
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    max_context: int
+
+    def prefill(self, x: torch.Tensor, x_stamp: torch.Tensor) -> torch.Tensor: ...
+    def decode(self, h0: torch.Tensor, y_stamp: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int,
+               top_p: float, chunk: int) -> Any: ...
+    def plan(self, lookback: int, horizon: int, n_origins: int, n_paths: int) -> tuple[int, int]: ...
 
 
 class PathStream:
-    def __init__(self, sampler: KronosPathSampler, values: Any, x_stamp: Any, y_stamp: Any, temperature: float,
+    def __init__(self, sampler: StreamSampler, values: Any, x_stamp: Any, y_stamp: Any, temperature: float,
                  top_k: int, top_p: float, seed: int | None) -> None:
         check_sampling(1, temperature, top_k, top_p)
         x = check_values(values, 2)  # [1, P, 6]

@@ -113,7 +113,7 @@ class Service:
         if frames is None:
             self.source = self._alpaca_source()
         else:
-            from live.replay import ReplaySource
+            from live.playback import ReplaySource
 
             self.source = ReplaySource(frames, self.book, self.clock, cfg.rth, self.stop)
             log.info("replaying from %s at %gx", start.isoformat(), self.replay.speed)
@@ -127,7 +127,7 @@ class Service:
     def _replay_frames(self) -> tuple[dict[str, pd.DataFrame] | None, pd.Timestamp | None]:
         if self.replay is None:
             return None, None
-        from live.replay import load_replay
+        from live.playback import load_replay
 
         return load_replay(self.replay.files, self.replay.start, tz=self.cfg.csv_tz, label=self.cfg.csv_label)
 

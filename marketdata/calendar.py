@@ -24,10 +24,9 @@ from zoneinfo import ZoneInfo
 import exchange_calendars as xcals
 import pandas as pd
 
-from marketdata.frame import DataError
+from marketdata.frame import ONE_MINUTE, DataError
 
 NY = ZoneInfo("America/New_York")
-ONE_MINUTE = pd.Timedelta(minutes=1)
 # Far enough back for the 2013 Lean sample data; exchange_calendars' default start is only 20 years back.
 CALENDAR_START = "2005-01-01"
 EXTENDED_OPEN = dt.time(4, 0)

@@ -163,7 +163,7 @@ def test_the_table_covers_every_argument_of_the_issue():
 def test_a_replay_of_one_session_plays_with_a_from_inside_it(tmp_path):
     """The one-session message's advice works: --from later in the session leaves the bars before it as
     history."""
-    from live.replay import load_replay
+    from live.playback import load_replay
 
     write_bars(tmp_path / "one.csv", ("2025-06-04",))
     frames, start = load_replay({"QQQ": str(tmp_path / "one.csv")}, pd.Timestamp("2025-06-04T16:00:00Z"))

@@ -21,7 +21,7 @@ from app.operation import run_lock
 from kronos_checkpoints import write_checkpoint_pair
 from live.book import BarBook
 from live.clock import ReplayClock
-from live.replay import ReplaySource
+from live.playback import ReplaySource
 from live_support import canonical_bars
 
 ROOT = Path(__file__).resolve().parents[1]
