@@ -89,8 +89,6 @@ def backtest_config(args: argparse.Namespace) -> Any:
     """config.yaml and the flags; a fixed seed and no calibrator, so that a backtest is reproducible."""
     overrides = overrides_from_args(args)
     overrides.pop("out", None)  # --out here is the backtest's folder, not the forecast's
-    if overrides.get("csv"):
-        overrides["source"] = "csv"
     cfg = load_config(args.config, overrides, script="backtest")
     return cfg.replace(seed=0 if cfg.seed is None else cfg.seed, calibrator=None)
 

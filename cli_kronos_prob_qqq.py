@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from app.config import add_config_flags, load_config, overrides_from_args, parse_time, script_parser
 from app.exits import ExitCode
 from app.operation import install_program_handlers, report_failure, run_lock, time_budget
+from app.progress import Stages
 from forecast.errors import Skipped
 
 if TYPE_CHECKING:  # pandas, torch and the calendars load only once a run needs them (--warm: docs/warm.md)
@@ -47,36 +48,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(cfg, asof: pd.Timestamp | None, cron: bool, written: list, resident: Resident | None = None) -> object:
+def run(cfg, asof: pd.Timestamp | None, cron: bool, written: list, resident: Resident | None = None,
+        stages: Stages | None = None) -> object:
     """One run, under the lock and the time budget: bars -> pipeline -> files written all or nothing. A warm
-    worker passes its Resident: the kept engine and bars (the same results)."""
+    worker passes its Resident: the kept engine and bars (the same results). Each stage is timed (and shown
+    on a terminal) by ``stages``."""
     # Imported here so that bad arguments fail fast, before torch and the calendars load.
     import pandas as pd
 
     from forecast.pipeline import ForecastPipeline
     from forecast.publish import publish
     from marketdata import calendar as mcal
-    from marketdata.recent import fetch_recent_bars
+    from marketdata.recent import fetch_recent_bars, range_note
 
+    stages = stages or Stages(show=False)
     t0 = time.perf_counter()
     if asof is None and cfg.source == "alpaca":
         asof = pd.Timestamp.now(tz="UTC").floor("s")
     if asof is not None:
         skip_if_closed(mcal.market_status(asof, cfg.rth), cron)
     pipeline = ForecastPipeline(cfg, loader=None if resident is None else resident.engine)
-    recent = fetch_recent_bars(cfg.source, cfg.symbol, asof, cfg.days, cfg.rth, csv=cfg.csv, csv_tz=cfg.csv_tz,
-                               csv_label=cfg.csv_label, feed=cfg.feed, sip_fallback=cfg.sip_fallback,
-                               url_override=os.environ.get("ALPACA_DATA_URL") or None,
-                               cache=None if resident is None else resident.bars)
+    with stages.stage("data"):
+        recent = fetch_recent_bars(cfg.source, cfg.symbol, asof, cfg.days, cfg.rth, csv=cfg.csv, csv_tz=cfg.csv_tz,
+                                   csv_label=cfg.csv_label, feed=cfg.feed, sip_fallback=cfg.sip_fallback,
+                                   url_override=os.environ.get("ALPACA_DATA_URL") or None,
+                                   cache=None if resident is None else resident.bars)
     status = mcal.market_status(recent.now, cfg.rth)
     skip_if_closed(status, cron)
     from evaluation.online import cli_online
 
     online, online_path, learnt = cli_online(cfg.out, cfg.symbol, pipeline, recent.frame, recent.now)
-    fc = pipeline.forecast(recent.frame, recent.now, data_asof=recent.data_asof, provenance=recent.provenance,
-                           market_open=status.is_open, status_note=status.describe(),
-                           timings={"data": time.perf_counter() - t0})
-    files = publish(cfg.out, cfg.symbol, fc, plot=cfg.plot, done=written).files
+    try:
+        fc = pipeline.forecast(recent.frame, recent.now, data_asof=recent.data_asof, provenance=recent.provenance,
+                               market_open=status.is_open, status_note=status.describe(),
+                               timings={"data": time.perf_counter() - t0}, stage=stages.stage,
+                               progress=stages.progress)
+    except Skipped as exc:  # a replay outside its file: say what the file covers
+        note = range_note(recent.frame, recent.now, cfg.csv) if cfg.source == "csv" else None
+        if note is None:
+            raise
+        raise Skipped(f"{exc}; {note}", exc.code) from None
+    with stages.stage("writing"):
+        files = publish(cfg.out, cfg.symbol, fc, plot=cfg.plot, done=written).files
     if learnt:  # the outcomes resolved by now, learnt before this forecast: kept once its files are out
         try:
             online.save(online_path)
@@ -111,9 +124,10 @@ def main(argv: list[str] | None = None, program: bool = False, resident: Residen
         from forecast.publish import preflight
 
         out = preflight(cfg.out, cfg.symbol)  # every check that can fail runs before anything is written
+        stages = Stages.for_terminal(quiet=args.quiet)  # silent under cron (stderr is no terminal) and with -q
         with run_lock(out / f".run_{cfg.symbol}.lock"):
-            with time_budget(cfg.time_budget):
-                fc = run(cfg, asof, args.cron, written, resident)
+            with time_budget(cfg.time_budget, stages.account):
+                fc = run(cfg, asof, args.cron, written, resident, stages)
     except BaseException as exc:  # noqa: BLE001 - every failure ends in one line and a documented code
         from forecast.publish import PublishError
 

@@ -46,8 +46,6 @@ def main(argv: list[str] | None = None, program: bool = False) -> int:
     try:
         overrides = overrides_from_args(args)
         overrides.pop("out", None)  # --out here is the run folder, not the forecast's
-        if overrides.get("csv"):
-            overrides["source"] = "csv"
         cfg = load_config(args.config, overrides, script="finetune")
         from training.run import fine_tune
 

@@ -55,9 +55,16 @@ def serve_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
-def replay_of(args: argparse.Namespace, symbols: list[str]):
+def replay_of(args: argparse.Namespace, symbols: list[str], cfg=None):
+    """--replay FILE..., or the config's bars file when source is csv (`--csv FILE` means the same here as in every
+    script: bars come from that file, played as if live)."""
     from live.service import Replay
 
+    if args.replay is None and cfg is not None and cfg.source == "csv":
+        args.replay = [cfg.csv]
+    elif args.replay is not None and cfg is not None and cfg.source == "csv" and args.replay != [cfg.csv]:
+        raise ConfigError(f"--replay {' '.join(args.replay)} and --csv {cfg.csv} name different bars files: "
+                          "give one of the two")
     if args.replay is None:
         if args.replay_from is not None:
             raise ConfigError("--from needs --replay FILE")
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None, program: bool = False) -> int:
         from live.service import Service, symbols_of
         from web.server import start_web
 
-        service = Service(cfg, replay_of(args, symbols_of(cfg)), start_web=start_web, run_lock=run_lock)
+        service = Service(cfg, replay_of(args, symbols_of(cfg), cfg), start_web=start_web, run_lock=run_lock)
         service.start()
         service.wait()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (systemd's stop): a clean stop

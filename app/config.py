@@ -5,6 +5,9 @@ which tables a script reads (one config.yaml may hold them all). Every key has a
 one-line help text. The tables build the argparse flags (`lookback` -> `--lookback`, `mid_window` ->
 `--mid-window`), validate values and give each script its frozen config class; reference_table renders one as
 the README's Markdown table (tests check the forecast's, the service's and fine-tuning's are current).
+Two rules that span keys live here once: a bars file given (`csv`) means source csv (_source_of_csv), and a
+fine-tuned model folder's record of what it was trained with supplies tokenizer, lookback, horizon, rth and
+time_label (_trained_defaults).
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import difflib
+import logging
 import math
 import zoneinfo
 from dataclasses import dataclass
@@ -25,6 +29,7 @@ from forecast.errors import ConfigError  # noqa: F401 - the scripts and tests im
 from marketdata import symbols as tickers
 from marketdata.redact import redact_url
 
+log = logging.getLogger("app.config")
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -124,8 +129,8 @@ KEYS: tuple[Key, ...] = (
     Key("lookback", int, 480, "bars of context given to the model", check=lambda v: v >= 16, rule=">= 16"),
     Key("days", int, 3, "trading sessions of history to load", check=lambda v: 1 <= v <= 30, rule="1..30"),
     Key("rth", bool, True, "regular hours only (false: 04:00-20:00 ET extended hours)"),
-    Key("source", str, "alpaca", "where bars come from", choices=("alpaca", "csv")),
-    Key("csv", str, None, "bars file (CSV or Parquet) for source csv"),
+    Key("source", str, "alpaca", "where bars come from (a `csv` file given means csv)", choices=("alpaca", "csv")),
+    Key("csv", str, None, "bars file (CSV or Parquet); giving one implies source csv"),
     Key("csv_tz", str, "auto", "time zone of naive timestamps in the bars file (auto = UTC)",
         check=lambda v: v == "auto" or _is_zone(v), rule="auto or an IANA zone such as America/New_York"),
     Key("csv_label", str, "auto", "bars file labels bars by their start or end minute",
@@ -247,8 +252,9 @@ SERVE_KEYS: tuple[Key, ...] = (
         rule="0..65535", affects_results=False),
     Key("live_out", str, "outputs/live", "the service's folder for the CLI's files (keep it apart from cron's "
         "`out`)", affects_results=False),
-    Key("timestamped_files", bool, False, "also keep every forecast's timestamped files (the _latest copies "
-        "and the run log are always written)", affects_results=False),
+    Key("timestamped_files", bool, False, "also keep every forecast's timestamped paths CSVs (its timestamped "
+        "summary JSON, which its run-log row names, the _latest copies and the run log are always written)",
+        affects_results=False),
     Key("redis_url", str, None, "publish each summary to this Redis (redis://host:6379/0); null = no Redis",
         check=_is_redis_url, rule="a redis://host:port/db, rediss:// or unix:// URL (port a number 1..65535)",
         affects_results=False),
@@ -441,6 +447,10 @@ def build_config(file_values: dict[str, Any], overrides: dict[str, Any], script:
 def key_values(file_values: dict[str, Any], overrides: dict[str, Any], script: str = "forecast") -> dict[str, Any]:
     """Every key's value (default, then file, then override), each coerced and checked on its own; the checks
     across keys (which need torch's and pandas' modules) are build_config's."""
+    overrides = _source_of_csv(overrides, "--csv")
+    if overrides.get("source") is None:  # the command line did not decide where bars come from
+        file_values = _source_of_csv(file_values, "config file")
+    overrides = _trained_defaults(file_values, overrides, {k.name for k in SCRIPT_KEYS[script]})
     values: dict[str, Any] = {}
     for key in SCRIPT_KEYS[script]:
         raw = key.default
@@ -449,7 +459,64 @@ def key_values(file_values: dict[str, Any], overrides: dict[str, Any], script: s
         if overrides.get(key.name) is not None:
             raw = overrides[key.name]
         values[key.name] = _check(key, _coerce(key, raw))
+    if values.get("source") == "alpaca":
+        values["csv"] = None  # a file's `csv` that a --source alpaca flag overruled is not read
     return values
+
+
+def _source_of_csv(layer: dict[str, Any], where: str) -> dict[str, Any]:
+    """The one rule for `csv` and `source`, applied to each layer (the file, then the command line): a bars file
+    given without a source means source csv; one given beside source alpaca is a contradiction. A later layer's
+    source still wins over an earlier one's (a --csv flag beats `source: alpaca` in config.yaml)."""
+    if layer.get("csv") is None:
+        return layer
+    source = layer.get("source")
+    if source is None:
+        return {**layer, "source": "csv"}
+    if source == "alpaca":
+        said = ("--csv FILE reads bars from that file, which contradicts --source alpaca: drop one of the two"
+                if where == "--csv" else "the config file names a bars file in 'csv' but sets 'source: alpaca': "
+                "set source: csv to read the file, or csv: null to use Alpaca")
+        raise ConfigError(said)
+    return layer
+
+
+_TOLD: set[tuple[str, str, str]] = set()  # contradictions of a fine-tuned folder's record already warned about
+
+
+def _trained_defaults(file_values: dict[str, Any], overrides: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    """A fine-tuned model folder records its tokenizer and the forecast settings it was trained for
+    (kronos.loading.read_trained_for): they win over config.yaml and the defaults; a command-line flag still wins
+    over them, with a warning naming both values."""
+    model = overrides.get("model") if overrides.get("model") is not None else file_values.get("model")
+    # a look at the disk first: only a folder with the record pays for importing kronos (torch); a --warm
+    # client reads its settings with this module alone (the name is kronos.loading.TRAINED_FOR)
+    if not isinstance(model, str) or not (Path(model).expanduser() / "trained_for.json").is_file():
+        return overrides
+    from kronos.loading import TRAINED_FOR, read_trained_for
+
+    record = read_trained_for(model)
+    if not record:
+        return overrides
+    out = dict(overrides)
+    for name, value in record.items():
+        if name not in names or (name == "tokenizer_revision" and overrides.get("tokenizer") is not None):
+            continue  # a tokenizer given on the command line comes with its own revision (or none)
+        given = overrides.get(name)
+        if given is None:
+            out[name] = value
+            continue
+        given = _coerce(ALL_KEYS_BY_NAME[name], given)
+        same = given == value
+        if name == "tokenizer" and Path(given).expanduser().exists():
+            same = Path(given).expanduser().resolve() == Path(value).resolve()
+        told = (str(model), name, str(given))
+        if not same and told not in _TOLD:  # once per process: a --warm client and its worker read the settings
+            _TOLD.add(told)
+            shown = (lambda v: str(v).lower() if isinstance(v, bool) else str(v))
+            log.warning("%s %s contradicts %s, which was trained with %s %s; using %s", flag(name), shown(given),
+                        Path(model).expanduser() / TRAINED_FOR, name, shown(value), shown(given))
+    return out
 
 
 def parse_setting_spec(text: str, allowed: tuple[str, ...]) -> dict[str, Any]:

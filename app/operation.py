@@ -8,7 +8,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from app.exits import ExitCode, RunError
 
@@ -44,8 +44,9 @@ def run_lock(path: Path) -> Iterator[None]:
 
 
 @contextmanager
-def time_budget(seconds: float) -> Iterator[None]:
-    """Raise TimeBudgetExceeded in the main thread once `seconds` have passed (SIGALRM; POSIX only)."""
+def time_budget(seconds: float, account: Callable[[], str] | None = None) -> Iterator[None]:
+    """Raise TimeBudgetExceeded in the main thread once `seconds` have passed (SIGALRM; POSIX only). ``account``
+    says, when it trips, where the time went (app.progress.Stages.account: the slow stage and what to lower)."""
     if not hasattr(signal, "setitimer"):
         yield
         return
@@ -54,7 +55,10 @@ def time_budget(seconds: float) -> Iterator[None]:
     fired: list[bool] = []
 
     def on_alarm(signum: int, frame: object) -> None:
+        nonlocal message
         fired.append(True)
+        told = account() if account is not None else ""
+        message += f" {told}" if told else ""
         raise TimeBudgetExceeded(message)
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
@@ -78,6 +82,15 @@ def exit_on_sigterm() -> None:
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, on_term)
+
+
+class StampFormatter(logging.Formatter):
+    """Log times as every line's own times read: UTC ISO 8601 with the New York time beside."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        from marketdata.stamps import log_stamp
+
+        return log_stamp(record.created)
 
 
 def interrupt_once(log: logging.Logger) -> None:
@@ -136,11 +149,10 @@ class RepeatLimit(logging.Filter):
 
 
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
-    """Logs go to stderr with UTC timestamps; stdout stays for the result."""
+    """Logs go to stderr with UTC timestamps (New York time beside); stdout stays for the result."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
-    formatter.converter = time.gmtime
+    formatter = StampFormatter("%(asctime)s %(levelname)s %(message)s")
     handler.setFormatter(formatter)
     handler.addFilter(RepeatLimit())
     handler.set_name("kronos_prob")

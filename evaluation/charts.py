@@ -33,7 +33,8 @@ def write_plots(evals: dict[str, Evaluation], report: dict[str, Any], out_dir: P
                         label=f"{n} ({kind})")
     ax.set(xlabel="forecast p_up (bin mean)", ylabel="observed frequency of close > now", xlim=(0, 1), ylim=(0, 1),
            title=f"Reliability of p_up (dashed: walk-forward calibrated; bins of >= {DIAGRAM_MIN_BIN})")
-    ax.legend(fontsize=7)
+    _legend_or_say(ax, f"no data yet: no probability bin holds {DIAGRAM_MIN_BIN} outcomes\n(more origins, or "
+                       "a smaller --every, fill the diagram)")
     files.append(_save(fig, out_dir / "reliability.png"))
 
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
@@ -58,7 +59,7 @@ def write_plots(evals: dict[str, Evaluation], report: dict[str, Any], out_dir: P
         ax.axhline(band.nominal, color="black", lw=1, ls=":")
         ax.set(title=f"{band.name} band (nominal {band.nominal:.0%})", xlabel="minutes ahead", ylim=(0, 1))
     axes[0][0].set_ylabel("coverage (dashed: calibrated)")
-    axes[0][0].legend(fontsize=7)
+    _legend_or_say(axes[0][0], "no data yet: no forecast was scored")
     files.append(_save(fig, out_dir / "coverage_by_step.png"))
 
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -71,10 +72,22 @@ def write_plots(evals: dict[str, Evaluation], report: dict[str, Any], out_dir: P
                         label=f"{n} ({kind}, {len(trades)} trades)")
     ax.axhline(0, color="grey", lw=1)
     ax.set(title="Toy rule, net of fees and slippage", ylabel="cumulative net return (bp)")
-    ax.legend(fontsize=7)
+    rule = report.get("settings", {})
+    _legend_or_say(ax, f"no trades: the toy rule never entered (p_up >= {rule.get('rule_p_up')} with "
+                       f"zscore_mid <= {rule.get('rule_z')} never happened)")
     fig.autofmt_xdate()
     files.append(_save(fig, out_dir / "equity.png"))
     return files
+
+
+def _legend_or_say(ax: Any, empty: str) -> None:
+    """The legend of the labelled lines, or, when the chart has none, a sentence saying why it is empty (an empty
+    legend would read as a drawing error, and matplotlib warns about it)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="dimgrey",
+                wrap=True)
 
 
 def _save(fig: Any, path: Path) -> str:

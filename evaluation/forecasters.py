@@ -7,7 +7,7 @@ stream per (forecaster, origin), so its results never depend on batching, order 
 from __future__ import annotations
 
 import zlib
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,8 +33,10 @@ class KronosForecaster:
     def describe(self) -> dict[str, Any]:
         return describe_kronos(self.pipeline.cfg)
 
-    def sample_cases(self, cases: Sequence[Case], n_paths: int, seed: int) -> list[np.ndarray]:
-        return self.pipeline.sample([c.context for c in cases], n_paths=n_paths, seed=seed, check=False)
+    def sample_cases(self, cases: Sequence[Case], n_paths: int, seed: int,
+                     on_origins: Callable[[int], None] | None = None) -> list[np.ndarray]:
+        return self.pipeline.sample([c.context for c in cases], n_paths=n_paths, seed=seed, check=False,
+                                    on_origins=on_origins)
 
 
 def describe_kronos(cfg: Any) -> dict[str, Any]:
@@ -48,12 +50,17 @@ def rng_for(seed: int, name: str, origin: pd.Timestamp) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode()), int(origin.value // 60_000_000_000)])
 
 
-def sample_cases(forecaster: Any, cases: Sequence[Case], cfg: Any) -> list[np.ndarray]:
-    """Paths [N, h, 6] for each case."""
+def sample_cases(forecaster: Any, cases: Sequence[Case], cfg: Any,
+                 on_origins: Callable[[int], None] | None = None) -> list[np.ndarray]:
+    """Paths [N, h, 6] for each case; ``on_origins(k)`` is told as k more cases are done (a progress bar)."""
     if isinstance(forecaster, KronosForecaster):
-        return forecaster.sample_cases(cases, cfg.n_samples, cfg.seed)
-    return [forecaster.sample(c.history, c.times, cfg.n_samples, rng_for(cfg.seed, forecaster.name, c.origin))
-            for c in cases]
+        return forecaster.sample_cases(cases, cfg.n_samples, cfg.seed, on_origins)
+    out = []
+    for c in cases:
+        out.append(forecaster.sample(c.history, c.times, cfg.n_samples, rng_for(cfg.seed, forecaster.name, c.origin)))
+        if on_origins is not None:
+            on_origins(1)
+    return out
 
 
 def check_baseline_names(names: Sequence[str]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -93,17 +93,29 @@ def run_walk_forward(frame: pd.DataFrame, pipeline: ForecastPipeline, forecaster
     origins = make_origins(frame, cfg)
     from tqdm import tqdm
 
-    bar = tqdm(total=len(origins), desc="origins", unit="origin", file=sys.stderr, disable=not progress)
+    # One unit per origin and forecaster: a baseline moves the bar origin by origin, a Kronos engine call as its
+    # decode steps complete each origin's share, so the rate (and tqdm's time left) is steady from the start.
+    names = [f.name for f in forecasters]
+    bar = tqdm(total=len(origins) * len(names), initial=forecasts_done(origins, names, done),
+               desc=f"origins x {len(names)} forecaster(s)", unit="forecast", file=sys.stderr,
+               disable=not progress)
     try:
         for start in range(0, len(origins), cfg.batch):
             batch = origins[start:start + cfg.batch]
-            for records in batch_records(frame, batch, pipeline, forecasters, done):
+            for records in batch_records(frame, batch, pipeline, forecasters, done, tick=bar.update):
                 store.append(records)  # one write per forecaster and batch: all of it or (after a crash) none
                 done |= {(r["forecaster"], r["origin"]) for r in records}
-            bar.update(len(batch))
+            bar.set_postfix_str(f"at {batch[-1].tz_convert('America/New_York'):%Y-%m-%d %H:%M} ET", refresh=False)
     finally:
         bar.close()
     return store.load()
+
+
+def forecasts_done(origins: Sequence[pd.Timestamp], names: Sequence[str], done: set | dict) -> int:
+    """(origin, forecaster) pairs already stored, a skipped origin counting for every forecaster (a resumed
+    run's bar starts there)."""
+    keys = [t.isoformat() for t in origins]
+    return sum(len(names) if (SKIP, k) in done else sum((n, k) in done for n in names) for k in keys)
 
 
 def origins_done(keys: Sequence[str], names: Sequence[str], done: set | dict) -> bool:
@@ -112,10 +124,12 @@ def origins_done(keys: Sequence[str], names: Sequence[str], done: set | dict) ->
 
 
 def batch_records(frame: pd.DataFrame, batch: Sequence[pd.Timestamp], pipeline: ForecastPipeline,
-                  forecasters: Sequence[Any], done: set | dict) -> Iterator[list[dict[str, Any]]]:
+                  forecasters: Sequence[Any], done: set | dict,
+                  tick: Callable[[int], Any] | None = None) -> Iterator[list[dict[str, Any]]]:
     """The records of one batch of origins that ``done`` lacks: first the skip records, then one list per
     forecaster, each computed only when asked for (a caller stores each before the next is made). Every entry
-    point of the walk-forward (one process, a Ray shard) runs this same code."""
+    point of the walk-forward (one process, a Ray shard) runs this same code. ``tick(k)``: k more (origin,
+    forecaster) pairs are done (a skipped origin counts for every forecaster)."""
     cfg = pipeline.cfg
     names = [f.name for f in forecasters]
     if origins_done([t.isoformat() for t in batch], names, done):
@@ -124,9 +138,12 @@ def batch_records(frame: pd.DataFrame, batch: Sequence[pd.Timestamp], pipeline: 
     skipped = [{"forecaster": SKIP, "origin": c.key, "session": c.session, "reason": c.skip}
                for c in cases if c.skip and (SKIP, c.key) not in done]
     if skipped:
+        if tick is not None:
+            tick(len(skipped) * len(names))
         yield skipped
     live = [c for c in cases if not c.skip]
     for f in forecasters:
         todo = [c for c in live if (f.name, c.key) not in done]
         if todo:
-            yield [scored_or_failed(f.name, c, p, pipeline) for c, p in zip(todo, sample_cases(f, todo, cfg))]
+            yield [scored_or_failed(f.name, c, p, pipeline)
+                   for c, p in zip(todo, sample_cases(f, todo, cfg, on_origins=tick))]

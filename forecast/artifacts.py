@@ -179,17 +179,19 @@ def run_files(symbol: str, stamp: str, summary: Mapping[str, Any], arr: np.ndarr
               extra: Sequence[str], timestamped: bool = True,
               bands: bytes | None = None) -> dict[str, tuple[str, bytes]]:
     """Key -> (file name, content) of one run's files, in the order they must appear on disk. Without
-    ``timestamped`` only the ``_latest`` copies (close paths, bands and summary; ``extra`` unused). ``bands``: the
-    per-minute bands CSV (forecast/bands.py), written beside the paths when given."""
+    ``timestamped``: the timestamped summary (small; the run-log row names it, so every row keeps its own
+    forecast) and the ``_latest`` copies of the close paths, the bands and the summary (``extra`` unused).
+    ``bands``: the per-minute bands CSV (forecast/bands.py), written beside the paths when given."""
     if not timestamped:
         files = {"paths_close_latest": (paths_name(symbol, "latest"),
                                         paths_csv_text(arr[:, :, PATH_FIELDS["close"]], header).encode())}
         if bands is not None:
             files["bands_latest"] = (bands_name(symbol, "latest"), bands)
-        block = {"stamp": stamp, "summary_latest": summary_name(symbol, "latest"),
-                 **{k: name for k, (name, _) in files.items()}}
+        block = {"stamp": stamp, "summary": summary_name(symbol, stamp),
+                 "summary_latest": summary_name(symbol, "latest"), **{k: name for k, (name, _) in files.items()}}
         body = (json.dumps({**summary, "artifacts": block}, indent=2, allow_nan=False) + "\n").encode()
-        return {**files, "summary_latest": (summary_name(symbol, "latest"), body)}
+        return {"summary": (summary_name(symbol, stamp), body), **files,
+                "summary_latest": (summary_name(symbol, "latest"), body)}
     files: dict[str, tuple[str, bytes]] = {}
     for field in (*extra, "close"):
         files[f"paths_{field}"] = (paths_name(symbol, stamp, field),

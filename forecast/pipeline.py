@@ -10,10 +10,11 @@ engine seed of that origin, so ``cli --asof T --seed S`` reproduces origin T of 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ import pandas as pd
 from forecast.auto_samples import sample_until_precise
 from forecast.calibrator import Calibrator, load_calibrator
 from forecast.errors import ModelError, SettingsError, Skipped
+from forecast.extended import ExtendedPrice, latest_extended, relative_to
 from forecast.horizon import HorizonPlan, events_in_window, model_time_features, plan_horizon
 from forecast.mc_error import map_interval
 from forecast.metrics import Metrics, compute_metrics, repair_paths
@@ -44,6 +46,7 @@ class Context:
     info: PrepareInfo
     plan: HorizonPlan
     events: tuple[str, ...]    # event quiet windows the forecast span meets (flagged)
+    extended: ExtendedPrice | None = None  # rth: the latest extended-hours price after the last regular bar
 
     @property
     def times(self) -> pd.DatetimeIndex:
@@ -152,13 +155,17 @@ class ForecastPipeline:
         events = events_in_window(now, plan.times, cfg.events, cfg.event_before, cfg.event_after)
         if events and cfg.event_action == "skip":
             raise Skipped(f"inside the quiet window of event(s) {', '.join(events)} (event_action: skip)", "event")
-        return Context(now=now, bars=bars, info=info, plan=plan, events=tuple(events))
+        extended = latest_extended(frame, bars, data_asof if data_asof is not None else now, cfg.rth)
+        return Context(now=now, bars=bars, info=info, plan=plan, events=tuple(events), extended=extended)
 
     def sample(self, contexts: Sequence[Context], n_paths: int | None = None,
-               seed: int | None = ..., check: bool = True) -> list[np.ndarray]:  # type: ignore[assignment]
+               seed: int | None = ..., check: bool = True,  # type: ignore[assignment]
+               on_origins: Callable[[int], None] | None = None) -> list[np.ndarray]:
         """Raw Kronos paths [N, H, 6] for each context: one engine call per (lookback, horizon) shape, each
         origin seeded by ``origin_seed``. With ``check``, non-finite or non-positive prices are a ModelError
-        (a backtest checks per origin instead, so one bad forecast does not stop the run)."""
+        (a backtest checks per origin instead, so one bad forecast does not stop the run). ``on_origins(k)``
+        is told as the engine's decode steps complete another k origins' worth of work (a backtest's bar moves
+        within an engine call); the k add up to len(contexts)."""
         cfg = self.cfg
         n = cfg.n_samples if n_paths is None else n_paths
         seed = cfg.seed if seed is ... else seed
@@ -169,10 +176,19 @@ class ForecastPipeline:
         for idx in groups.values():
             arrays = [engine_inputs(contexts[i].bars.iloc[-cfg.lookback:], contexts[i].times, cfg.time_label)
                       for i in idx]
-            paths = self.sampler.sample_batch(
-                np.stack([a[0] for a in arrays]), np.stack([a[1] for a in arrays]), np.stack([a[2] for a in arrays]),
-                n_paths=n, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                seeds=[origin_seed(seed, contexts[i].first_minute) for i in idx])
+            hook = origin_ticker(len(idx), on_origins) if on_origins is not None else None
+            if hook is not None:
+                self.sampler.progress = hook
+            try:
+                paths = self.sampler.sample_batch(
+                    np.stack([a[0] for a in arrays]), np.stack([a[1] for a in arrays]),
+                    np.stack([a[2] for a in arrays]), n_paths=n, temperature=cfg.temperature, top_k=cfg.top_k,
+                    top_p=cfg.top_p, seeds=[origin_seed(seed, contexts[i].first_minute) for i in idx])
+            finally:
+                if hook is not None:
+                    self.sampler.progress = None
+            if hook is not None:
+                hook(1, 1)  # all of this call's origins are done (an engine that reports no steps tells it here)
             for j, i in enumerate(idx):
                 out[i] = check_paths(paths[j]) if check else paths[j]
         return out  # type: ignore[return-value]
@@ -227,21 +243,33 @@ class ForecastPipeline:
 
     def forecast(self, frame: pd.DataFrame, now: pd.Timestamp, *, data_asof: pd.Timestamp | None = None,
                  provenance: dict[str, Any] | None = None, market_open: bool = True,
-                 status_note: str | None = None, timings: dict[str, float] | None = None) -> Forecast:
-        """The whole forecast at ``now`` from raw canonical bars (those not closed by then are ignored)."""
+                 status_note: str | None = None, timings: dict[str, float] | None = None,
+                 stage: Callable[[str], ContextManager[Any]] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> Forecast:
+        """The whole forecast at ``now`` from raw canonical bars (those not closed by then are ignored).
+        ``stage(name)`` wraps each step ("prepare", "loading", "sampling": a terminal's stage lines and the time
+        budget's account of them); ``progress(done, total)`` follows the engine's decode steps."""
+        stage = stage or (lambda name: contextlib.nullcontext())
         timings = dict(timings or {})
         t0 = time.perf_counter()
-        ctx = self.prepare(frame, now, data_asof)
+        with stage("prepare"):
+            ctx = self.prepare(frame, now, data_asof)
         timings["prepare"] = time.perf_counter() - t0
-        timings["model_load"] = self.load()
+        with stage("loading"):
+            timings["model_load"] = self.load()
         t1 = time.perf_counter()
         sampling = None
-        if self.cfg.n_samples == "auto":
-            # the run's budget started before the data was fetched; keep a share of it for metrics and files
-            deadline = t0 - timings.get("data", 0.0) + self.cfg.time_budget * (1.0 - AUTO_RESERVE)
-            raw, sampling = self.sample_auto(ctx, deadline)
-        else:
-            raw = self.sample([ctx])[0]
+        with stage("sampling"):
+            self.sampler.progress = progress
+            try:
+                if self.cfg.n_samples == "auto":
+                    # the run's budget started before the data was fetched; keep a share of it for metrics and files
+                    deadline = t0 - timings.get("data", 0.0) + self.cfg.time_budget * (1.0 - AUTO_RESERVE)
+                    raw, sampling = self.sample_auto(ctx, deadline)
+                else:
+                    raw = self.sample([ctx])[0]
+            finally:
+                self.sampler.progress = None
         timings["sample"] = time.perf_counter() - t1
         return self.finish(ctx, raw, provenance=provenance, market_open=market_open, status_note=status_note,
                            timings=timings, started=t0, sampling=sampling)
@@ -271,13 +299,16 @@ class ForecastPipeline:
         if provenance.get("note"):
             notes.append(provenance["note"])
         notes += ctx.info.notes()
+        if ctx.extended is not None:
+            notes.insert(0, ctx.extended.note())
         calibrated = self.calibrate(metrics, repaired[:, :, 3], notes)
         timings = dict(timings or {})
         if started is not None:
             timings["total"] = timings.get("data", 0.0) + time.perf_counter() - started
+        vs_ext = None if ctx.extended is None else relative_to(ctx.extended, repaired[:, -1, 3], len(ctx.times))
         summary = build_summary(cfg=self.cfg, ctx=ctx, metrics=metrics, calibrated=calibrated, notes=notes,
                                 engine=self.engine_info(), provenance=provenance, timings=timings,
-                                market_open=market_open, sampling=sampling)
+                                market_open=market_open, sampling=sampling, vs_ext=vs_ext)
         summary["online"], summary["trust"] = self.online_and_trust(metrics, repaired[:, :, 3], calibrated, notes)
         return Forecast(ctx, repaired, metrics, calibrated, summary, timings)
 
@@ -293,6 +324,20 @@ def mapped_interval(fn: Any, ci: list[float] | None) -> list[float] | None:
     calibration map. Platt and isotonic maps are monotone, so the image of [lo, hi] is the interval between the
     mapped endpoints (sorted: a Platt slope below 0 turns the map around)."""
     return None if ci is None else list(map_interval(ci, [fn]))
+
+
+def origin_ticker(n_origins: int, tell: Callable[[int], None]) -> Callable[[int, int], None]:
+    """An engine progress hook (decode steps done of total) that tells ``tell`` how many more of ``n_origins``
+    origins' worth of work are done; the counts told add up to n_origins when the last step is reported."""
+    shown = [0]
+
+    def hook(done: int, total: int) -> None:
+        k = n_origins * done // total
+        if k > shown[0]:
+            tell(k - shown[0])
+            shown[0] = k
+
+    return hook
 
 
 def check_paths(paths: np.ndarray) -> np.ndarray:

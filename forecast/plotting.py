@@ -54,10 +54,16 @@ def _title(summary: Mapping[str, Any], horizon: int, symbol: str | None) -> str:
     sym = symbol or summary.get("symbol") or ""
     asof = summary.get("asof")
     when = pd.Timestamp(asof).tz_convert(NY_TZ).strftime("%Y-%m-%d %H:%M ET") if asof else ""
+    start = summary.get("forecast_start")
+    if start:  # the fan's first minute: at 09:00 ET (pre-open) it is 09:30
+        when += f", fan from {pd.Timestamp(start).tz_convert(NY_TZ).strftime('%H:%M ET')}"
     m = _metrics(summary)
     p_up, exp_ret = _first(m, "p_up_"), _first(m, "exp_ret_")
     stats = [f"P(up {horizon}m) = {p_up:.1%}" if p_up is not None else "",
              f"E[ret {horizon}m] = {exp_ret:+.3%}" if exp_ret is not None else ""]
+    ext = summary.get("extended_hours")
+    if ext and m.get(f"p_up_{horizon}m_vs_ext") is not None:
+        stats[0] += f" vs close, {m[f'p_up_{horizon}m_vs_ext']:.1%} vs {ext['session']}"
     return "\n".join(s for s in (f"{sym}  {when}".strip(), "   ".join(s for s in stats if s)) if s)
 
 
@@ -136,6 +142,12 @@ def fan_chart_png(history: pd.DataFrame | pd.Series | None,
         level = m.get(key)
         if level is not None:
             ax.axhline(level, color=color, lw=1, ls="--", label=f"{name} {level:.2f}")
+    ext = summary.get("extended_hours")
+    if ext:  # the price trading now, while the fan grows out of the regular close
+        bar = pd.Timestamp(ext["bar"]).tz_convert(NY_TZ).strftime("%H:%M")
+        ax.axhline(ext["price"], color="tab:red", lw=1, ls=":",
+                   label=f"{ext['session']} {ext['price']:.2f} ({bar} bar, {ext['gap_to_close']:+.2%}); "
+                         "paths start from the regular close")
     _time_axis(ax, times)
     ax.set_xlabel("time (New York)")
     ax.set_ylabel("price")

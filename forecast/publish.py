@@ -56,8 +56,8 @@ def publish(out_dir: str | os.PathLike[str], symbol: str, fc: Forecast, plot: bo
     """Write the forecast's files all or nothing; return them by key with the summary JSON's bytes. ``done``
     gets them appended the moment they are all in place, before held signals are delivered: a Ctrl-C, SIGTERM
     or time budget that arrived during the renames then ends the run with a true "all written". Without
-    ``timestamped`` only the ``_latest`` copies are written (the live service's default) and the run-log row
-    names the ``_latest`` summary."""
+    ``timestamped`` the paths CSVs are written as ``_latest`` copies only (the live service's default); the
+    timestamped summary JSON is always written, as the run-log row names it."""
     out = Path(out_dir)
     stamp = artifact_stamp(pd.Timestamp(fc.summary["asof"]).to_pydatetime())
     files = run_files(symbol, stamp, fc.summary, fc.paths, iso_utc(fc.context.times), EXTRA_FIELDS, timestamped,
@@ -72,7 +72,7 @@ def publish(out_dir: str | os.PathLike[str], symbol: str, fc: Forecast, plot: bo
         with held_signals():  # the renames and the run-log row happen together
             written = rename_staged(staged)
             try:
-                summary = written["summary" if timestamped else "summary_latest"]
+                summary = written["summary"]  # its own forecast's file, never the overwritten _latest copy
                 append_run_log(run_log_path(out, symbol), log_row(fc.summary, summary.name))
             except (OSError, RunLogSchemaError) as exc:  # the header may have changed since preflight
                 exc.renamed = list(written.values())  # type: ignore[attr-defined]

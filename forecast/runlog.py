@@ -43,6 +43,7 @@ RUN_LOG_COLUMNS: tuple[str, ...] = (
     "p10_end_lo", "p10_end_hi", "p50_end_lo", "p50_end_hi", "p90_end_lo", "p90_end_hi",
     "p_hit_vwap_lo", "p_hit_vwap_hi", "p_hit_mid_lo", "p_hit_mid_hi",
     "p_vol_exceeds_recent_lo", "p_vol_exceeds_recent_hi", "sampling_stop",
+    "asof_new_york", "last_bar_new_york",
 )
 OLDEST_HEADER = RUN_LOG_COLUMNS.index("summary_file") + 1  # the first version's columns
 
@@ -75,9 +76,16 @@ def log_row(summary: dict[str, Any], summary_file: str) -> dict[str, Any]:
         "market_open": summary.get("market_open"), "feed": data.get("feed"), "delayed": data.get("delayed"),
         "filled_bars": data.get("filled_count"), "bad_bars": data.get("bad_bars"),
         "filled_max_window": data.get("filled_max_window"),
+        "asof_new_york": new_york_cell(summary["asof"]), "last_bar_new_york": new_york_cell(summary["last_bar"]),
         **online_columns(summary),
         **_interval_cells(summary),
     }
+
+
+def new_york_cell(utc_iso: str) -> str:
+    """A UTC time as New York wall time, "2025-06-02 11:00:00": the form spreadsheets read as a date-time (the
+    column's name says the zone; the UTC column beside it is the unambiguous one)."""
+    return pd.Timestamp(utc_iso).tz_convert("America/New_York").strftime("%Y-%m-%d %H:%M:%S")
 
 
 def online_columns(summary: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from typing import Any
 import pandas as pd
 
 from forecast.artifacts import iso_utc
+from forecast.extended import note_of
 from forecast.metrics import Metrics
 
 NEW_YORK = "America/New_York"
@@ -14,9 +15,11 @@ HISTORY_FOR_PLOT = 120  # closes kept in the summary so plot_paths.py can draw r
 
 def build_summary(*, cfg: Any, ctx: Any, metrics: Metrics, calibrated: dict[str, Any] | None, notes: list[str],
                   engine: dict[str, Any], provenance: dict[str, Any], timings: dict[str, float],
-                  market_open: bool, sampling: dict[str, Any] | None = None) -> dict[str, Any]:
+                  market_open: bool, sampling: dict[str, Any] | None = None,
+                  vs_ext: dict[str, float] | None = None) -> dict[str, Any]:
     """The pred_summary JSON: the original plan's fields first, then everything needed to audit the run.
-    ``n_samples`` is the number of paths drawn; ``sampling`` says how that number was reached (n_samples: auto)."""
+    ``n_samples`` is the number of paths drawn; ``sampling`` says how that number was reached (n_samples: auto);
+    ``vs_ext``: P(up) and the mean return against the latest extended-hours price (forecast.extended)."""
     bars, times, now = ctx.bars, ctx.times, ctx.now
     h = len(times)
     recent = bars.iloc[-HISTORY_FOR_PLOT:]
@@ -24,6 +27,8 @@ def build_summary(*, cfg: Any, ctx: Any, metrics: Metrics, calibrated: dict[str,
     first = (f"p_up_{h}m", f"p_up_{h}m_ci", f"exp_ret_{h}m", f"exp_ret_{h}m_se", "percentiles", "percentiles_ci")
     summary_block = {key: flat[key] for key in first}
     summary_block.update({k: v for k, v in flat.items() if k not in summary_block})
+    ext = getattr(ctx, "extended", None)
+    summary_block.update(vs_ext or {})  # beside the values against the regular close the paths start from
     return {
         "symbol": cfg.symbol,
         "now_close": ctx.now_close,
@@ -36,6 +41,9 @@ def build_summary(*, cfg: Any, ctx: Any, metrics: Metrics, calibrated: dict[str,
         "asof": now.isoformat().replace("+00:00", "Z"),
         "asof_new_york": now.tz_convert(NEW_YORK).isoformat(),
         "last_bar": bars.index[-1].isoformat().replace("+00:00", "Z"),
+        "forecast_start": times[0].isoformat().replace("+00:00", "Z"),
+        "forecast_start_new_york": times[0].tz_convert(NEW_YORK).isoformat(),
+        "extended_hours": None if ext is None else ext.to_dict(),
         "market_open": market_open,
         "notes": notes,
         "events_in_window": list(ctx.events),
@@ -70,10 +78,22 @@ def console_text(summary: dict[str, Any]) -> str:
     when = pd.Timestamp(summary["asof"]).tz_convert(NEW_YORK).strftime("%Y-%m-%d %H:%M:%S %Z")
     se = m.get(f"exp_ret_{h}m_se")
     stopped = (summary.get("sampling") or {}).get("stopped", "fixed")
-    lines = [
-        f"{summary['symbol']} {close:.2f} at {when}, {summary['n_samples']} paths"
-        f"{'' if stopped == 'fixed' else f' (auto, stopped: {stopped})'}, {h} min ahead (± 95 % Monte "
-        "Carlo error)",
+    drawn = (f"{summary['n_samples']} paths{'' if stopped == 'fixed' else f' (auto, stopped: {stopped})'}, "
+             f"{h} min ahead")
+    ext = summary.get("extended_hours")
+    start = summary.get("forecast_start")
+    start_text = "" if start is None else \
+        f" from {pd.Timestamp(start).tz_convert(NEW_YORK).strftime('%H:%M %Z')}"
+    if ext is None:
+        lines = [f"{summary['symbol']} {close:.2f} at {when}, {drawn}{start_text} (± 95 % Monte Carlo error)"]
+    else:  # the model's paths start from the regular close; the extended-hours price is the one trading now
+        bar = pd.Timestamp(ext["bar"]).tz_convert(NEW_YORK)
+        regular_end = pd.Timestamp(ext["regular_bar"]).tz_convert(NEW_YORK) + pd.Timedelta(minutes=1)
+        lines = [f"{summary['symbol']} at {when}: {ext['session']} {ext['price']:.2f} ({bar:%H:%M} bar), "
+                 f"{ext['gap_to_close']:+.2%} vs the regular close {close:.2f} ({regular_end:%Y-%m-%d %H:%M})",
+                 f"  paths start from the regular close: {drawn}{start_text} (± 95 % Monte Carlo error)"]
+        p_up_text += f" vs close, {m[f'p_up_{h}m_vs_ext']:.1%} vs {ext['session']} {ext['price']:.2f}"
+    lines += [
         f"  P(up {h}m)        {p_up_text}",
         f"  expected return  {m[f'exp_ret_{h}m']:+.3%}" + ("" if se is None else f" (s.e. {se:.3%})"),
         f"  close in {h}m     {band}",
@@ -84,7 +104,8 @@ def console_text(summary: dict[str, Any]) -> str:
         f"{_pct(m.get(f'drawdown_p95_{h}m'))}   run-up p90 {_pct(m.get(f'runup_p90_{h}m'))}",
     ]
     lines += _online_and_trust_lines(summary)
-    lines += [f"  note: {n}" for n in summary["notes"]]
+    told = note_of(ext) if ext is not None else None  # the header lines above say it already
+    lines += [f"  note: {n}" for n in summary["notes"] if n != told]
     if summary["events_in_window"]:
         lines.append(f"  FLAG: event quiet window ({', '.join(summary['events_in_window'])})")
     return "\n".join(lines)

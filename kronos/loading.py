@@ -22,6 +22,38 @@ FILES = ("config.json", "model.safetensors")
 DERIVED_SUFFIXES = ("rotary.inv_freq", "tokenizer.bsq.basis", "tokenizer.bsq.group_basis")
 
 
+# A fine-tuned folder's record of what it was trained with (training writes it beside config.json): its tokenizer
+# ({"path": ...} relative to the folder or absolute, or {"id": hub repo id, "revision": commit}) and the forecast
+# settings it was trained for, so that `--model OUT/best` alone forecasts as it was trained.
+TRAINED_FOR = "trained_for.json"
+TRAINED_SETTINGS = ("lookback", "horizon", "rth", "time_label")
+
+
+def read_trained_for(model: str | os.PathLike | None) -> dict[str, Any] | None:
+    """The settings a local fine-tuned checkpoint records (tokenizer, tokenizer_revision and TRAINED_SETTINGS, as
+    config keys), or None for a hub id or a folder without the record; a damaged record is a CheckpointError."""
+    if model is None:
+        return None
+    folder = Path(model).expanduser()
+    path = folder / TRAINED_FOR
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        tok = record["tokenizer"]
+        if "path" in tok:
+            tok_path = Path(tok["path"]).expanduser()
+            out: dict[str, Any] = {"tokenizer": str(tok_path if tok_path.is_absolute()
+                                                    else (folder / tok_path).resolve()), "tokenizer_revision": None}
+        else:
+            out = {"tokenizer": str(tok["id"]), "tokenizer_revision": tok.get("revision")}
+        out.update({k: record["settings"][k] for k in TRAINED_SETTINGS if k in record["settings"]})
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(one_line(f"{path}: not a readable record of the fine-tuned checkpoint "
+                                       f"({type(exc).__name__}: {exc})")) from None
+    return out
+
+
 @dataclass
 class Checkpoint:
     config: Any  # parsed config.json (validated later, per kind)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -117,11 +117,12 @@ class Generated:
 
 def decode_paths(model: Kronos, tokenizer: KronosTokenizer, h0: Tensor, y_stamp: Tensor, u: Tensor,
                  temperature: float, top_k: int, top_p: float, static: bool = False, graph: bool = False,
-                 plans: DecodePlans | None = None) -> Generated:
+                 plans: DecodePlans | None = None, on_step: Callable[[], None] | None = None) -> Generated:
     """Sample n paths per origin after prefill. h0 [O, d]: last context hidden state; y_stamp [O, H, 5]: stamps
     of the bars to predict (a bar's stamp is fed only once that bar is context); u [O, n, H, 2] uniforms.
     static: fixed-shape decode steps (kronos.graphs); graph: also replay them from a CUDA graph; plans: where
-    such decodes are kept for the next call of the same shapes."""
+    such decodes are kept for the next call of the same shapes; on_step: called after each decode step (a
+    progress bar), after the whole decode when it runs as one plan."""
     o, n, horizon, _ = u.shape
     b = o * n
     h = h0.repeat_interleave(n, dim=0)
@@ -132,6 +133,8 @@ def decode_paths(model: Kronos, tokenizer: KronosTokenizer, h0: Tensor, y_stamp:
         key = (o, n, horizon, model.prefix_len, h.dtype, h.device, temperature, top_k, top_p)
         decode = (plans if plans is not None else DecodePlans(0)).decode(key, model, h, stamp, u, draw, n)
         s1_all, s2_all = (x.clone() for x in decode.run(graph))  # the plan's buffers are reused by the next call
+        for _ in range(horizon if on_step is not None else 0):
+            on_step()
     else:
         model.setup_paths(n, horizon)
         s1_all = torch.empty(b, horizon, dtype=torch.long, device=u.device)
@@ -142,6 +145,8 @@ def decode_paths(model: Kronos, tokenizer: KronosTokenizer, h0: Tensor, y_stamp:
             s1_all[:, i], s2_all[:, i] = s1, s2
             if i + 1 < horizon:
                 h = model.step(s1, s2, stamp[:, i])
+            if on_step is not None:
+                on_step()
     s1_all, s2_all = s1_all.view(o, n, horizon), s2_all.view(o, n, horizon)
     # The tokenizer's decoder is causal too: each path's new tokens attend to the cached context. A few paths at
     # a time keep its attention scores ([paths x H, P + H] per head) small enough to stay in cache (CPU).
@@ -217,6 +222,8 @@ class KronosPathSampler:
         self.tokenizer_source: Any = None
         self.model_revision: str | None = None
         self.tokenizer_revision: str | None = None
+        # progress(done, total) of the decode steps of a sample_batch call (a terminal's bar); None: silent
+        self.progress: Callable[[int, int], None] | None = None
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike = "NeoQuasar/Kronos-small",
@@ -284,11 +291,19 @@ class KronosPathSampler:
         n_origins, n_paths, horizon, _ = u.shape
         groups, chunk = self.plan(x.shape[1], horizon, n_origins, n_paths)
         parts: list[Generated] = []
+        total = -(-n_origins // groups) * -(-n_paths // chunk) * horizon
+        done = [0]
+        report = self.progress
+
+        def on_step() -> None:
+            done[0] += 1
+            report(done[0], total)  # type: ignore[misc]
         try:
             for o0 in range(0, n_origins, groups):  # origins whose prefixes fit in memory together
                 o1 = min(o0 + groups, n_origins)
                 h0 = self.prefill(x[o0:o1], x_stamp[o0:o1])
-                parts.append(self.decode(h0, y_stamp[o0:o1].to(dev), u[o0:o1], temperature, top_k, top_p, chunk))
+                parts.append(self.decode(h0, y_stamp[o0:o1].to(dev), u[o0:o1], temperature, top_k, top_p, chunk,
+                                         on_step=on_step if report is not None else None))
         finally:
             self.model.clear_caches()
             clear_caches(self.tokenizer)
@@ -305,10 +320,11 @@ class KronosPathSampler:
         return h0
 
     def decode(self, h0: Tensor, y_stamp: Tensor, u: Tensor, temperature: float, top_k: int, top_p: float,
-               chunk: int) -> Generated:
-        """Decode the paths of uniforms u [O, n, H, 2] after prefill, ``chunk`` paths per origin at a time."""
+               chunk: int, on_step: Callable[[], None] | None = None) -> Generated:
+        """Decode the paths of uniforms u [O, n, H, 2] after prefill, ``chunk`` paths per origin at a time;
+        ``on_step`` after each decode step (a progress bar)."""
         row = [decode_paths(self.model, self.tokenizer, h0, y_stamp, u[:, p0 : p0 + chunk].to(self.device),
-                            temperature, top_k, top_p, graph=self.cuda_graphs, plans=self.plans)
+                            temperature, top_k, top_p, graph=self.cuda_graphs, plans=self.plans, on_step=on_step)
                for p0 in range(0, u.shape[1], chunk)]
         return Generated(*(torch.cat([getattr(g, f).float() if f == "values" else getattr(g, f) for g in row],
                                      dim=1).cpu() for f in ("values", "s1", "s2")))

@@ -23,8 +23,12 @@ from forecast.pipeline import Context, ForecastPipeline
 from live.book import BarBook
 from marketdata import calendar as mcal
 from marketdata.frame import ONE_MINUTE, first_line
+from marketdata.stamps import log_stamp
 
 log = logging.getLogger(__name__)
+# Skip codes that mean something is wrong (logged as warnings): the engine failed, it was too slow, the bars are
+# missing or unusable. "superseded", "event" and "session_end" are the loop working as designed (info).
+FAULT_SKIPS = frozenset({"error", "overrun", "gap", "data"})
 IDLE_WAIT_S = 1.0  # longest wait between looks at the clock and the stop flag
 
 
@@ -65,7 +69,7 @@ class ForecastLoop:
         status = mcal.market_status(now, self.rth)
         if not status.is_open and status.next_open is not None and self._closed_note != status.next_open:
             self._closed_note = status.next_open
-            log.info("market closed; sleeping until the open at %s", status.next_open.isoformat())
+            log.info("market closed; sleeping until the open at %s", log_stamp(status.next_open))
         return IDLE_WAIT_S
 
     def due(self, now: pd.Timestamp) -> list[Due]:
@@ -87,7 +91,7 @@ class ForecastLoop:
                 passed = closed[(closed > last) & (closed < minute)]
                 for m in passed:
                     if mcal.session_containing(m, self.rth) is not None:
-                        self._skip(symbol, m, "superseded", f"a newer bar ({minute.isoformat()}) arrived before "
+                        self._skip(symbol, m, "superseded", f"a newer bar ({log_stamp(minute)}) arrived before "
                                                             "this one's forecast could start")
             out.append(Due(symbol, minute, self.book.arrival(symbol, minute) or time.monotonic()))
         return out
@@ -141,11 +145,13 @@ class ForecastLoop:
                 status_note=status.describe(), timings={"prepare": t1 - t0, "model_load": 0.0, "sample": sample_s},
                 started=t0)
             self.outputs.publish(d.symbol, fc, d.arrived)
-            log.info("%s %s: P(up) %.3f, %d paths, ready %.2f s after the bar arrived", d.symbol,
-                     fc.summary["asof"], fc.metrics.p_up, fc.paths.shape[0], time.monotonic() - d.arrived)
+            log.info("%s bar %s: P(up) %.3f, %d paths, ready %.2f s after the bar arrived", d.symbol,
+                     log_stamp(d.minute), fc.metrics.p_up, fc.paths.shape[0], time.monotonic() - d.arrived)
 
     def _skip(self, symbol: str, minute: pd.Timestamp, code: str, detail: str) -> None:
         reason = f"{code}: {detail}"
         self.skips.append((symbol, minute, reason))
-        log.warning("%s %s skipped: %s", symbol, minute.isoformat(), reason)
+        # a skip by design (a newer bar came first, an event window, the session's end) is news, not a fault
+        log.log(logging.WARNING if code in FAULT_SKIPS else logging.INFO, "%s bar %s skipped: %s", symbol,
+                log_stamp(minute), reason)
         self.hub.on_skip(symbol, minute, code, detail)

@@ -116,3 +116,18 @@ class BarCache:
         whole = fetch_with_fallback(client, symbol, start, now, now, policy=policy)
         self._alpaca[key] = _Held(start, whole.asof, whole.frame, whole.feed, whole.delayed)
         return whole
+
+
+def range_note(frame: pd.DataFrame, now: pd.Timestamp, csv: str | None) -> str | None:
+    """When a replay's instant lies outside the bars file, a sentence naming the file's range (UTC and New York),
+    for the line that says why nothing was forecast; None inside it."""
+    if frame.empty:
+        return None
+    first, last = frame.index[0], frame.index[-1]
+    if first <= now <= last + pd.Timedelta(minutes=1):
+        return None
+    where = "before the first bar" if now < first else "after the last bar"
+    from marketdata.stamps import log_stamp
+
+    return (f"--asof {log_stamp(now)} is {where} of {csv}, which covers {log_stamp(first)} .. {log_stamp(last)} "
+            "(bar starts)")

@@ -290,3 +290,23 @@ def test_held_signals_hold_a_signal_that_another_thread_receives():
         assert handled == [signal.SIGTERM], "the held signal was lost"
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_run_log_new_york_columns_come_last_and_read_in_a_spreadsheet(tmp_path: Path) -> None:
+    """asof_new_york and last_bar_new_york are appended after every earlier column (a log of the version before
+    them keeps its header), as wall-clock New York times a spreadsheet parses: EDT in June, EST in January."""
+    cols = runlog.RUN_LOG_COLUMNS
+    assert cols[-2:] == ("asof_new_york", "last_bar_new_york")
+    assert runlog.new_york_cell("2025-06-02T15:00:00Z") == "2025-06-02 11:00:00"
+    assert runlog.new_york_cell("2025-01-02T15:00:00Z") == "2025-01-02 10:00:00"
+    log = tmp_path / "runs.csv"
+    previous = cols[:cols.index("asof_new_york")]  # the version before these two columns
+    log.write_text(",".join(previous) + "\n")
+    runlog.append_run_log(log, {"asof": "2025-06-02T15:00:00Z", "symbol": "QQQ", "now_close": 1, "horizon_min": 30,
+                                "p_up": 0.5, "asof_new_york": "2025-06-02 11:00:00"})
+    rows = _read_csv(log)
+    assert rows[0] == list(previous) and len(rows[1]) == len(previous)
+    fresh = tmp_path / "fresh.csv"
+    runlog.append_run_log(fresh, {"asof": "2025-06-02T15:00:00Z", "asof_new_york": "2025-06-02 11:00:00"})
+    frame = pd.read_csv(fresh, parse_dates=["asof_new_york"])
+    assert frame["asof_new_york"].iloc[0] == pd.Timestamp("2025-06-02 11:00:00")

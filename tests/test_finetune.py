@@ -103,6 +103,53 @@ def test_the_fine_tuned_checkpoint_forecasts_through_the_cli(trained, tiny, bars
     assert summary["model"]["model"] == str(trained / "best") and 0 <= summary["summary"]["p_up_10m"] <= 1
 
 
+def test_the_best_folder_alone_forecasts_with_its_tokenizer_and_settings(trained, tiny, bars, tmp_path, caplog,
+                                                                           monkeypatch):
+    """--model OUT/best and nothing else of the model's: the shipped config.yaml says lookback 480, horizon 30 and
+    the hub tokenizer, the record in OUT/best says what the run was trained with, and the record wins (offline)."""
+    import logging
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    record = json.loads((trained / "best" / "trained_for.json").read_text())
+    assert record["tokenizer"] == {"path": str(tiny[1].resolve())}
+    assert record["settings"] == {"lookback": 30, "horizon": 10, "rth": True, "time_label": "start"}
+    card = json.loads((trained / "card.json").read_text())
+    assert card["best"]["tokenizer"] == str(tiny[1].resolve()) and card["best"]["trained_for"] == record["settings"]
+    out = tmp_path / "cli"
+    base = ["--config", str(ROOT / "config.yaml"), "--csv", str(bars), "--model", str(trained / "best"), "--out",
+            str(out), "--asof", "2025-05-12T15:00:00Z", "--min-horizon", "5", "--n-samples", "4", "--seed", "1",
+            "--device", "cpu", "--time-budget", "900", "-q"]
+    assert cli.main(base) == 0
+    summary = json.loads((out / "pred_summary_QQQ_latest.json").read_text())
+    assert summary["model"]["tokenizer"] == str(tiny[1].resolve())
+    assert summary["settings"]["lookback"] == 30 and "p_up_10m" in summary["summary"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # an explicit flag that contradicts the record wins, with a warning naming both values
+    caplog.clear()
+    assert cli.main(base + ["--lookback", "40"]) == 0
+    told = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(told) == 1 and "--lookback 40" in told[0] and "lookback 30" in told[0] and "trained_for.json" in told[0]
+    assert json.loads((out / "pred_summary_QQQ_latest.json").read_text())["settings"]["lookback"] == 40
+
+
+def test_the_record_names_a_hub_tokenizer_by_id_and_revision(tmp_path):
+    from kronos.loading import read_trained_for
+
+    folder = tmp_path / "best"
+    folder.mkdir()
+    (folder / "trained_for.json").write_text(json.dumps({"tokenizer": {"id": "org/tok", "revision": "abc123"},
+                                                         "settings": {"lookback": 64, "horizon": 15, "rth": False}}))
+    assert read_trained_for(folder) == {"tokenizer": "org/tok", "tokenizer_revision": "abc123", "lookback": 64,
+                                        "horizon": 15, "rth": False}
+    cfg = load_config(ROOT / "config.yaml", {"model": str(folder), "tokenizer_revision": None})
+    assert (cfg.tokenizer, cfg.tokenizer_revision, cfg.lookback, cfg.horizon, cfg.rth) == (
+        "org/tok", "abc123", 64, 15, False)
+    assert read_trained_for("NeoQuasar/Kronos-small") is None and read_trained_for(tmp_path) is None
+    (folder / "trained_for.json").write_text("{not json")
+    with pytest.raises(Exception, match="trained_for.json"):
+        read_trained_for(folder)
+
+
 def test_no_validation_or_test_window_reaches_training(tiny, bars):
     for cross in (False, True):
         cfg = load_config(None, {"source": "csv", "csv": str(bars), "sessions": 8, "lookback": 300, "horizon": 30,
@@ -304,6 +351,11 @@ def test_tokenizer_fine_tuning_saves_a_loadable_pair(tiny, bars, tmp_path):
     card = json.loads((out / "card.json").read_text())
     assert card["best"]["tokenizer"] == str(out / "best_tokenizer")
     load_pair(out / "best", out / "best_tokenizer")  # the published layout, both halves
+    # the record points at the trained tokenizer relatively, so OUT may move as a whole
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    cfg = load_config(None, {"model": str(moved / "best")})
+    assert cfg.tokenizer == str((moved / "best_tokenizer").resolve()) and cfg.lookback == 30
 
 
 def test_readme_documents_the_finetune_keys():

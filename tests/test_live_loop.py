@@ -42,10 +42,13 @@ def test_a_closed_bar_gives_the_cli_forecast_at_its_close(ckpt, bars, tmp_path):
     assert hub.latest("QQQ") == document  # the page and the API carry exactly the file's JSON
     assert document["asof"] == "2025-06-04T15:01:00Z" and document["last_bar"] == "2025-06-04T15:00:00Z"
     assert sorted(p.name for p in (tmp_path / "live").iterdir() if not p.name.startswith(".")) == [
-        "bands_QQQ_latest.csv", "paths_QQQ_latest.csv", "pred_summary_QQQ_latest.json",
-        "runs_QQQ.csv"]  # timestamped files are off
+        "bands_QQQ_latest.csv", "paths_QQQ_latest.csv", "pred_summary_QQQ_20250604T150100Z.json",
+        "pred_summary_QQQ_latest.json", "runs_QQQ.csv"]  # timestamped paths files are off; the summary the run-log
+    # row names is kept
     log_rows = (tmp_path / "live" / "runs_QQQ.csv").read_text().splitlines()
     assert len(log_rows) == 2 and log_rows[1].startswith("2025-06-04T15:01:00Z,2025-06-04T15:00:00Z,QQQ,")
+    assert ",pred_summary_QQQ_20250604T150100Z.json," in log_rows[1]
+    assert json.loads((tmp_path / "live" / "pred_summary_QQQ_20250604T150100Z.json").read_text()) == document
 
     # the CLI replaying the same instant with the same settings computes the same forecast
     csv = tmp_path / "bars.csv"
@@ -90,7 +93,7 @@ def test_an_inference_over_budget_is_skipped_not_published(ckpt, bars, tmp_path)
     assert loop.step() is True and hub.latest("QQQ")["asof"] == "2025-06-04T15:02:00Z"
 
 
-def test_bars_arriving_during_a_forecast_leave_no_backlog(ckpt, bars, tmp_path):
+def test_bars_arriving_during_a_forecast_leave_no_backlog(ckpt, bars, tmp_path, caplog):
     cfg = serve_config(ckpt, tmp_path / "live", timestamped_files=True)
     clock = ManualClock(T_CLOSE)
     holder = {}
@@ -102,8 +105,16 @@ def test_bars_arriving_during_a_forecast_leave_no_backlog(ckpt, bars, tmp_path):
     loop, hub, book, _, engine = make_loop(cfg, clock=clock, sampler=lambda s: SpySampler(s, during=three_more_bars))
     holder["book"] = book
     book.upsert("QQQ", closed_by(bars, T_CLOSE))
-    assert loop.step() is True and loop.step() is True and loop.step() is False
+    with caplog.at_level(logging.INFO, logger="live.loop"):
+        assert loop.step() is True and loop.step() is True and loop.step() is False
     assert [r["asof"] for r in hub.history("QQQ")] == ["2025-06-04T15:01:00Z", "2025-06-04T15:04:00Z"]
+    # a superseded minute is the loop working as designed: INFO, never WARNING; one time format for a minute
+    skipped = [r for r in caplog.records if "skipped" in r.getMessage()]
+    assert [r.levelno for r in skipped] == [logging.INFO, logging.INFO]
+    assert "bar 2025-06-04T15:01:00Z (11:01:00 ET) skipped: superseded: a newer bar (2025-06-04T15:03:00Z " \
+           "(11:03:00 ET))" in skipped[0].getMessage()
+    published = [r.getMessage() for r in caplog.records if "P(up)" in r.getMessage()]
+    assert published[0].startswith("QQQ bar 2025-06-04T15:00:00Z (11:00:00 ET): P(up)")
     assert engine.batches == [1, 1]  # two engine calls, not four
     assert [(m.strftime("%H:%M"), r.split(":")[0]) for _, m, r in loop.skips] == [("15:01", "superseded"),
                                                                                    ("15:02", "superseded")]
@@ -157,7 +168,7 @@ def test_only_minutes_inside_a_session_are_forecast_half_day_and_holiday(ckpt, t
     assert loop.due(clock.now()) == [] and loop.step() is False
     with caplog.at_level(logging.INFO, logger="live.loop"):
         loop._idle_wait()
-    assert "market closed; sleeping until the open at 2025-07-07T13:30:00+00:00" in caplog.text
+    assert "market closed; sleeping until the open at 2025-07-07T13:30:00Z (09:30:00 ET)" in caplog.text
 
 
 @pytest.mark.parametrize("last_bar, near_close, min_horizon, code", [
@@ -172,6 +183,35 @@ def test_a_skip_carries_its_code_from_where_it_is_raised(last_bar, near_close, m
     with pytest.raises(Skipped) as caught:
         plan_horizon(pd.Timestamp(last_bar), 30, True, near_close, min_horizon)
     assert caught.value.code == code
+
+
+def test_a_fault_skip_is_a_warning_a_designed_one_info(caplog):
+    from live.loop import ForecastLoop
+
+    class Hub:
+        def on_skip(self, *a):
+            pass
+
+    loop = ForecastLoop.__new__(ForecastLoop)  # only _skip's state
+    loop.skips, loop.hub = [], Hub()
+    with caplog.at_level(logging.INFO, logger="live.loop"):
+        for code in ("superseded", "event", "session_end", "gap", "data", "overrun", "error"):
+            loop._skip("QQQ", pd.Timestamp("2025-06-04T15:00Z"), code, "why")
+    levels = {r.getMessage().split("skipped: ")[1].split(":")[0]: r.levelname for r in caplog.records}
+    assert levels == {"superseded": "INFO", "event": "INFO", "session_end": "INFO", "gap": "WARNING",
+                      "data": "WARNING", "overrun": "WARNING", "error": "WARNING"}
+
+
+def test_log_times_read_alike_everywhere():
+    from app.operation import StampFormatter
+    from marketdata.stamps import log_stamp
+
+    t = pd.Timestamp("2025-06-04T15:00:00Z")
+    assert log_stamp(t) == log_stamp(t.timestamp()) == "2025-06-04T15:00:00Z (11:00:00 ET)"
+    assert log_stamp(pd.Timestamp("2025-06-05T02:30:00Z")) == "2025-06-05T02:30:00Z (2025-06-04 22:30:00 ET)"
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
+    record.created = t.timestamp()
+    assert StampFormatter("%(asctime)s %(message)s").format(record) == "2025-06-04T15:00:00Z (11:00:00 ET) m"
 
 
 def test_a_sparse_context_is_a_gap_skip_with_the_code_beside_the_reason():

@@ -1,9 +1,10 @@
 """Checkpoints of a fine-tuning run, written atomically.
 
 OUT/best/ (and OUT/best_tokenizer/ when the tokenizer is trained) hold config.json + model.safetensors in the
-published layout, so ``--model OUT/best`` of every script loads them unchanged. OUT/last/ holds the same plus
-state.pt (optimizer, scheduler, step, RNG states, early-stopping counters, loss history): what a resumed run
-needs to continue as if it had never stopped. state.pt holds tensors and plain values only and is read with
+published layout, so ``--model OUT/best`` of every script loads them unchanged; OUT/best also holds
+trained_for.json, its tokenizer and forecast settings, so that ``--model OUT/best`` alone is enough. OUT/last/
+holds the same plus state.pt (optimizer, scheduler, step, RNG states, early-stopping counters, loss history):
+what a resumed run needs to continue as if it had never stopped. state.pt holds tensors and plain values only and is read with
 torch.load(weights_only=True).
 """
 from __future__ import annotations
@@ -68,11 +69,32 @@ def write_network(folder: Path, net: nn.Module, layout: Layout) -> None:
     (folder / CONFIG).write_text(json.dumps(layout.config, indent=2, sort_keys=True) + "\n")
 
 
-def save_published(final: Path, net: nn.Module, layout: Layout) -> Path:
+def save_published(final: Path, net: nn.Module, layout: Layout, record: dict[str, Any] | None = None) -> Path:
+    """The published layout; ``record`` (what the checkpoint was trained with) goes beside it as TRAINED_FOR."""
+    from kronos.loading import TRAINED_FOR
+
     tmp = fresh_tmp(final)
     write_network(tmp, net, layout)
+    if record is not None:
+        (tmp / TRAINED_FOR).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     replace_dir(tmp, final)
     return final
+
+
+def trained_for_record(cfg: Any, tokenizer_revision: str | None) -> dict[str, Any]:
+    """What OUT/best records (kronos.loading.read_trained_for reads it): the tokenizer it works with (OUT/best_tokenizer
+    by a path relative to OUT/best when trained, else the hub id at the snapshot used, or the local folder's path)
+    and the forecast settings it was trained for."""
+    from kronos.loading import TRAINED_SETTINGS
+
+    if cfg.train_tokenizer:
+        tokenizer: dict[str, Any] = {"path": "../best_tokenizer"}
+    elif Path(cfg.tokenizer).expanduser().is_dir():
+        tokenizer = {"path": str(Path(cfg.tokenizer).expanduser().resolve())}
+    else:
+        tokenizer = {"id": cfg.tokenizer, "revision": cfg.tokenizer_revision or tokenizer_revision}
+    return {"tokenizer": tokenizer, "settings": {k: getattr(cfg, k) for k in TRAINED_SETTINGS},
+            "base_model": {"id": cfg.model, "revision": cfg.model_revision}, "symbol": cfg.symbol}
 
 
 def save_last(final: Path, predictor: nn.Module, pred_layout: Layout, tokenizer: nn.Module | None,

@@ -97,6 +97,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.stopped: str | None = None
         self.window_loss: list[float] = []
+        self.best_record: dict[str, Any] | None = None  # written beside OUT/best (checkpoint.trained_for_record)
 
     # ------------------------------------------------------------------------------------------ pieces
 
@@ -192,7 +193,7 @@ class Trainer:
 
     def save_best(self) -> None:
         if self.world.main:
-            ck.save_published(self.out / "best", self.predictor, self.pred_layout)
+            ck.save_published(self.out / "best", self.predictor, self.pred_layout, self.best_record)
             if self.train_tokenizer:
                 ck.save_published(self.out / "best_tokenizer", self.tokenizer, self.tok_layout)
 

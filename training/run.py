@@ -41,8 +41,11 @@ def _owner() -> Any:
     from evaluation.jobs import RUN_LAYOUT
     from forecast.owned import Owner
 
+    from kronos.loading import TRAINED_FOR
+
     network = {ck.CONFIG: None, ck.WEIGHTS: None}
-    return Owner("finetune.py", {CARD: None, CURVE: None, "best": network, "best_tokenizer": network,
+    return Owner("finetune.py", {CARD: None, CURVE: None, "best": {**network, TRAINED_FOR: None},
+                                 "best_tokenizer": network,
                                  "last": {**network, ck.STATE: None, "tokenizer": network},
                                  "ab": {**RUN_LAYOUT, "ab.json": None}}, _earlier_run)
 
@@ -73,7 +76,7 @@ def check_context(cfg: Any) -> dict[str, Any]:
         raise SettingsError(f"a window of lookback + horizon = {cfg.lookback} + {cfg.horizon} bars is longer than "
                             f"the model's context of {context}: lower --lookback to at most "
                             f"{context - cfg.horizon}")
-    return {"model": m.config, "tokenizer": t.config, "context": context,
+    return {"model": m.config, "tokenizer": t.config, "context": context, "tokenizer_revision": t.revision,
             "model_layout": ck.Layout.of(m.config, m.weights_path), "tokenizer_layout": ck.Layout.of(t.config, t.weights_path)}
 
 
@@ -146,8 +149,9 @@ def base_card(cfg: Any, data: Any, splits: dict[str, Split], world: World, confi
         "created_utc": pd.Timestamp.now(tz="UTC").isoformat(),
         "symbol": cfg.symbol, "model": cfg.model, "model_revision": cfg.model_revision,
         "tokenizer": cfg.tokenizer, "tokenizer_revision": cfg.tokenizer_revision,
-        "context": configs["context"], "use": "pass --model OUT/best (and --tokenizer OUT/best_tokenizer when the "
-                                               "tokenizer was trained) to any script, if the A/B says adopt",
+        "context": configs["context"], "use": "pass --model OUT/best to any script, if the A/B says adopt: its "
+                                               "trained_for.json names the tokenizer and the lookback, horizon and "
+                                               "rth it was trained for",
         "data": data.provenance,
         "data_range": {"first_bar": splits["train"].describe(length)["first_bar"],
                        "last_bar": splits["test"].describe(length)["last_bar"]},
@@ -185,14 +189,18 @@ def train(cfg: Any, out: Path, fresh: bool = False, progress: bool = True) -> tu
     trainer = Trainer(predictor, tokenizer, splits, cfg.lookback + cfg.horizon, settings, world, out,
                       configs["model_layout"], configs["tokenizer_layout"], cfg.train_tokenizer,
                       fingerprint(cfg, splits))
+    trainer.best_record = ck.trained_for_record(cfg, configs["tokenizer_revision"])
     if ck.has_last(out):
         trainer.restore(ck.load_last(out / "last", predictor, tokenizer if cfg.train_tokenizer else None))
         log.info("resuming from %s at step %d", out / "last", trainer.step)
     result = trainer.run(progress=progress)
     card = base_card(cfg, data, splits, world, configs)
     card["training"] = result
-    card["best"] = {"model": str(out / "best"),
-                    "tokenizer": str(out / "best_tokenizer") if cfg.train_tokenizer else cfg.tokenizer}
+    record = trainer.best_record["tokenizer"]
+    tokenizer = str(out / "best_tokenizer") if cfg.train_tokenizer else record.get("path", cfg.tokenizer)
+    card["best"] = {"model": str(out / "best"), "tokenizer": tokenizer,
+                    "tokenizer_revision": record.get("revision"),
+                    "trained_for": trainer.best_record["settings"]}
     if world.main:
         write_card(out, card)
         plot_losses(out, result["history"], result["best_step"])
