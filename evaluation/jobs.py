@@ -116,7 +116,7 @@ def _run_on_cluster(jobs: Sequence[SymbolJob], cfg: Any, names: Sequence[str], s
 def _run_sharded(jobs: Sequence[SymbolJob], cfg: Any, names: Sequence[str], specs: Sequence[dict[str, Any]],
                  progress: bool) -> dict[str, Any]:
     """Pin each symbol's run.json, then run every unfinished shard on the connected Ray cluster."""
-    from app.config import fingerprint
+    from forecast.settings import fingerprint
     from evaluation import ray_runner
     from evaluation.forecasters import describe_forecasters, kronos_configs
     from evaluation.store import check_run_file

@@ -82,7 +82,7 @@ def run_walk_forward(frame: pd.DataFrame, pipeline: ForecastPipeline, forecaster
                      data: dict[str, Any] | None = None, progress: bool = True) -> dict[tuple[str, str], dict]:
     """Forecast every origin with every forecaster, appending finished batches; returns all stored records.
     ``pipeline`` prepares every origin (its config is the run's settings)."""
-    from app.config import fingerprint
+    from forecast.settings import fingerprint
 
     cfg = pipeline.cfg
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from marketdata.prepare import PrepareInfo, prepare_bars
 from marketdata.quality import BarRules
 
 if TYPE_CHECKING:  # the application's config; the pipeline reads its fields only
-    from app.config import Config
+    from forecast.settings import Config
 
 log = logging.getLogger(__name__)
 PRICE_FIELDS = slice(0, 4)  # open, high, low, close of a path bar

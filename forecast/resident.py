@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from marketdata.recent import BarCache
 
 if TYPE_CHECKING:
-    from app.config import Config
+    from forecast.settings import Config
 
 
 class Resident:

@@ -263,7 +263,7 @@ def test_idle_worker_exits_by_itself(tiny, bars_csv, tmp_path, warm_dir):
 
 
 def test_bad_bar_policies_match():
-    from app.config import BAD_BAR_POLICIES
+    from forecast.settings import BAD_BAR_POLICIES
     from marketdata.quality import BAD_BAR_POLICIES as QUALITY
 
     assert BAD_BAR_POLICIES == QUALITY

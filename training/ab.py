@@ -29,18 +29,20 @@ RULE = (f"adopt the fine-tuned checkpoint only if its end-of-horizon CRPS on the
 
 def backtest_settings(cfg: Any, test_sessions: list[str]) -> Any:
     """The backtest's settings: the fine-tuning run's forecast keys, origins in the test sessions only."""
-    from app.config import KEYS, build_config
+    from evaluation.settings import BACKTEST_KEYS, BacktestConfig
+    from forecast.settings import KEYS
 
-    values = {k.name: getattr(cfg, k.name) for k in KEYS}
+    # every value comes from a checked key (the forecast's, or fine-tuning's ab_* with the backtest's own rules)
+    values = {k.name: getattr(cfg, k.name) for k in KEYS} | {k.name: k.default for k in BACKTEST_KEYS}
     values.update(start=test_sessions[0], end=test_sessions[-1], every=cfg.ab_every,
                   forecasters=list(cfg.ab_baselines), seed=0 if cfg.seed is None else cfg.seed, calibrator=None)
-    return build_config({}, values, script="backtest")
+    return BacktestConfig(**values)
 
 
 def run_ab(cfg: Any, frame: pd.DataFrame, test_sessions: list[str], best: Path, best_tokenizer: Path | None,
            out: Path, data: dict[str, Any], progress: bool = True, plots: bool = True) -> dict[str, Any]:
     """Backtest both checkpoints on the test sessions; write OUT/ab/ (report.json, per_origin.csv, ab.json)."""
-    from app.config import fingerprint
+    from forecast.settings import fingerprint
     from evaluation.forecasters import build_forecasters
     from evaluation.report import build_report, jsonable
     from evaluation.walkforward import run_walk_forward

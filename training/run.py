@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from app.config import FINETUNE_KEYS
+from training.settings import FINETUNE_KEYS
 from forecast.errors import ConfigError
 from forecast.errors import SettingsError
 from training import checkpoint as ck
