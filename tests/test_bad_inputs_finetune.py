@@ -22,7 +22,7 @@ from forecast.owned import MARKER
 from test_finetune import argv, bars, one_thread, tiny  # noqa: F401 - fixtures (one_thread: autouse)
 
 RUN = ("--max-steps", "4", "--eval-every", "2")
-TRAINED = {MARKER, "best", "best/config.json", "best/model.safetensors", "card.json", "last", "last/config.json",
+TRAINED = {MARKER, "best", "best/config.json", "best/model.safetensors", "best/trained_for.json", "card.json", "last", "last/config.json",
            "last/model.safetensors", "last/state.pt"}
 
 
@@ -96,11 +96,12 @@ def leftovers(out: Path) -> None:
 
 CASES = [
     Case("user-best", 2, ("out", "not written by finetune.py", MARKER, "best"), user_checkpoint("best"),
-         {"best", "best/config.json", "best/model.safetensors"}, kept=("best/model.safetensors",)),
+         {"best", "best/config.json", "best/model.safetensors", "best/trained_for.json"}, kept=("best/model.safetensors", "best/trained_for.json",)),
     Case("user-best-last-card-fresh", 2, ("not written by finetune.py", "best"),
          user_checkpoint("best", "last", card=True),
-         {"best", "best/config.json", "best/model.safetensors", "card.json", "last", "last/config.json",
-          "last/model.safetensors"}, args=("--fresh",), kept=("card.json", "last/model.safetensors")),
+         {"best", "best/config.json", "best/model.safetensors", "best/trained_for.json", "card.json", "last",
+          "last/config.json", "last/model.safetensors", "last/trained_for.json"}, args=("--fresh",),
+         kept=("card.json", "last/model.safetensors")),
     Case("user-notes", 2, ("not written by finetune.py", "notes.txt"), lambda o, t: write("notes.txt")(o),
          {"notes.txt"}, kept=("notes.txt",)),
     Case("ours-plus-user-file", 2, ("notes.txt", "was not written by finetune.py", "nothing in"),
@@ -109,7 +110,7 @@ CASES = [
          ours(write("notes.txt")), TRAINED | {"notes.txt"}, args=("--fresh",),
          kept=("notes.txt", "last/state.pt")),
     Case("user-file-inside-best", 2, ("best/readme.md", "was not written"), ours(write("best/README.md")),
-         TRAINED | {"best/README.md"}, args=("--fresh",), kept=("best/README.md", "best/model.safetensors")),
+         TRAINED | {"best/README.md"}, args=("--fresh",), kept=("best/README.md", "best/model.safetensors", "best/trained_for.json")),
     Case("user-folder-inside-ab", 2, ("ab/mine",), ours(write("ab/mine/x.csv")),
          TRAINED | {"ab", "ab/mine", "ab/mine/x.csv"}, kept=("ab/mine/x.csv",)),
     Case("link", 2, ("card.json", "not written"), ours(relink), TRAINED),
@@ -121,13 +122,13 @@ CASES = [
     # what must keep working: our own runs resume, also after a kill mid-write and from an earlier version
     Case("resume-ours", 0, (), ours(), TRAINED | {"loss_curve.png"}),
     Case("resume-after-kill", 0, (), ours(leftovers), TRAINED | {"loss_curve.png", ".best.tmp",
-         ".best.tmp/config.json", ".best.tmp/model.safetensors", ".card.json.x1y2z3.tmp"}),
+         ".best.tmp/config.json", ".best.tmp/model.safetensors", ".best.tmp/trained_for.json", ".card.json.x1y2z3.tmp"}),
     Case("earlier-version-taken-over", 0, (), ours(marker=False), TRAINED | {"loss_curve.png"}),
     Case("earlier-version-fresh", 0, (), ours(marker=False), TRAINED | {"loss_curve.png"}, args=("--fresh",)),
     Case("empty-folder", 0, (), lambda o, t: o.mkdir(), TRAINED | {"loss_curve.png"}),
     # the loss becomes NaN: exit 8 naming the step; the checkpoints of the last good evaluation stay
     Case("loss-nan", 8, ("fine-tuning stopped at step 2", "gradient norm nan", "best keeps step 0", "--lr"),
-         nothing, {MARKER, "best", "best/config.json", "best/model.safetensors", "last", "last/config.json",
+         nothing, {MARKER, "best", "best/config.json", "best/model.safetensors", "best/trained_for.json", "last", "last/config.json",
                    "last/model.safetensors", "last/state.pt"}, args=("--lr", "100")),
     Case("sessions", 2, ("too few sessions",), nothing, None, args=("--sessions", "4")),
     Case("context", 2, ("longer than the model's context",), nothing, None,

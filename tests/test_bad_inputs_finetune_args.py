@@ -52,6 +52,7 @@ CASES = [
     Case("out-is-a-file", ("--out", "is a file, not a folder"), setup=out_at()),
     Case("out-under-a-file", ("--out", "cannot be created", "is a file, not a folder"), setup=out_at("run")),
     Case("lr-nan", ("'lr'", "finite number"), args=("--lr", "nan")),
+    Case("lr-absurd", ("'lr'", "in (0, 1000]"), args=("--lr", "1e38")),  # overflowed AdamW: a traceback
     Case("grad-clip-inf", ("'grad_clip'", "finite number"), args=("--grad-clip", "inf")),
     Case("weight-decay-minus-inf", ("'weight_decay'", "finite number"), args=("--weight-decay=-inf",)),
     Case("dropout-nan-in-yaml", ("'dropout'", "finite number"), setup=config("dropout: .nan\n")),

@@ -17,11 +17,13 @@ FINETUNE_KEYS: tuple[Key, ...] = (
     Key("stride", int, 1, "bars between the starts of consecutive windows", check=positive, rule=">= 1"),
     Key("batch_size", int, 16, "windows per optimizer step, over all processes together", check=positive,
         rule=">= 1"),
-    Key("lr", float, 4e-5, "predictor peak learning rate (upstream's fine-tuning recipe)", check=positive,
-        rule="> 0"),
+    # at most 1000: far above any useful rate (a rate that diverges stops with exit 8), and far below what
+    # overflows AdamW's update in float arithmetic (--lr 1e38 ended in a traceback)
+    Key("lr", float, 4e-5, "predictor peak learning rate (upstream's fine-tuning recipe)",
+        check=lambda v: 0 < v <= 1000, rule="in (0, 1000]"),
     Key("train_tokenizer", bool, False, "also fine-tune the tokenizer (reconstruction + quantiser losses)"),
-    Key("tokenizer_lr", float, 2e-4, "tokenizer peak learning rate, when it is trained", check=positive,
-        rule="> 0"),
+    Key("tokenizer_lr", float, 2e-4, "tokenizer peak learning rate, when it is trained",
+        check=lambda v: 0 < v <= 1000, rule="in (0, 1000]"),
     Key("weight_decay", float, 0.1, "AdamW weight decay (betas 0.9, 0.95)", check=lambda v: v >= 0, rule=">= 0"),
     Key("warmup_steps", int, 50, "linear warm-up steps before the cosine decay", check=positive, rule=">= 1"),
     Key("max_steps", int, 1000, "optimizer steps at most (the cosine decay ends here)", check=positive,
