@@ -39,6 +39,8 @@ RECENT_SKIPS = 50
 SUBSCRIBER_QUEUE = 256      # events a browser may fall behind by before its oldest are dropped (the next forecast
                             # or outcome event carries the whole page state, a health event all of /health)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60)
+DELAYED_LAG_S = 60.0        # a bar arriving later than this after its close: the feed is delayed
+STALE_S = 120.0             # no bar for this long (wall clock): the page's data is stale
 
 
 @dataclass
@@ -54,12 +56,17 @@ class _SymbolState:
 class LiveHub:
     """Thread-safe state of the live service (see the module docstring)."""
 
-    def __init__(self, symbols: list[str], *, history: int = 500, rth: bool = True):
+    def __init__(self, symbols: list[str], *, history: int = 500, rth: bool = True, mode: str = "live",
+                 speed: float | None = None):
         if not symbols:
             raise ValueError("LiveHub needs at least one symbol")
         self.symbols = [s.upper() for s in symbols]
         self.history_size = int(history)
         self.rth = bool(rth)  # the window the forecasts use (config key rth): the page's candles are drawn in it
+        if mode not in ("live", "replay"):
+            raise ValueError(f"LiveHub mode must be 'live' or 'replay', not {mode!r}")
+        self.mode = mode      # a replay's bar lags and arrival times are the replay clock's, not the market's
+        self.speed = None if mode == "live" else float(speed if speed is not None else 1.0)
         self.started_at = time.time()
         self._lock = threading.RLock()
         self.closed = False
@@ -213,10 +220,12 @@ class LiveHub:
                     "received_s_ago": None if st.received_at is None else round(now - st.received_at, 3),
                     "last_forecast": iso(last_forecast),
                     "forecasts_kept": len(st.history)}
+                symbols[name]["feed"] = feed_state(self.mode, symbols[name]["last_bar_lag_s"],
+                                                   symbols[name]["received_s_ago"])
             status = "loading" if self._model is None else "ok"
             if self._model is not None and self._stream is not None and not self._stream["connected"]:
                 status = "degraded"
-            return {"status": status,
+            return {"status": status, "mode": self.mode, "speed": self.speed,
                     "model_loaded": self._model is not None, "model": self._model, "symbols": symbols,
                     "skipped": dict(self._skips), "skipped_total": sum(self._skips.values()),
                     "recent_skips": list(self._recent_skips)[-10:], "last_error": self._last_error,
@@ -234,7 +243,9 @@ class LiveHub:
             candles = {"times": [iso(t) for t in today.index],
                        **{c: [float(v) for v in today[c]] for c in ("open", "high", "low", "close")}}
             fresh = self.health()["symbols"][symbol.upper()]
-            return {"symbol": symbol.upper(), "summary": None if latest is None else latest["summary"],
+            last_close = None if st.bars.empty else float(st.bars["close"].iloc[-1])
+            return {"symbol": symbol.upper(), "mode": self.mode, "speed": self.speed,
+                    "last_close": last_close, "last_bar": iso(st.last_bar), "summary": None if latest is None else latest["summary"],
                     "paths": None if latest is None else latest["paths"],
                     "latency_s": None if latest is None else latest["latency_s"],
                     "candles": candles, "reliability": reliability(st.history), "freshness": fresh,
@@ -279,6 +290,19 @@ class LiveHub:
                 loop.call_soon_threadsafe(_offer, q, event)
             except RuntimeError:  # the web server's loop closed meanwhile: nobody is listening any more
                 return
+
+def feed_state(mode: str, lag_s: float | None, received_s_ago: float | None) -> str | None:
+    """What the page's state pill says: "replay" for a replay (its lags are the replay clock's, so no latency is
+    claimed), else "stale" when no bar came for STALE_S, "delayed" when the last bar came over DELAYED_LAG_S after
+    its close, "live" otherwise; None before the first bar."""
+    if mode == "replay":
+        return "replay"
+    if lag_s is None or received_s_ago is None:
+        return None
+    if received_s_ago > STALE_S:
+        return "stale"
+    return "delayed" if lag_s > DELAYED_LAG_S else "live"
+
 
 def _todays_bars(bars: pd.DataFrame, rth: bool) -> pd.DataFrame:
     """The bars of the last bar's New York date inside that session's window (regular hours under rth), so

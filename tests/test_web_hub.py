@@ -12,7 +12,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from evaluation.outcome import realised_outcome
-from live.hub import LiveHub
+from live.hub import DELAYED_LAG_S, STALE_S, LiveHub, feed_state
 from web_forecasts import pipeline, qqq_bars, synthetic_forecast
 
 NOW = pd.Timestamp("2025-06-10 15:00", tz="UTC")   # a regular Tuesday session in the QQQ file
@@ -128,6 +128,31 @@ def test_health_bars_skips_errors(bars):
     assert _metric(hub, "kronos_model_loaded") == 1
     with pytest.raises(KeyError, match="unknown symbol 'SPY'"):
         hub.latest("SPY")
+
+
+def test_feed_state_and_mode(bars):
+    """/health and /state say live or replay (with its speed); a live feed's bar lag and age say live, delayed or
+    stale, by the thresholds; a replay never claims a latency state."""
+    hub = _hub()
+    assert hub.health()["symbols"]["QQQ"]["feed"] is None           # no bar yet
+    hub.on_bars("QQQ", bars[bars.index < NOW], NOW + pd.Timedelta(seconds=3))
+    h = hub.health()
+    assert (h["mode"], h["speed"], h["symbols"]["QQQ"]["feed"]) == ("live", None, "live")
+    state = hub.page_state("QQQ")
+    assert state["mode"] == "live" and state["last_bar"] == "2025-06-10T14:59:00Z"
+    assert state["last_close"] == bars[bars.index < NOW]["close"].iloc[-1]
+    late = NOW + pd.Timedelta(seconds=60 + 75)                       # the 14:59 bar seen 75 s after its close
+    hub.on_bars("QQQ", bars[bars.index < NOW], late)
+    assert hub.health()["symbols"]["QQQ"]["feed"] == "delayed"
+    assert feed_state("live", 5.0, STALE_S + 1) == "stale" and feed_state("live", DELAYED_LAG_S, 1.0) == "live"
+    assert feed_state("live", None, None) is None
+    replay = LiveHub(["QQQ"], mode="replay", speed=60)
+    replay.on_bars("QQQ", bars[bars.index < NOW], late)              # a replay's lag means nothing: still "replay"
+    h = replay.health()
+    assert (h["mode"], h["speed"], h["symbols"]["QQQ"]["feed"]) == ("replay", 60.0, "replay")
+    assert replay.page_state("QQQ")["speed"] == 60.0
+    with pytest.raises(ValueError, match="mode"):
+        LiveHub(["QQQ"], mode="paper")
 
 
 def test_producer_thread_feeds_sse_subscriber(bars):

@@ -106,7 +106,15 @@ def test_page_in_headless_chromium(real_data_dir, tmp_path):
             rel = driver.find_element("id", "reliability").text
             panel = hub.page_state("QQQ")["reliability"]
             assert panel["n"] > 10 and f"{panel['brier']:.3f}" in rel and "coin flip 0.25" in rel
-            assert "last bar 13:44 NY" in driver.find_element("id", "freshness").text
+            fresh = driver.find_element("id", "freshness").text
+            assert "last bar 13:44 NY" in fresh and "after its close" in fresh
+            # the header is the last bar's close; the forecast's anchor is shown apart
+            last = bars[bars.index < NOW]["close"].iloc[-1]
+            assert driver.find_element("id", "last-close").text == f"{last:.2f}"
+            anchor = driver.find_element("id", "anchor")
+            assert float(anchor.get_attribute("data-value")) == shown["now_close"]
+            assert anchor.text == f"forecast from {shown['now_close']:.2f} (13:44 bar)"
+            assert driver.find_element("id", "conn").get_attribute("data-state") == "live"
             # the trust badge says the summary's trust block; the session's P(up) history: raw, calibrated, the
             # calibrated interval as a band, realised ups and downs marked, each checked against the records
             badge = driver.find_element("id", "trust")
@@ -144,5 +152,30 @@ def test_page_in_headless_chromium(real_data_dir, tmp_path):
             assert shot.stat().st_size > 10_000
             if os.environ.get("KRONOS_KEEP_SCREENSHOT") == "1":
                 shutil.copyfile(shot, REPO / "docs" / "serve_page.png")
+        finally:
+            driver.quit()
+
+
+def test_replay_page_says_replay_and_claims_no_latency(real_data_dir):
+    """A replay's page: the pill says "replay ×60" from /state and /health, the freshness line gives no arrival
+    latency (the replay clock's lags are not the market's), and the header is still the last bar's close."""
+    bars = qqq_bars(str(real_data_dir))
+    hub = LiveHub(["QQQ"], mode="replay", speed=60)
+    hub.set_model({"model": "synthetic paths (test)", "tokenizer": "none", "device": "cpu", "dtype": "float32",
+                   "load_s": 0.1})
+    hub.on_bars("QQQ", bars[bars.index < NOW], NOW + pd.Timedelta(seconds=0.5))
+    summary, closes, ctx = synthetic_forecast(pipeline(horizon=30, n_samples=40), bars, NOW, seed=3)
+    hub.on_forecast("QQQ", summary, closes, 0.4, context=ctx)
+    with ServerThread(create_app(hub)) as server:
+        driver = _driver()
+        try:
+            driver.get(f"{server.url}/")
+            _wait(driver, "return document.getElementById('conn').dataset.state === 'replay'")
+            assert driver.find_element("id", "conn").text == "replay ×60"
+            fresh = driver.find_element("id", "freshness").text
+            assert fresh == "last bar 13:44 NY · replay ×60 of recorded bars"
+            assert "arrived" not in fresh and "ago" not in fresh
+            assert driver.find_element("id", "last-close").text == f"{bars[bars.index < NOW]['close'].iloc[-1]:.2f}"
+            assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
         finally:
             driver.quit()

@@ -5,6 +5,9 @@
   var params = new URLSearchParams(location.search);
   var symbol = (params.get("symbol") || "").toUpperCase();
   var receivedAt = null;   // browser time when the last bar was received by the service
+  var feed = { mode: "live", speed: null, state: null };   // what the state pill says (from /state and /health)
+  var streamUp = false;
+  var STALE_S = 120;       // live.hub.STALE_S: no bar for this long and the page says "stale"
   var nyFormat = new Intl.DateTimeFormat("en-CA", {
     timeZone: "America/New_York", year: "numeric", month: "2-digit", day: "2-digit",
     hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23"
@@ -102,6 +105,10 @@
 
   function render(s) {
     el("symbol").textContent = s.symbol;
+    el("last-close").textContent = num(s.last_close);
+    el("last-close").dataset.value = s.last_close === null ? "" : s.last_close;
+    feed.mode = s.mode || "live";
+    feed.speed = s.speed;
     var sum = s.summary;
     Plotly.react("chart", traces(s), layout(), { displaylogo: false, responsive: true });
     renderFreshness(s.freshness);
@@ -111,7 +118,9 @@
     renderTrust(sum.trust);
     var m = sum.summary, h = sum.horizon_min;
     var pUp = m["p_up_" + h + "m"];
-    el("last-close").textContent = num(sum.now_close);
+    // the header is the last bar's close; the forecast's anchor (the close its paths start from) is shown apart
+    el("anchor").textContent = "forecast from " + num(sum.now_close) + " (" + ny(sum.last_bar).slice(11, 16) + " bar)";
+    el("anchor").dataset.value = sum.now_close;
     el("p-up-label").textContent = "P(up " + h + "m)";
     var node = el("p-up");
     node.textContent = pct(pUp);
@@ -193,20 +202,40 @@
   }
 
   function renderFreshness(f) {
-    if (!f || !f.last_bar) return;
+    if (!f || !f.last_bar) { renderPill(); return; }
+    feed.state = f.feed;
     receivedAt = Date.now() - 1000 * (f.received_s_ago || 0);
     el("freshness").dataset.lastBar = f.last_bar;
     el("freshness").dataset.lag = f.last_bar_lag_s;
     tick();
   }
 
+  function replayName() { return "replay ×" + (feed.speed === null || feed.speed === undefined ? "?" : +feed.speed); }
+
   function tick() {
     var f = el("freshness");
     if (!receivedAt || !f.dataset.lastBar) return;
     var ago = Math.round((Date.now() - receivedAt) / 1000);
-    f.textContent = "last bar " + ny(f.dataset.lastBar).slice(11, 16) + " NY · arrived " +
-      num(f.dataset.lag, 1) + " s after its close · " + ago + " s ago";
-    f.className = ago > 120 ? "bad" : "muted";
+    var bar = "last bar " + ny(f.dataset.lastBar).slice(11, 16) + " NY";
+    if (feed.mode === "replay") {   // a replay's lags are its own clock's: claim no market latency
+      f.textContent = bar + " · " + replayName() + " of recorded bars";
+      f.className = "muted";
+    } else {
+      if (ago > STALE_S) feed.state = "stale";
+      f.textContent = bar + " · arrived " + num(f.dataset.lag, 1) + " s after its close · " + ago + " s ago";
+      f.className = ago > STALE_S ? "bad" : "muted";
+    }
+    renderPill();
+  }
+
+  // The state pill: replay ×N / live / delayed / stale, or "reconnecting" while the event stream is down.
+  function renderPill() {
+    var conn = el("conn");
+    var state = !streamUp ? "reconnecting" : feed.mode === "replay" ? "replay" : feed.state || "waiting";
+    conn.textContent = state === "replay" ? replayName() : state;
+    conn.dataset.state = state;
+    var style = { live: "live", replay: "replay", delayed: "warn", waiting: "" }[state];
+    conn.className = "pill " + (style === undefined ? "down" : style);   // stale, reconnecting
   }
 
   function renderReliability(r) {
@@ -227,6 +256,10 @@
   }
 
   function renderService(h) {
+    var mine = (h.symbols || {})[symbol];
+    if (h.mode) { feed.mode = h.mode; feed.speed = h.speed; }
+    if (mine && mine.feed !== undefined) feed.state = mine.feed;
+    renderPill();
     var sym = h.symbols[symbol] || {};
     var model = h.model ? h.model.model + " (" + h.model.device + ", " + h.model.dtype + ")" : "loading…";
     var skipped = Object.keys(h.skipped).map(function (k) { return k + " " + h.skipped[k]; }).join(", ") || "none";
@@ -256,9 +289,8 @@
     if (symbol) q.set("symbol", symbol);
     if (token) q.set("token", token);   // EventSource cannot send headers
     var es = new EventSource("stream?" + q);
-    var conn = el("conn");
-    es.onopen = function () { conn.textContent = "live"; conn.className = "pill live"; };
-    es.onerror = function () { conn.textContent = "reconnecting"; conn.className = "pill down"; };
+    es.onopen = function () { streamUp = true; renderPill(); };
+    es.onerror = function () { streamUp = false; renderPill(); };
     ["forecast", "outcome"].forEach(function (kind) {
       es.addEventListener(kind, function (e) { render(JSON.parse(e.data)); window.KRONOS_EVENTS = (window.KRONOS_EVENTS || 0) + 1; });
     });
