@@ -115,6 +115,15 @@ def test_page_in_headless_chromium(real_data_dir, tmp_path):
             assert float(anchor.get_attribute("data-value")) == shown["now_close"]
             assert anchor.text == f"forecast from {shown['now_close']:.2f} (13:44 bar)"
             assert driver.find_element("id", "conn").get_attribute("data-state") == "live"
+            # the drawdown and run-up rows: basis points, dollars and levels from the JSON's fractions
+            risk = {r.find_elements("tag name", "td")[0].text: r.find_elements("tag name", "td")[1].text
+                    for r in driver.find_elements("css selector", "#risk tr")}
+            sm, close = shown["summary"], shown["now_close"]
+            for label, key, side in (("drawdown p50 / p90 / p95", "drawdown", -1), ("run-up p50 / p90 / p95", "runup", 1)):
+                f = [sm[f"{key}_p{q}_30m"] for q in (50, 90, 95)]
+                assert risk[label] == (" / ".join(f"{x * 1e4:.1f}" for x in f) + " bp = " +
+                                       " / ".join(f"${x * close:.2f}" for x in f) + " → " +
+                                       " / ".join(f"{close * (1 + side * x):.2f}" for x in f))
             # the trust badge says the summary's trust block; the session's P(up) history: raw, calibrated, the
             # calibrated interval as a band, realised ups and downs marked, each checked against the records
             badge = driver.find_element("id", "trust")

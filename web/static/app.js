@@ -27,6 +27,15 @@
   function withCi(x, pair) { var c = ci(pair); return pct(x) + (c ? " " + c.split(" (")[0] : ""); }
   function pct(x, digits) { return x === null || x === undefined ? "—" : (x * 100).toFixed(digits === undefined ? 1 : digits) + "%"; }
   function num(x, digits) { return x === null || x === undefined ? "—" : Number(x).toFixed(digits === undefined ? 2 : digits); }
+  function bp(x) { return x === null || x === undefined ? "—" : (x * 1e4).toFixed(1); }
+  // the drawdown (side -1) or run-up (+1) quantiles as forecast.summary's console says them: basis points, dollars
+  // per share from the close the paths start at, and the price each reaches (a stop below, a target above)
+  function excursion(m, key, h, close, side) {
+    var v = [50, 90, 95].map(function (q) { return m[key + "_p" + q + "_" + h + "m"]; });
+    var join = function (f) { return v.map(function (x) { return x === null || x === undefined ? "—" : f(x); }).join(" / "); };
+    return join(bp) + " bp = " + join(function (x) { return "$" + (x * close).toFixed(2); }) + " → " +
+      join(function (x) { return (close * (1 + side * x)).toFixed(2); });
+  }
   function el(id) { return document.getElementById(id); }
   function url(path) {
     var q = new URLSearchParams();
@@ -144,8 +153,8 @@
     var rk = Object.keys(r);
     rows(el("risk"), [
       ["return " + rk.join(" / "), rk.map(function (k) { return pct(r[k], 2); }).join(" / ")],
-      ["drawdown p50 / p90 / p95", [50, 90, 95].map(function (q) { return pct(m["drawdown_p" + q + "_" + h + "m"], 2); }).join(" / ")],
-      ["run-up p50 / p90 / p95", [50, 90, 95].map(function (q) { return pct(m["runup_p" + q + "_" + h + "m"], 2); }).join(" / ")],
+      ["drawdown p50 / p90 / p95", excursion(m, "drawdown", h, sum.now_close, -1)],
+      ["run-up p50 / p90 / p95", excursion(m, "runup", h, sum.now_close, 1)],
       ["P(touch VWAP " + num(m.vwap) + ")", withCi(m["p_hit_vwap_" + h + "m"], m["p_hit_vwap_" + h + "m_ci"])],
       ["P(touch mid band " + num(m.mid_band) + ")", withCi(m["p_hit_mid_" + h + "m"], m["p_hit_mid_" + h + "m_ci"])],
       ["z-score to mid band", num(m.zscore_mid)],
