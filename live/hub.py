@@ -241,11 +241,13 @@ class LiveHub:
             latest = st.latest
             today = _todays_bars(st.bars, self.rth)
             candles = {"times": [iso(t) for t in today.index],
-                       **{c: [float(v) for v in today[c]] for c in ("open", "high", "low", "close")}}
+                       **{c: [float(v) for v in today[c]] for c in ("open", "high", "low", "close", "volume")},
+                       "vwap": [num(v) for v in running_vwap(today)]}
             fresh = self.health()["symbols"][symbol.upper()]
             last_close = None if st.bars.empty else float(st.bars["close"].iloc[-1])
             return {"symbol": symbol.upper(), "mode": self.mode, "speed": self.speed,
-                    "last_close": last_close, "last_bar": iso(st.last_bar), "summary": None if latest is None else latest["summary"],
+                    "last_close": last_close, "last_bar": iso(st.last_bar),
+                    "session_close": iso(_regular_close(st.last_bar)), "summary": None if latest is None else latest["summary"],
                     "paths": None if latest is None else latest["paths"],
                     "latency_s": None if latest is None else latest["latency_s"],
                     "candles": candles, "reliability": reliability(st.history), "freshness": fresh,
@@ -302,6 +304,25 @@ def feed_state(mode: str, lag_s: float | None, received_s_ago: float | None) -> 
     if received_s_ago > STALE_S:
         return "stale"
     return "delayed" if lag_s > DELAYED_LAG_S else "live"
+
+
+def running_vwap(bars: pd.DataFrame) -> np.ndarray:
+    """The session VWAP after each bar: cumulative typical price x volume over cumulative volume (NaN until some
+    volume traded); the line the page draws under the candles."""
+    tp = (bars["high"].to_numpy(float) + bars["low"].to_numpy(float) + bars["close"].to_numpy(float)) / 3.0
+    vol = np.maximum(np.nan_to_num(bars["volume"].to_numpy(float)), 0.0)
+    pv = np.cumsum(np.where(np.isfinite(tp), tp * vol, 0.0))
+    cum = np.cumsum(np.where(np.isfinite(tp), vol, 0.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(cum > 0, pv / np.where(cum > 0, cum, 1.0), np.nan)
+
+
+def _regular_close(last_bar: pd.Timestamp | None) -> pd.Timestamp | None:
+    """The regular close of the last bar's New York date (early closes honoured); None on a non-session date."""
+    if last_bar is None:
+        return None
+    label = mcal.ny_date(last_bar)
+    return mcal.session_window(label, True)[1] if mcal.is_session(label) else None
 
 
 def _todays_bars(bars: pd.DataFrame, rth: bool) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from evaluation.outcome import realised_outcome
+from forecast.metrics import session_vwap
 from live.hub import DELAYED_LAG_S, STALE_S, LiveHub, feed_state
 from web_forecasts import pipeline, qqq_bars, synthetic_forecast
 
@@ -294,3 +295,23 @@ def test_online_calibration_learns_each_resolved_forecast_and_resumes(bars, tmp_
 class SimpleOutcome:
     def __init__(self, close, up):
         self.close, self.up, self.hit_vwap = close, up, None
+
+
+def test_page_state_volume_session_vwap_and_close(bars):
+    """The page's candles carry volume and the running session VWAP (each point equal to forecast.metrics'
+    session_vwap of the bars so far), and the regular close of the day (16:00 New York, 13:00 on a half day)."""
+    hub = _hub()
+    hub.on_bars("QQQ", bars[bars.index < NOW], NOW)
+    c = hub.page_state("QQQ")["candles"]
+    session = bars[(bars.index < NOW) & (bars.index >= "2025-06-10 13:30")]
+    assert c["volume"] == pytest.approx(session["volume"].tolist())
+    for k in (0, 10, len(session) - 1):
+        assert c["vwap"][k] == pytest.approx(session_vwap(session.iloc[:k + 1]), rel=1e-12)
+    assert hub.page_state("QQQ")["session_close"] == "2025-06-10T20:00:00Z"
+    assert LiveHub(["QQQ"]).page_state("QQQ")["session_close"] is None            # no bar yet
+    half = LiveHub(["QQQ"])                                                      # 2024-11-29: a 13:00 close
+    t = pd.date_range("2024-11-29 14:30", periods=3, freq="1min", tz="UTC")
+    half.on_bars("QQQ", pd.DataFrame({"open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": 0.0}, index=t),
+                 t[-1] + MINUTE)
+    state = half.page_state("QQQ")
+    assert state["session_close"] == "2024-11-29T18:00:00Z" and state["candles"]["vwap"] == [None] * 3

@@ -14,6 +14,7 @@ import httpx
 import pandas as pd
 import pytest
 
+from forecast.metrics import session_vwap
 from live.hub import LiveHub
 from web.app import create_app
 from web_forecasts import ServerThread, pipeline, qqq_bars, synthetic_forecast
@@ -115,6 +116,15 @@ def test_page_in_headless_chromium(real_data_dir, tmp_path):
             assert float(anchor.get_attribute("data-value")) == shown["now_close"]
             assert anchor.text == f"forecast from {shown['now_close']:.2f} (13:44 bar)"
             assert driver.find_element("id", "conn").get_attribute("data-state") == "live"
+            # time to the close from the 13:44 bar's close; volume bars and the session VWAP under the candles;
+            # the default view frames the last hour and the whole fan
+            assert driver.find_element("id", "to-close").text == "2 h 15 min to the close"
+            session = bars[(bars.index >= "2025-06-10 13:30") & (bars.index < NOW)]
+            assert by_name["volume"]["y"] == pytest.approx(session["volume"].tolist())
+            assert by_name["session VWAP"]["y"][-1] == pytest.approx(session_vwap(session), rel=1e-9)
+            x_range = driver.execute_script("return document.getElementById('chart').layout.xaxis.range")
+            end = pd.Timestamp(shown["future_times"][-1]).tz_convert("America/New_York")
+            assert x_range == ["2025-06-10 12:44:30", (end + pd.Timedelta(seconds=30)).strftime("%Y-%m-%d %H:%M:%S")]
             # the drawdown and run-up rows: basis points, dollars and levels from the JSON's fractions
             risk = {r.find_elements("tag name", "td")[0].text: r.find_elements("tag name", "td")[1].text
                     for r in driver.find_elements("css selector", "#risk tr")}

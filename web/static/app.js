@@ -67,6 +67,14 @@
     data.push({ type: "candlestick", name: "bars", x: c.times.map(ny), open: c.open, high: c.high, low: c.low,
                 close: c.close, increasing: { line: { color: "#26a69a" } }, decreasing: { line: { color: "#ef5350" } },
                 showlegend: false });
+    if (c.volume) {
+      data.push({ type: "bar", name: "volume", x: c.times.map(ny), y: c.volume, yaxis: "y2", showlegend: false,
+                  marker: { color: c.close.map(function (v, i) { return v >= c.open[i] ? "rgba(38,166,154,0.45)" : "rgba(239,83,80,0.45)"; }) } });
+    }
+    if (c.vwap) {
+      data.push({ type: "scatter", mode: "lines", name: "session VWAP", x: c.times.map(ny), y: c.vwap,
+                  line: { color: "#e3b341", width: 1.2 } });
+    }
     var sum = s.summary;
     if (!sum) return data;
     var m = sum.summary;
@@ -112,6 +120,47 @@
              uirevision: "keep-zoom" };
   }
 
+  var FRAME_MIN = 60;   // the default view: the last hour of bars, then the whole fan
+  // The price chart's layout: prices above, volume below, framed on the last hour plus the fan (double-click
+  // in Plotly shows the whole session).
+  function chartLayout(s) {
+    var lay = layout();
+    lay.yaxis = { gridcolor: "#30363d", domain: [0.24, 1] };
+    lay.yaxis2 = { gridcolor: "#30363d", domain: [0, 0.18], title: { text: "volume" }, rangemode: "tozero" };
+    lay.xaxis.anchor = "y2";   // the time axis under the volume bars
+    lay.yaxis.anchor = "x";
+    lay.yaxis2.anchor = "x";
+    var c = s.candles, sum = s.summary;
+    if (!c.times.length) return lay;
+    var lastMs = Date.parse(c.times[c.times.length - 1]);
+    var fromMs = lastMs - (FRAME_MIN - 1) * 60000;
+    var endIso = sum ? sum.future_times[sum.future_times.length - 1] : c.times[c.times.length - 1];
+    lay.xaxis.range = [ny(new Date(fromMs - 30000).toISOString()), ny(new Date(Date.parse(endIso) + 30000).toISOString())];
+    var lo = Infinity, hi = -Infinity;
+    c.times.forEach(function (t, i) {
+      if (Date.parse(t) >= fromMs) { lo = Math.min(lo, c.low[i]); hi = Math.max(hi, c.high[i]); }
+    });
+    if (sum) {
+      var p = sum.summary.percentiles;
+      Object.keys(p).forEach(function (k) { p[k].forEach(function (v) { lo = Math.min(lo, v); hi = Math.max(hi, v); }); });
+    }
+    var pad = Math.max((hi - lo) * 0.08, 0.05);
+    lay.yaxis.range = [lo - pad, hi + pad];
+    lay.yaxis.autorange = false;
+    return lay;
+  }
+
+  // "1 h 05 min to the close" from the last bar's close (the replay's clock during a replay, not the wall's)
+  function renderToClose(s) {
+    var node = el("to-close");
+    if (!s.session_close || !s.last_bar) { node.textContent = "no session today"; return; }
+    var left = Math.round((Date.parse(s.session_close) - Date.parse(s.last_bar) - 60000) / 60000);
+    node.dataset.minutes = left;
+    node.textContent = left <= 0 ? "regular session closed" :
+      (left >= 60 ? Math.floor(left / 60) + " h " + String(left % 60).padStart(2, "0") + " min" : left + " min") +
+      " to the close";
+  }
+
   function render(s) {
     el("symbol").textContent = s.symbol;
     el("last-close").textContent = num(s.last_close);
@@ -119,7 +168,8 @@
     feed.mode = s.mode || "live";
     feed.speed = s.speed;
     var sum = s.summary;
-    Plotly.react("chart", traces(s), layout(), { displaylogo: false, responsive: true });
+    Plotly.react("chart", traces(s), chartLayout(s), { displaylogo: false, responsive: true });
+    renderToClose(s);
     renderFreshness(s.freshness);
     renderReliability(s.reliability);
     renderHistory(s.p_up_history || []);
