@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -198,3 +199,32 @@ def test_replay_page_says_replay_and_claims_no_latency(real_data_dir):
             assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
         finally:
             driver.quit()
+
+
+def test_static_view_screenshots_with_plain_headless_chromium(real_data_dir, tmp_path):
+    """The README's screenshot recipe: ``?static=1`` draws once and opens no event stream, so Chromium's own
+    ``--screenshot`` with a virtual-time budget finishes (the live page's stream would keep it waiting)."""
+    bars = qqq_bars(str(real_data_dir))
+    hub = LiveHub(["QQQ"])
+    hub.on_bars("QQQ", bars[bars.index < NOW], NOW + pd.Timedelta(seconds=1))
+    summary, closes, ctx = synthetic_forecast(pipeline(horizon=30, n_samples=40), bars, NOW, seed=5)
+    hub.on_forecast("QQQ", summary, closes, 0.4, context=ctx)
+    with ServerThread(create_app(hub, token=TOKEN)) as server:
+        driver = _driver()
+        try:
+            driver.get(f"{server.url}/?static=1&token={TOKEN}")
+            _wait(driver, "return window.KRONOS_DRAWN === true")
+            assert driver.execute_script("return window.KRONOS_STREAM === undefined")   # no event stream
+            assert driver.find_element("id", "p-up").text == f"{summary['summary']['p_up_30m'] * 100:.1f}%"
+            assert driver.find_element("id", "conn").text == "live"
+        finally:
+            driver.quit()
+        if not Path(CHROMIUM).exists():
+            pytest.fail("chromium is needed (apt-get install chromium)")
+        shot = tmp_path / "page.png"
+        proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                               "--hide-scrollbars", "--window-size=1400,1250", "--virtual-time-budget=8000",
+                               f"--screenshot={shot}", f"{server.url}/?static=1&token={TOKEN}"],
+                              capture_output=True, text=True, timeout=90, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert shot.stat().st_size > 10_000

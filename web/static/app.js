@@ -7,6 +7,8 @@
   var receivedAt = null;   // browser time when the last bar was received by the service
   var feed = { mode: "live", speed: null, state: null };   // what the state pill says (from /state and /health)
   var streamUp = false;
+  // ?static=1: draw once, open no event stream and poll nothing, so a headless browser's --screenshot can finish
+  var staticView = params.get("static") === "1";
   var STALE_S = 120;       // live.hub.STALE_S: no bar for this long and the page says "stale"
   var nyFormat = new Intl.DateTimeFormat("en-CA", {
     timeZone: "America/New_York", year: "numeric", month: "2-digit", day: "2-digit",
@@ -290,7 +292,7 @@
   // The state pill: replay ×N / live / delayed / stale, or "reconnecting" while the event stream is down.
   function renderPill() {
     var conn = el("conn");
-    var state = !streamUp ? "reconnecting" : feed.mode === "replay" ? "replay" : feed.state || "waiting";
+    var state = !streamUp && !staticView ? "reconnecting" : feed.mode === "replay" ? "replay" : feed.state || "waiting";
     conn.textContent = state === "replay" ? replayName() : state;
     conn.dataset.state = state;
     var style = { live: "live", replay: "replay", delayed: "warn", waiting: "" }[state];
@@ -360,7 +362,12 @@
     window.KRONOS_STREAM = es;
   }
 
-  refresh().then(connect).catch(function (err) { el("freshness").textContent = String(err); connect(); });
-  setInterval(tick, 1000);
-  setInterval(function () { fetchJSON("health").then(renderService).catch(function () {}); }, 10000);
+  if (staticView) {
+    refresh().then(function () { window.KRONOS_DRAWN = true; })
+      .catch(function (err) { el("freshness").textContent = String(err); });
+  } else {
+    refresh().then(connect).catch(function (err) { el("freshness").textContent = String(err); connect(); });
+    setInterval(tick, 1000);
+    setInterval(function () { fetchJSON("health").then(renderService).catch(function () {}); }, 10000);
+  }
 })();
