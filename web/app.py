@@ -1,7 +1,8 @@
 """The live service's web app: the JSON API, Prometheus metrics, server-sent events and the one page.
 
 Endpoints (all GET; with a token, every one requires ``Authorization: Bearer <token>`` or ``?token=``):
-  /                  the page (candles, band, paths, P(up), risk, freshness, reliability; live over /stream)
+  /                  the page (candles, band, paths, P(up), risk, freshness, reliability; live over /stream;
+                     ?static=1 draws it once with no stream, for a headless screenshot)
   /forecast          the latest summary JSON, exactly as the CLI writes it (?symbol=)
   /forecast/history  recent forecasts with their realised outcomes once known (?symbol=&limit=)
   /state             what the page draws for a symbol (summary, sample paths, today's candles, reliability,
