@@ -203,10 +203,14 @@ def test_replay_page_says_replay_and_claims_no_latency(real_data_dir):
 
 def test_static_view_screenshots_with_plain_headless_chromium(real_data_dir, tmp_path):
     """The README's screenshot recipe: ``?static=1`` draws once and opens no event stream, so Chromium's own
-    ``--screenshot`` with a virtual-time budget finishes (the live page's stream would keep it waiting)."""
+    ``--screenshot`` with a virtual-time budget finishes (the live page's stream would keep it waiting). With two
+    symbols served, a switcher lists them and picking one shows it, the token and ?static=1 kept."""
     bars = qqq_bars(str(real_data_dir))
-    hub = LiveHub(["QQQ"])
+    hub = LiveHub(["QQQ", "SPY"])
     hub.on_bars("QQQ", bars[bars.index < NOW], NOW + pd.Timedelta(seconds=1))
+    other = bars[bars.index < NOW].copy()
+    other[["open", "high", "low", "close"]] *= 1.1          # a second symbol: the same minutes at other prices
+    hub.on_bars("SPY", other, NOW + pd.Timedelta(seconds=1))
     summary, closes, ctx = synthetic_forecast(pipeline(horizon=30, n_samples=40), bars, NOW, seed=5)
     hub.on_forecast("QQQ", summary, closes, 0.4, context=ctx)
     with ServerThread(create_app(hub, token=TOKEN)) as server:
@@ -217,6 +221,18 @@ def test_static_view_screenshots_with_plain_headless_chromium(real_data_dir, tmp
             assert driver.execute_script("return window.KRONOS_STREAM === undefined")   # no event stream
             assert driver.find_element("id", "p-up").text == f"{summary['summary']['p_up_30m'] * 100:.1f}%"
             assert driver.find_element("id", "conn").text == "live"
+            from selenium.webdriver.support.ui import Select
+
+            box = driver.find_element("id", "switch")
+            assert box.is_displayed() and [o.text for o in Select(box).options] == ["QQQ", "SPY"]
+            Select(box).select_by_value("SPY")
+            _wait(driver, "return document.getElementById('symbol').textContent === 'SPY'")
+            _wait(driver, "return window.KRONOS_DRAWN === true")
+            query = driver.execute_script("return location.search")
+            assert "symbol=SPY" in query and "static=1" in query and f"token={TOKEN}" in query
+            assert driver.find_element("id", "last-close").text == f"{other['close'].iloc[-1]:.2f}"
+            assert driver.find_element("id", "p-up").text == "—"          # no SPY forecast yet
+            assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
         finally:
             driver.quit()
         if not Path(CHROMIUM).exists():

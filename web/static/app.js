@@ -163,8 +163,27 @@
       " to the close";
   }
 
+  // A switcher when the service forecasts several symbols: picking one reloads the page on ?symbol= (the token
+  // and ?static=1 kept), so the stream, the polling and the zoom all start over for it.
+  function renderSwitcher(names, current) {
+    var box = el("switch");
+    if (!names || names.length < 2 || box.options.length) return;
+    names.forEach(function (n) {
+      var o = document.createElement("option");
+      o.value = n; o.textContent = n; o.selected = n === current;
+      box.appendChild(o);
+    });
+    box.hidden = false;
+    box.onchange = function () {
+      var q = new URLSearchParams(location.search);
+      q.set("symbol", box.value);
+      location.search = q.toString();
+    };
+  }
+
   function render(s) {
     el("symbol").textContent = s.symbol;
+    renderSwitcher(s.symbols, s.symbol);
     el("last-close").textContent = num(s.last_close);
     el("last-close").dataset.value = s.last_close === null ? "" : s.last_close;
     feed.mode = s.mode || "live";
