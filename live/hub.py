@@ -41,6 +41,7 @@ SUBSCRIBER_QUEUE = 256      # events a browser may fall behind by before its old
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60)
 DELAYED_LAG_S = 60.0        # a bar arriving later than this after its close: the feed is delayed
 STALE_S = 120.0             # no bar for this long (wall clock): the page's data is stale
+CONTEXT_BARS = 60           # at the open the page also draws the previous session's last hour
 
 
 @dataclass
@@ -243,6 +244,10 @@ class LiveHub:
             candles = {"times": [iso(t) for t in today.index],
                        **{c: [float(v) for v in today[c]] for c in ("open", "high", "low", "close", "volume")},
                        "vwap": [num(v) for v in running_vwap(today)]}
+            before = _previous_hour(st.bars, today, self.rth)
+            candles["previous"] = None if before is None else {
+                "times": [iso(t) for t in before.index],
+                **{c: [float(v) for v in before[c]] for c in ("open", "high", "low", "close", "volume")}}
             fresh = self.health()["symbols"][symbol.upper()]
             last_close = None if st.bars.empty else float(st.bars["close"].iloc[-1])
             return {"symbol": symbol.upper(), "mode": self.mode, "speed": self.speed,
@@ -315,6 +320,20 @@ def running_vwap(bars: pd.DataFrame) -> np.ndarray:
     cum = np.cumsum(np.where(np.isfinite(tp), vol, 0.0))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(cum > 0, pv / np.where(cum > 0, cum, 1.0), np.nan)
+
+
+def _previous_hour(bars: pd.DataFrame, today: pd.DataFrame, rth: bool) -> pd.DataFrame | None:
+    """The previous session's last CONTEXT_BARS bars (in the forecasts' window) while today's session has fewer,
+    so the page has context at the open; None later in the day or when the previous session is not held."""
+    if today.empty or len(today) >= CONTEXT_BARS:
+        return None
+    days = bars.index.tz_convert("America/New_York").normalize()
+    earlier = bars[days < days[bars.index.get_loc(today.index[0])]]   # before today's date: not its premarket
+    if earlier.empty:
+        return None
+    label = mcal.ny_date(earlier.index[-1])
+    prev = session_bars(earlier, label, rth) if mcal.is_session(label) else session_bars_of_last_day(earlier)
+    return None if prev.empty else prev.iloc[-CONTEXT_BARS:]
 
 
 def _regular_close(last_bar: pd.Timestamp | None) -> pd.Timestamp | None:

@@ -315,3 +315,18 @@ def test_page_state_volume_session_vwap_and_close(bars):
                  t[-1] + MINUTE)
     state = half.page_state("QQQ")
     assert state["session_close"] == "2024-11-29T18:00:00Z" and state["candles"]["vwap"] == [None] * 3
+
+
+def test_previous_sessions_last_hour_at_the_open(bars):
+    """Before today's session has an hour of bars the page state carries the previous session's last 60 regular
+    bars (the file's 2025-06-09 15:00-15:59 New York); later in the day it carries none."""
+    hub = _hub()
+    at = pd.Timestamp("2025-06-10 13:40", tz="UTC")                     # 09:40 New York: ten bars today
+    hub.on_bars("QQQ", bars[bars.index < at], at)
+    c = hub.page_state("QQQ")["candles"]
+    assert len(c["times"]) == 10
+    prev = bars[(bars.index >= "2025-06-09 19:00") & (bars.index < "2025-06-09 20:00")]
+    assert c["previous"]["times"][0] == "2025-06-09T19:00:00Z" and c["previous"]["times"][-1] == "2025-06-09T19:59:00Z"
+    assert c["previous"]["close"] == pytest.approx(prev["close"].tolist())
+    hub.on_bars("QQQ", bars[bars.index < NOW], NOW)                      # 11:00 New York: 90 bars today
+    assert hub.page_state("QQQ")["candles"]["previous"] is None

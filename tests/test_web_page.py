@@ -244,3 +244,30 @@ def test_static_view_screenshots_with_plain_headless_chromium(real_data_dir, tmp
                               capture_output=True, text=True, timeout=90, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert shot.stat().st_size > 10_000
+
+
+def test_page_at_the_open_draws_the_previous_sessions_last_hour(real_data_dir, tmp_path):
+    """At 09:40 New York the chart also draws the previous session's last hour (dimmed), hides the night between,
+    and frames the last 60 bars across it plus the fan."""
+    bars = qqq_bars(str(real_data_dir))
+    at = pd.Timestamp("2025-06-10 13:40", tz="UTC")
+    hub = LiveHub(["QQQ"])
+    hub.on_bars("QQQ", bars[bars.index < at], at + pd.Timedelta(seconds=1))
+    summary, closes, ctx = synthetic_forecast(pipeline(horizon=30, n_samples=40), bars, at, seed=7)
+    hub.on_forecast("QQQ", summary, closes, 0.4, context=ctx)
+    with ServerThread(create_app(hub)) as server:
+        driver = _driver()
+        try:
+            driver.get(f"{server.url}/?static=1")
+            _wait(driver, "return window.KRONOS_DRAWN === true")
+            chart = driver.execute_script(
+                "var c = document.getElementById('chart'); return {data: c.data.map(t => ({name: t.name, "
+                "n: (t.close || t.y || []).length})), x: c.layout.xaxis}")
+            n = {t["name"]: t["n"] for t in chart["data"]}
+            assert n["previous session"] == 60 and n["bars"] == 10
+            assert chart["x"]["range"][0] == "2025-06-09 15:09:30"        # 50 bars of yesterday + 10 of today
+            assert chart["x"]["rangebreaks"][0]["bounds"] == ["2025-06-09 16:00:00", "2025-06-10 09:30:00"]
+            assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+            driver.save_screenshot(str(tmp_path / "open.png"))
+        finally:
+            driver.quit()

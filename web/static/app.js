@@ -65,7 +65,12 @@
 
   function traces(s) {
     var data = [];
-    var c = s.candles;
+    var c = s.candles, prev = c.previous;
+    if (prev && prev.times.length) {   // at the open: the previous session's last hour, dimmed
+      data.push({ type: "candlestick", name: "previous session", x: prev.times.map(ny), open: prev.open,
+                  high: prev.high, low: prev.low, close: prev.close, opacity: 0.45, showlegend: false,
+                  increasing: { line: { color: "#26a69a" } }, decreasing: { line: { color: "#ef5350" } } });
+    }
     data.push({ type: "candlestick", name: "bars", x: c.times.map(ny), open: c.open, high: c.high, low: c.low,
                 close: c.close, increasing: { line: { color: "#26a69a" } }, decreasing: { line: { color: "#ef5350" } },
                 showlegend: false });
@@ -136,6 +141,14 @@
     if (!c.times.length) return lay;
     var lastMs = Date.parse(c.times[c.times.length - 1]);
     var fromMs = lastMs - (FRAME_MIN - 1) * 60000;
+    var prev = c.previous;
+    if (prev && prev.times.length) {   // frame the last hour of bars across the night, and hide the night
+      var all = prev.times.concat(c.times);
+      fromMs = Date.parse(all[Math.max(all.length - FRAME_MIN, 0)]);
+      c = { times: all, low: prev.low.concat(c.low), high: prev.high.concat(c.high) };
+      var gapFrom = new Date(Date.parse(prev.times[prev.times.length - 1]) + 60000).toISOString();
+      lay.xaxis.rangebreaks = [{ bounds: [ny(gapFrom), ny(s.candles.times[0])] }];
+    }
     var endIso = sum ? sum.future_times[sum.future_times.length - 1] : c.times[c.times.length - 1];
     lay.xaxis.range = [ny(new Date(fromMs - 30000).toISOString()), ny(new Date(Date.parse(endIso) + 30000).toISOString())];
     var lo = Infinity, hi = -Infinity;
