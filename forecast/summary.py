@@ -95,13 +95,14 @@ def console_text(summary: dict[str, Any]) -> str:
         p_up_text += f" vs close, {m[f'p_up_{h}m_vs_ext']:.1%} vs {ext['session']} {ext['price']:.2f}"
     lines += [
         f"  P(up {h}m)        {p_up_text}",
-        f"  expected return  {m[f'exp_ret_{h}m']:+.3%}" + ("" if se is None else f" (s.e. {se:.3%})"),
+        f"  expected return  {_bp(m[f'exp_ret_{h}m'], sign=True)} bp = {_dollars(m[f'exp_ret_{h}m'], close, sign=True)}"
+        + ("" if se is None else f" (s.e. {_bp(se)} bp)"),
         f"  close in {h}m     {band}",
         f"  P(touch VWAP {_num(m.get('vwap'))})  {_pct(m.get(f'p_hit_vwap_{h}m'))}"
         f"{_pm(m.get(f'p_hit_vwap_{h}m_ci'))}   "
         f"P(touch mid {_num(m.get('mid_band'))})  {_pct(m.get(f'p_hit_mid_{h}m'))}{_pm(m.get(f'p_hit_mid_{h}m_ci'))}",
-        f"  drawdown p50/p90/p95  {_pct(m.get(f'drawdown_p50_{h}m'))} / {_pct(m.get(f'drawdown_p90_{h}m'))} / "
-        f"{_pct(m.get(f'drawdown_p95_{h}m'))}   run-up p90 {_pct(m.get(f'runup_p90_{h}m'))}",
+        _excursion_line("drawdown", [m.get(f"drawdown_p{q}_{h}m") for q in QUANTILES], close, -1),
+        _excursion_line("run-up  ", [m.get(f"runup_p{q}_{h}m") for q in QUANTILES], close, +1),
     ]
     lines += _online_and_trust_lines(summary)
     told = note_of(ext) if ext is not None else None  # the header lines above say it already
@@ -126,8 +127,36 @@ def _online_and_trust_lines(summary: dict[str, Any]) -> list[str]:
     return out + ([line] if line else [])
 
 
+QUANTILES = (50, 90, 95)  # the drawdown and run-up quantiles the console and the page show
+
+
+def _excursion_line(name: str, values: list[Any], close: float, side: int) -> str:
+    """'  drawdown p50/p90/p95  12.1 / 13.0 / 13.4 bp = $0.65 / $0.70 / $0.72 -> 533.63 / 533.58 / 533.56': each
+    quantile in basis points, in dollars per share from the close the paths start at, and the price it reaches
+    (a stop below for the drawdown, a target above for the run-up)."""
+    def join(fmt: Any) -> str:
+        return " / ".join("n/a" if v is None else fmt(v) for v in values)
+
+    return (f"  {name} p50/p90/p95  {join(_bp)} bp = {join(lambda v: _dollars(v, close))} -> "
+            f"{join(lambda v: f'{close * (1 + side * v):.2f}')}")
+
+
+def _bp(x: Any, sign: bool = False) -> str:
+    """A return in basis points to one decimal: the console's one precision for returns."""
+    return "n/a" if x is None else f"{x * 1e4:{'+' if sign else ''}.1f}"
+
+
+def _dollars(x: Any, close: float, sign: bool = False) -> str:
+    """A return as dollars per share from ``close``, to the cent."""
+    if x is None:
+        return "n/a"
+    v = x * close
+    return f"{'-' if v < 0 else '+' if sign else ''}${abs(v):.2f}"
+
+
 def _pct(x: Any) -> str:
-    return "n/a" if x is None else f"{x:.1%}" if abs(x) >= 0.001 else f"{x:.3%}"
+    """A probability in percent to one decimal (returns are in basis points, prices to the cent)."""
+    return "n/a" if x is None else f"{x:.1%}"
 
 
 def _pm(ci: Any) -> str:

@@ -39,6 +39,9 @@ RECENT_SKIPS = 50
 SUBSCRIBER_QUEUE = 256      # events a browser may fall behind by before its oldest are dropped (the next forecast
                             # or outcome event carries the whole page state, a health event all of /health)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60)
+DELAYED_LAG_S = 60.0        # a bar arriving later than this after its close: the feed is delayed
+STALE_S = 120.0             # no bar for this long (wall clock): the page's data is stale
+CONTEXT_BARS = 60           # at the open the page also draws the previous session's last hour
 
 
 @dataclass
@@ -54,12 +57,17 @@ class _SymbolState:
 class LiveHub:
     """Thread-safe state of the live service (see the module docstring)."""
 
-    def __init__(self, symbols: list[str], *, history: int = 500, rth: bool = True):
+    def __init__(self, symbols: list[str], *, history: int = 500, rth: bool = True, mode: str = "live",
+                 speed: float | None = None):
         if not symbols:
             raise ValueError("LiveHub needs at least one symbol")
         self.symbols = [s.upper() for s in symbols]
         self.history_size = int(history)
         self.rth = bool(rth)  # the window the forecasts use (config key rth): the page's candles are drawn in it
+        if mode not in ("live", "replay"):
+            raise ValueError(f"LiveHub mode must be 'live' or 'replay', not {mode!r}")
+        self.mode = mode      # a replay's bar lags and arrival times are the replay clock's, not the market's
+        self.speed = None if mode == "live" else float(speed if speed is not None else 1.0)
         self.started_at = time.time()
         self._lock = threading.RLock()
         self.closed = False
@@ -213,10 +221,12 @@ class LiveHub:
                     "received_s_ago": None if st.received_at is None else round(now - st.received_at, 3),
                     "last_forecast": iso(last_forecast),
                     "forecasts_kept": len(st.history)}
+                symbols[name]["feed"] = feed_state(self.mode, symbols[name]["last_bar_lag_s"],
+                                                   symbols[name]["received_s_ago"])
             status = "loading" if self._model is None else "ok"
             if self._model is not None and self._stream is not None and not self._stream["connected"]:
                 status = "degraded"
-            return {"status": status,
+            return {"status": status, "mode": self.mode, "speed": self.speed,
                     "model_loaded": self._model is not None, "model": self._model, "symbols": symbols,
                     "skipped": dict(self._skips), "skipped_total": sum(self._skips.values()),
                     "recent_skips": list(self._recent_skips)[-10:], "last_error": self._last_error,
@@ -232,9 +242,17 @@ class LiveHub:
             latest = st.latest
             today = _todays_bars(st.bars, self.rth)
             candles = {"times": [iso(t) for t in today.index],
-                       **{c: [float(v) for v in today[c]] for c in ("open", "high", "low", "close")}}
+                       **{c: [float(v) for v in today[c]] for c in ("open", "high", "low", "close", "volume")},
+                       "vwap": [num(v) for v in running_vwap(today)]}
+            before = _previous_hour(st.bars, today, self.rth)
+            candles["previous"] = None if before is None else {
+                "times": [iso(t) for t in before.index],
+                **{c: [float(v) for v in before[c]] for c in ("open", "high", "low", "close", "volume")}}
             fresh = self.health()["symbols"][symbol.upper()]
-            return {"symbol": symbol.upper(), "summary": None if latest is None else latest["summary"],
+            last_close = None if st.bars.empty else float(st.bars["close"].iloc[-1])
+            return {"symbol": symbol.upper(), "mode": self.mode, "speed": self.speed,
+                    "last_close": last_close, "last_bar": iso(st.last_bar),
+                    "session_close": iso(_regular_close(st.last_bar)), "summary": None if latest is None else latest["summary"],
                     "paths": None if latest is None else latest["paths"],
                     "latency_s": None if latest is None else latest["latency_s"],
                     "candles": candles, "reliability": reliability(st.history), "freshness": fresh,
@@ -279,6 +297,52 @@ class LiveHub:
                 loop.call_soon_threadsafe(_offer, q, event)
             except RuntimeError:  # the web server's loop closed meanwhile: nobody is listening any more
                 return
+
+def feed_state(mode: str, lag_s: float | None, received_s_ago: float | None) -> str | None:
+    """What the page's state pill says: "replay" for a replay (its lags are the replay clock's, so no latency is
+    claimed), else "stale" when no bar came for STALE_S, "delayed" when the last bar came over DELAYED_LAG_S after
+    its close, "live" otherwise; None before the first bar."""
+    if mode == "replay":
+        return "replay"
+    if lag_s is None or received_s_ago is None:
+        return None
+    if received_s_ago > STALE_S:
+        return "stale"
+    return "delayed" if lag_s > DELAYED_LAG_S else "live"
+
+
+def running_vwap(bars: pd.DataFrame) -> np.ndarray:
+    """The session VWAP after each bar: cumulative typical price x volume over cumulative volume (NaN until some
+    volume traded); the line the page draws under the candles."""
+    tp = (bars["high"].to_numpy(float) + bars["low"].to_numpy(float) + bars["close"].to_numpy(float)) / 3.0
+    vol = np.maximum(np.nan_to_num(bars["volume"].to_numpy(float)), 0.0)
+    pv = np.cumsum(np.where(np.isfinite(tp), tp * vol, 0.0))
+    cum = np.cumsum(np.where(np.isfinite(tp), vol, 0.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(cum > 0, pv / np.where(cum > 0, cum, 1.0), np.nan)
+
+
+def _previous_hour(bars: pd.DataFrame, today: pd.DataFrame, rth: bool) -> pd.DataFrame | None:
+    """The previous session's last CONTEXT_BARS bars (in the forecasts' window) while today's session has fewer,
+    so the page has context at the open; None later in the day or when the previous session is not held."""
+    if today.empty or len(today) >= CONTEXT_BARS:
+        return None
+    days = bars.index.tz_convert("America/New_York").normalize()
+    earlier = bars[days < days[bars.index.get_loc(today.index[0])]]   # before today's date: not its premarket
+    if earlier.empty:
+        return None
+    label = mcal.ny_date(earlier.index[-1])
+    prev = session_bars(earlier, label, rth) if mcal.is_session(label) else session_bars_of_last_day(earlier)
+    return None if prev.empty else prev.iloc[-CONTEXT_BARS:]
+
+
+def _regular_close(last_bar: pd.Timestamp | None) -> pd.Timestamp | None:
+    """The regular close of the last bar's New York date (early closes honoured); None on a non-session date."""
+    if last_bar is None:
+        return None
+    label = mcal.ny_date(last_bar)
+    return mcal.session_window(label, True)[1] if mcal.is_session(label) else None
+
 
 def _todays_bars(bars: pd.DataFrame, rth: bool) -> pd.DataFrame:
     """The bars of the last bar's New York date inside that session's window (regular hours under rth), so

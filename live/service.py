@@ -83,7 +83,9 @@ class Service:
         frames, start = self._replay_frames()
         configs = {s: cfg.replace(symbol=s) for s in self.symbols}
         base = ForecastPipeline(configs[self.symbols[0]])  # a bad calibrator file fails here, before the lock
-        self.hub = hub = LiveHub(self.symbols, history=cfg.history, rth=cfg.rth)
+        self.hub = hub = LiveHub(self.symbols, history=cfg.history, rth=cfg.rth,
+                                   mode="live" if self.replay is None else "replay",
+                                   speed=None if self.replay is None else self.replay.speed)
         redis = RedisPublisher(cfg.redis_url, cfg.redis_prefix, hub) if cfg.redis_url else None
         self.outputs = Outputs(out, hub, timestamped=cfg.timestamped_files, redis=redis)
         self.outputs.preflight(self.symbols)

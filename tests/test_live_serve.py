@@ -84,6 +84,7 @@ def test_replay_serves_the_page_and_the_api_minute_by_minute(ckpt, bars_csv, tmp
         assert min(seen) >= "2025-06-04T15:00:00Z"
         health = get_json(f"{base}/health")
         assert health["model_loaded"] is True and health["symbols"]["QQQ"]["last_bar"] >= "2025-06-04T15:00:00Z"
+        assert (health["mode"], health["speed"], health["symbols"]["QQQ"]["feed"]) == ("replay", 120.0, "replay")
         with urllib.request.urlopen(f"{base}/", timeout=5) as page:
             assert page.status == 200 and b"<html" in page.read().lower()
     finally:

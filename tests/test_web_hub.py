@@ -12,7 +12,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from evaluation.outcome import realised_outcome
-from live.hub import LiveHub
+from forecast.metrics import session_vwap
+from live.hub import DELAYED_LAG_S, STALE_S, LiveHub, feed_state
 from web_forecasts import pipeline, qqq_bars, synthetic_forecast
 
 NOW = pd.Timestamp("2025-06-10 15:00", tz="UTC")   # a regular Tuesday session in the QQQ file
@@ -128,6 +129,31 @@ def test_health_bars_skips_errors(bars):
     assert _metric(hub, "kronos_model_loaded") == 1
     with pytest.raises(KeyError, match="unknown symbol 'SPY'"):
         hub.latest("SPY")
+
+
+def test_feed_state_and_mode(bars):
+    """/health and /state say live or replay (with its speed); a live feed's bar lag and age say live, delayed or
+    stale, by the thresholds; a replay never claims a latency state."""
+    hub = _hub()
+    assert hub.health()["symbols"]["QQQ"]["feed"] is None           # no bar yet
+    hub.on_bars("QQQ", bars[bars.index < NOW], NOW + pd.Timedelta(seconds=3))
+    h = hub.health()
+    assert (h["mode"], h["speed"], h["symbols"]["QQQ"]["feed"]) == ("live", None, "live")
+    state = hub.page_state("QQQ")
+    assert state["mode"] == "live" and state["last_bar"] == "2025-06-10T14:59:00Z"
+    assert state["last_close"] == bars[bars.index < NOW]["close"].iloc[-1]
+    late = NOW + pd.Timedelta(seconds=60 + 75)                       # the 14:59 bar seen 75 s after its close
+    hub.on_bars("QQQ", bars[bars.index < NOW], late)
+    assert hub.health()["symbols"]["QQQ"]["feed"] == "delayed"
+    assert feed_state("live", 5.0, STALE_S + 1) == "stale" and feed_state("live", DELAYED_LAG_S, 1.0) == "live"
+    assert feed_state("live", None, None) is None
+    replay = LiveHub(["QQQ"], mode="replay", speed=60)
+    replay.on_bars("QQQ", bars[bars.index < NOW], late)              # a replay's lag means nothing: still "replay"
+    h = replay.health()
+    assert (h["mode"], h["speed"], h["symbols"]["QQQ"]["feed"]) == ("replay", 60.0, "replay")
+    assert replay.page_state("QQQ")["speed"] == 60.0
+    with pytest.raises(ValueError, match="mode"):
+        LiveHub(["QQQ"], mode="paper")
 
 
 def test_producer_thread_feeds_sse_subscriber(bars):
@@ -269,3 +295,38 @@ def test_online_calibration_learns_each_resolved_forecast_and_resumes(bars, tmp_
 class SimpleOutcome:
     def __init__(self, close, up):
         self.close, self.up, self.hit_vwap = close, up, None
+
+
+def test_page_state_volume_session_vwap_and_close(bars):
+    """The page's candles carry volume and the running session VWAP (each point equal to forecast.metrics'
+    session_vwap of the bars so far), and the regular close of the day (16:00 New York, 13:00 on a half day)."""
+    hub = _hub()
+    hub.on_bars("QQQ", bars[bars.index < NOW], NOW)
+    c = hub.page_state("QQQ")["candles"]
+    session = bars[(bars.index < NOW) & (bars.index >= "2025-06-10 13:30")]
+    assert c["volume"] == pytest.approx(session["volume"].tolist())
+    for k in (0, 10, len(session) - 1):
+        assert c["vwap"][k] == pytest.approx(session_vwap(session.iloc[:k + 1]), rel=1e-12)
+    assert hub.page_state("QQQ")["session_close"] == "2025-06-10T20:00:00Z"
+    assert LiveHub(["QQQ"]).page_state("QQQ")["session_close"] is None            # no bar yet
+    half = LiveHub(["QQQ"])                                                      # 2024-11-29: a 13:00 close
+    t = pd.date_range("2024-11-29 14:30", periods=3, freq="1min", tz="UTC")
+    half.on_bars("QQQ", pd.DataFrame({"open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": 0.0}, index=t),
+                 t[-1] + MINUTE)
+    state = half.page_state("QQQ")
+    assert state["session_close"] == "2024-11-29T18:00:00Z" and state["candles"]["vwap"] == [None] * 3
+
+
+def test_previous_sessions_last_hour_at_the_open(bars):
+    """Before today's session has an hour of bars the page state carries the previous session's last 60 regular
+    bars (the file's 2025-06-09 15:00-15:59 New York); later in the day it carries none."""
+    hub = _hub()
+    at = pd.Timestamp("2025-06-10 13:40", tz="UTC")                     # 09:40 New York: ten bars today
+    hub.on_bars("QQQ", bars[bars.index < at], at)
+    c = hub.page_state("QQQ")["candles"]
+    assert len(c["times"]) == 10
+    prev = bars[(bars.index >= "2025-06-09 19:00") & (bars.index < "2025-06-09 20:00")]
+    assert c["previous"]["times"][0] == "2025-06-09T19:00:00Z" and c["previous"]["times"][-1] == "2025-06-09T19:59:00Z"
+    assert c["previous"]["close"] == pytest.approx(prev["close"].tolist())
+    hub.on_bars("QQQ", bars[bars.index < NOW], NOW)                      # 11:00 New York: 90 bars today
+    assert hub.page_state("QQQ")["candles"]["previous"] is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import httpx
 import pandas as pd
 import pytest
 
+from forecast.metrics import session_vwap
 from live.hub import LiveHub
 from web.app import create_app
 from web_forecasts import ServerThread, pipeline, qqq_bars, synthetic_forecast
@@ -106,7 +108,33 @@ def test_page_in_headless_chromium(real_data_dir, tmp_path):
             rel = driver.find_element("id", "reliability").text
             panel = hub.page_state("QQQ")["reliability"]
             assert panel["n"] > 10 and f"{panel['brier']:.3f}" in rel and "coin flip 0.25" in rel
-            assert "last bar 13:44 NY" in driver.find_element("id", "freshness").text
+            fresh = driver.find_element("id", "freshness").text
+            assert "last bar 13:44 NY" in fresh and "after its close" in fresh
+            # the header is the last bar's close; the forecast's anchor is shown apart
+            last = bars[bars.index < NOW]["close"].iloc[-1]
+            assert driver.find_element("id", "last-close").text == f"{last:.2f}"
+            anchor = driver.find_element("id", "anchor")
+            assert float(anchor.get_attribute("data-value")) == shown["now_close"]
+            assert anchor.text == f"forecast from {shown['now_close']:.2f} (13:44 bar)"
+            assert driver.find_element("id", "conn").get_attribute("data-state") == "live"
+            # time to the close from the 13:44 bar's close; volume bars and the session VWAP under the candles;
+            # the default view frames the last hour and the whole fan
+            assert driver.find_element("id", "to-close").text == "2 h 15 min to the close"
+            session = bars[(bars.index >= "2025-06-10 13:30") & (bars.index < NOW)]
+            assert by_name["volume"]["y"] == pytest.approx(session["volume"].tolist())
+            assert by_name["session VWAP"]["y"][-1] == pytest.approx(session_vwap(session), rel=1e-9)
+            x_range = driver.execute_script("return document.getElementById('chart').layout.xaxis.range")
+            end = pd.Timestamp(shown["future_times"][-1]).tz_convert("America/New_York")
+            assert x_range == ["2025-06-10 12:44:30", (end + pd.Timedelta(seconds=30)).strftime("%Y-%m-%d %H:%M:%S")]
+            # the drawdown and run-up rows: basis points, dollars and levels from the JSON's fractions
+            risk = {r.find_elements("tag name", "td")[0].text: r.find_elements("tag name", "td")[1].text
+                    for r in driver.find_elements("css selector", "#risk tr")}
+            sm, close = shown["summary"], shown["now_close"]
+            for label, key, side in (("drawdown p50 / p90 / p95", "drawdown", -1), ("run-up p50 / p90 / p95", "runup", 1)):
+                f = [sm[f"{key}_p{q}_30m"] for q in (50, 90, 95)]
+                assert risk[label] == (" / ".join(f"{x * 1e4:.1f}" for x in f) + " bp = " +
+                                       " / ".join(f"${x * close:.2f}" for x in f) + " → " +
+                                       " / ".join(f"{close * (1 + side * x):.2f}" for x in f))
             # the trust badge says the summary's trust block; the session's P(up) history: raw, calibrated, the
             # calibrated interval as a band, realised ups and downs marked, each checked against the records
             badge = driver.find_element("id", "trust")
@@ -144,5 +172,102 @@ def test_page_in_headless_chromium(real_data_dir, tmp_path):
             assert shot.stat().st_size > 10_000
             if os.environ.get("KRONOS_KEEP_SCREENSHOT") == "1":
                 shutil.copyfile(shot, REPO / "docs" / "serve_page.png")
+        finally:
+            driver.quit()
+
+
+def test_replay_page_says_replay_and_claims_no_latency(real_data_dir):
+    """A replay's page: the pill says "replay ×60" from /state and /health, the freshness line gives no arrival
+    latency (the replay clock's lags are not the market's), and the header is still the last bar's close."""
+    bars = qqq_bars(str(real_data_dir))
+    hub = LiveHub(["QQQ"], mode="replay", speed=60)
+    hub.set_model({"model": "synthetic paths (test)", "tokenizer": "none", "device": "cpu", "dtype": "float32",
+                   "load_s": 0.1})
+    hub.on_bars("QQQ", bars[bars.index < NOW], NOW + pd.Timedelta(seconds=0.5))
+    summary, closes, ctx = synthetic_forecast(pipeline(horizon=30, n_samples=40), bars, NOW, seed=3)
+    hub.on_forecast("QQQ", summary, closes, 0.4, context=ctx)
+    with ServerThread(create_app(hub)) as server:
+        driver = _driver()
+        try:
+            driver.get(f"{server.url}/")
+            _wait(driver, "return document.getElementById('conn').dataset.state === 'replay'")
+            assert driver.find_element("id", "conn").text == "replay ×60"
+            fresh = driver.find_element("id", "freshness").text
+            assert fresh == "last bar 13:44 NY · replay ×60 of recorded bars"
+            assert "arrived" not in fresh and "ago" not in fresh
+            assert driver.find_element("id", "last-close").text == f"{bars[bars.index < NOW]['close'].iloc[-1]:.2f}"
+            assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+        finally:
+            driver.quit()
+
+
+def test_static_view_screenshots_with_plain_headless_chromium(real_data_dir, tmp_path):
+    """The README's screenshot recipe: ``?static=1`` draws once and opens no event stream, so Chromium's own
+    ``--screenshot`` with a virtual-time budget finishes (the live page's stream would keep it waiting). With two
+    symbols served, a switcher lists them and picking one shows it, the token and ?static=1 kept."""
+    bars = qqq_bars(str(real_data_dir))
+    hub = LiveHub(["QQQ", "SPY"])
+    hub.on_bars("QQQ", bars[bars.index < NOW], NOW + pd.Timedelta(seconds=1))
+    other = bars[bars.index < NOW].copy()
+    other[["open", "high", "low", "close"]] *= 1.1          # a second symbol: the same minutes at other prices
+    hub.on_bars("SPY", other, NOW + pd.Timedelta(seconds=1))
+    summary, closes, ctx = synthetic_forecast(pipeline(horizon=30, n_samples=40), bars, NOW, seed=5)
+    hub.on_forecast("QQQ", summary, closes, 0.4, context=ctx)
+    with ServerThread(create_app(hub, token=TOKEN)) as server:
+        driver = _driver()
+        try:
+            driver.get(f"{server.url}/?static=1&token={TOKEN}")
+            _wait(driver, "return window.KRONOS_DRAWN === true")
+            assert driver.execute_script("return window.KRONOS_STREAM === undefined")   # no event stream
+            assert driver.find_element("id", "p-up").text == f"{summary['summary']['p_up_30m'] * 100:.1f}%"
+            assert driver.find_element("id", "conn").text == "live"
+            from selenium.webdriver.support.ui import Select
+
+            box = driver.find_element("id", "switch")
+            assert box.is_displayed() and [o.text for o in Select(box).options] == ["QQQ", "SPY"]
+            Select(box).select_by_value("SPY")
+            _wait(driver, "return document.getElementById('symbol').textContent === 'SPY'")
+            _wait(driver, "return window.KRONOS_DRAWN === true")
+            query = driver.execute_script("return location.search")
+            assert "symbol=SPY" in query and "static=1" in query and f"token={TOKEN}" in query
+            assert driver.find_element("id", "last-close").text == f"{other['close'].iloc[-1]:.2f}"
+            assert driver.find_element("id", "p-up").text == "—"          # no SPY forecast yet
+            assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+        finally:
+            driver.quit()
+        if not Path(CHROMIUM).exists():
+            pytest.fail("chromium is needed (apt-get install chromium)")
+        shot = tmp_path / "page.png"
+        proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                               "--hide-scrollbars", "--window-size=1400,1250", "--virtual-time-budget=8000",
+                               f"--screenshot={shot}", f"{server.url}/?static=1&token={TOKEN}"],
+                              capture_output=True, text=True, timeout=90, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert shot.stat().st_size > 10_000
+
+
+def test_page_at_the_open_draws_the_previous_sessions_last_hour(real_data_dir, tmp_path):
+    """At 09:40 New York the chart also draws the previous session's last hour (dimmed), hides the night between,
+    and frames the last 60 bars across it plus the fan."""
+    bars = qqq_bars(str(real_data_dir))
+    at = pd.Timestamp("2025-06-10 13:40", tz="UTC")
+    hub = LiveHub(["QQQ"])
+    hub.on_bars("QQQ", bars[bars.index < at], at + pd.Timedelta(seconds=1))
+    summary, closes, ctx = synthetic_forecast(pipeline(horizon=30, n_samples=40), bars, at, seed=7)
+    hub.on_forecast("QQQ", summary, closes, 0.4, context=ctx)
+    with ServerThread(create_app(hub)) as server:
+        driver = _driver()
+        try:
+            driver.get(f"{server.url}/?static=1")
+            _wait(driver, "return window.KRONOS_DRAWN === true")
+            chart = driver.execute_script(
+                "var c = document.getElementById('chart'); return {data: c.data.map(t => ({name: t.name, "
+                "n: (t.close || t.y || []).length})), x: c.layout.xaxis}")
+            n = {t["name"]: t["n"] for t in chart["data"]}
+            assert n["previous session"] == 60 and n["bars"] == 10
+            assert chart["x"]["range"][0] == "2025-06-09 15:09:30"        # 50 bars of yesterday + 10 of today
+            assert chart["x"]["rangebreaks"][0]["bounds"] == ["2025-06-09 16:00:00", "2025-06-10 09:30:00"]
+            assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+            driver.save_screenshot(str(tmp_path / "open.png"))
         finally:
             driver.quit()

@@ -1,11 +1,14 @@
 """The live service's web app: the JSON API, Prometheus metrics, server-sent events and the one page.
 
 Endpoints (all GET; with a token, every one requires ``Authorization: Bearer <token>`` or ``?token=``):
-  /                  the page (candles, band, paths, P(up), risk, freshness, reliability; live over /stream)
+  /                  the page (candles, band, paths, P(up), risk, freshness, reliability; live over /stream;
+                     ?static=1 draws it once with no stream, for a headless screenshot)
   /forecast          the latest summary JSON, exactly as the CLI writes it (?symbol=)
   /forecast/history  recent forecasts with their realised outcomes once known (?symbol=&limit=)
-  /state             what the page draws for a symbol (summary, sample paths, today's candles, reliability)
-  /health            model loaded, last bar and its lag, skipped minutes by reason, last error, the stream's state
+  /state             what the page draws for a symbol (summary, sample paths, today's candles, reliability,
+                     the last bar's close, mode and speed)
+  /health            mode ("live" or "replay") and a replay's speed, model loaded, last bar, its lag and feed state
+                     (live / delayed / stale / replay), skipped minutes by reason, last error, the stream's state
                      ("degraded" while it is down or refuses the keys)
   /metrics           Prometheus text
   /stream            server-sent events: forecast, outcome, skip, error, health (?symbol= filters)

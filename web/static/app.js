@@ -5,6 +5,11 @@
   var params = new URLSearchParams(location.search);
   var symbol = (params.get("symbol") || "").toUpperCase();
   var receivedAt = null;   // browser time when the last bar was received by the service
+  var feed = { mode: "live", speed: null, state: null };   // what the state pill says (from /state and /health)
+  var streamUp = false;
+  // ?static=1: draw once, open no event stream and poll nothing, so a headless browser's --screenshot can finish
+  var staticView = params.get("static") === "1";
+  var STALE_S = 120;       // live.hub.STALE_S: no bar for this long and the page says "stale"
   var nyFormat = new Intl.DateTimeFormat("en-CA", {
     timeZone: "America/New_York", year: "numeric", month: "2-digit", day: "2-digit",
     hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23"
@@ -24,6 +29,15 @@
   function withCi(x, pair) { var c = ci(pair); return pct(x) + (c ? " " + c.split(" (")[0] : ""); }
   function pct(x, digits) { return x === null || x === undefined ? "—" : (x * 100).toFixed(digits === undefined ? 1 : digits) + "%"; }
   function num(x, digits) { return x === null || x === undefined ? "—" : Number(x).toFixed(digits === undefined ? 2 : digits); }
+  function bp(x) { return x === null || x === undefined ? "—" : (x * 1e4).toFixed(1); }
+  // the drawdown (side -1) or run-up (+1) quantiles as forecast.summary's console says them: basis points, dollars
+  // per share from the close the paths start at, and the price each reaches (a stop below, a target above)
+  function excursion(m, key, h, close, side) {
+    var v = [50, 90, 95].map(function (q) { return m[key + "_p" + q + "_" + h + "m"]; });
+    var join = function (f) { return v.map(function (x) { return x === null || x === undefined ? "—" : f(x); }).join(" / "); };
+    return join(bp) + " bp = " + join(function (x) { return "$" + (x * close).toFixed(2); }) + " → " +
+      join(function (x) { return (close * (1 + side * x)).toFixed(2); });
+  }
   function el(id) { return document.getElementById(id); }
   function url(path) {
     var q = new URLSearchParams();
@@ -51,10 +65,23 @@
 
   function traces(s) {
     var data = [];
-    var c = s.candles;
+    var c = s.candles, prev = c.previous;
+    if (prev && prev.times.length) {   // at the open: the previous session's last hour, dimmed
+      data.push({ type: "candlestick", name: "previous session", x: prev.times.map(ny), open: prev.open,
+                  high: prev.high, low: prev.low, close: prev.close, opacity: 0.45, showlegend: false,
+                  increasing: { line: { color: "#26a69a" } }, decreasing: { line: { color: "#ef5350" } } });
+    }
     data.push({ type: "candlestick", name: "bars", x: c.times.map(ny), open: c.open, high: c.high, low: c.low,
                 close: c.close, increasing: { line: { color: "#26a69a" } }, decreasing: { line: { color: "#ef5350" } },
                 showlegend: false });
+    if (c.volume) {
+      data.push({ type: "bar", name: "volume", x: c.times.map(ny), y: c.volume, yaxis: "y2", showlegend: false,
+                  marker: { color: c.close.map(function (v, i) { return v >= c.open[i] ? "rgba(38,166,154,0.45)" : "rgba(239,83,80,0.45)"; }) } });
+    }
+    if (c.vwap) {
+      data.push({ type: "scatter", mode: "lines", name: "session VWAP", x: c.times.map(ny), y: c.vwap,
+                  line: { color: "#e3b341", width: 1.2 } });
+    }
     var sum = s.summary;
     if (!sum) return data;
     var m = sum.summary;
@@ -100,10 +127,83 @@
              uirevision: "keep-zoom" };
   }
 
+  var FRAME_MIN = 60;   // the default view: the last hour of bars, then the whole fan
+  // The price chart's layout: prices above, volume below, framed on the last hour plus the fan (double-click
+  // in Plotly shows the whole session).
+  function chartLayout(s) {
+    var lay = layout();
+    lay.yaxis = { gridcolor: "#30363d", domain: [0.24, 1] };
+    lay.yaxis2 = { gridcolor: "#30363d", domain: [0, 0.18], title: { text: "volume" }, rangemode: "tozero" };
+    lay.xaxis.anchor = "y2";   // the time axis under the volume bars
+    lay.yaxis.anchor = "x";
+    lay.yaxis2.anchor = "x";
+    var c = s.candles, sum = s.summary;
+    if (!c.times.length) return lay;
+    var lastMs = Date.parse(c.times[c.times.length - 1]);
+    var fromMs = lastMs - (FRAME_MIN - 1) * 60000;
+    var prev = c.previous;
+    if (prev && prev.times.length) {   // frame the last hour of bars across the night, and hide the night
+      var all = prev.times.concat(c.times);
+      fromMs = Date.parse(all[Math.max(all.length - FRAME_MIN, 0)]);
+      c = { times: all, low: prev.low.concat(c.low), high: prev.high.concat(c.high) };
+      var gapFrom = new Date(Date.parse(prev.times[prev.times.length - 1]) + 60000).toISOString();
+      lay.xaxis.rangebreaks = [{ bounds: [ny(gapFrom), ny(s.candles.times[0])] }];
+    }
+    var endIso = sum ? sum.future_times[sum.future_times.length - 1] : c.times[c.times.length - 1];
+    lay.xaxis.range = [ny(new Date(fromMs - 30000).toISOString()), ny(new Date(Date.parse(endIso) + 30000).toISOString())];
+    var lo = Infinity, hi = -Infinity;
+    c.times.forEach(function (t, i) {
+      if (Date.parse(t) >= fromMs) { lo = Math.min(lo, c.low[i]); hi = Math.max(hi, c.high[i]); }
+    });
+    if (sum) {
+      var p = sum.summary.percentiles;
+      Object.keys(p).forEach(function (k) { p[k].forEach(function (v) { lo = Math.min(lo, v); hi = Math.max(hi, v); }); });
+    }
+    var pad = Math.max((hi - lo) * 0.08, 0.05);
+    lay.yaxis.range = [lo - pad, hi + pad];
+    lay.yaxis.autorange = false;
+    return lay;
+  }
+
+  // "1 h 05 min to the close" from the last bar's close (the replay's clock during a replay, not the wall's)
+  function renderToClose(s) {
+    var node = el("to-close");
+    if (!s.session_close || !s.last_bar) { node.textContent = "no session today"; return; }
+    var left = Math.round((Date.parse(s.session_close) - Date.parse(s.last_bar) - 60000) / 60000);
+    node.dataset.minutes = left;
+    node.textContent = left <= 0 ? "regular session closed" :
+      (left >= 60 ? Math.floor(left / 60) + " h " + String(left % 60).padStart(2, "0") + " min" : left + " min") +
+      " to the close";
+  }
+
+  // A switcher when the service forecasts several symbols: picking one reloads the page on ?symbol= (the token
+  // and ?static=1 kept), so the stream, the polling and the zoom all start over for it.
+  function renderSwitcher(names, current) {
+    var box = el("switch");
+    if (!names || names.length < 2 || box.options.length) return;
+    names.forEach(function (n) {
+      var o = document.createElement("option");
+      o.value = n; o.textContent = n; o.selected = n === current;
+      box.appendChild(o);
+    });
+    box.hidden = false;
+    box.onchange = function () {
+      var q = new URLSearchParams(location.search);
+      q.set("symbol", box.value);
+      location.search = q.toString();
+    };
+  }
+
   function render(s) {
     el("symbol").textContent = s.symbol;
+    renderSwitcher(s.symbols, s.symbol);
+    el("last-close").textContent = num(s.last_close);
+    el("last-close").dataset.value = s.last_close === null ? "" : s.last_close;
+    feed.mode = s.mode || "live";
+    feed.speed = s.speed;
     var sum = s.summary;
-    Plotly.react("chart", traces(s), layout(), { displaylogo: false, responsive: true });
+    Plotly.react("chart", traces(s), chartLayout(s), { displaylogo: false, responsive: true });
+    renderToClose(s);
     renderFreshness(s.freshness);
     renderReliability(s.reliability);
     renderHistory(s.p_up_history || []);
@@ -111,7 +211,9 @@
     renderTrust(sum.trust);
     var m = sum.summary, h = sum.horizon_min;
     var pUp = m["p_up_" + h + "m"];
-    el("last-close").textContent = num(sum.now_close);
+    // the header is the last bar's close; the forecast's anchor (the close its paths start from) is shown apart
+    el("anchor").textContent = "forecast from " + num(sum.now_close) + " (" + ny(sum.last_bar).slice(11, 16) + " bar)";
+    el("anchor").dataset.value = sum.now_close;
     el("p-up-label").textContent = "P(up " + h + "m)";
     var node = el("p-up");
     node.textContent = pct(pUp);
@@ -135,8 +237,8 @@
     var rk = Object.keys(r);
     rows(el("risk"), [
       ["return " + rk.join(" / "), rk.map(function (k) { return pct(r[k], 2); }).join(" / ")],
-      ["drawdown p50 / p90 / p95", [50, 90, 95].map(function (q) { return pct(m["drawdown_p" + q + "_" + h + "m"], 2); }).join(" / ")],
-      ["run-up p50 / p90 / p95", [50, 90, 95].map(function (q) { return pct(m["runup_p" + q + "_" + h + "m"], 2); }).join(" / ")],
+      ["drawdown p50 / p90 / p95", excursion(m, "drawdown", h, sum.now_close, -1)],
+      ["run-up p50 / p90 / p95", excursion(m, "runup", h, sum.now_close, 1)],
       ["P(touch VWAP " + num(m.vwap) + ")", withCi(m["p_hit_vwap_" + h + "m"], m["p_hit_vwap_" + h + "m_ci"])],
       ["P(touch mid band " + num(m.mid_band) + ")", withCi(m["p_hit_mid_" + h + "m"], m["p_hit_mid_" + h + "m_ci"])],
       ["z-score to mid band", num(m.zscore_mid)],
@@ -193,20 +295,40 @@
   }
 
   function renderFreshness(f) {
-    if (!f || !f.last_bar) return;
+    if (!f || !f.last_bar) { renderPill(); return; }
+    feed.state = f.feed;
     receivedAt = Date.now() - 1000 * (f.received_s_ago || 0);
     el("freshness").dataset.lastBar = f.last_bar;
     el("freshness").dataset.lag = f.last_bar_lag_s;
     tick();
   }
 
+  function replayName() { return "replay ×" + (feed.speed === null || feed.speed === undefined ? "?" : +feed.speed); }
+
   function tick() {
     var f = el("freshness");
     if (!receivedAt || !f.dataset.lastBar) return;
     var ago = Math.round((Date.now() - receivedAt) / 1000);
-    f.textContent = "last bar " + ny(f.dataset.lastBar).slice(11, 16) + " NY · arrived " +
-      num(f.dataset.lag, 1) + " s after its close · " + ago + " s ago";
-    f.className = ago > 120 ? "bad" : "muted";
+    var bar = "last bar " + ny(f.dataset.lastBar).slice(11, 16) + " NY";
+    if (feed.mode === "replay") {   // a replay's lags are its own clock's: claim no market latency
+      f.textContent = bar + " · " + replayName() + " of recorded bars";
+      f.className = "muted";
+    } else {
+      if (ago > STALE_S) feed.state = "stale";
+      f.textContent = bar + " · arrived " + num(f.dataset.lag, 1) + " s after its close · " + ago + " s ago";
+      f.className = ago > STALE_S ? "bad" : "muted";
+    }
+    renderPill();
+  }
+
+  // The state pill: replay ×N / live / delayed / stale, or "reconnecting" while the event stream is down.
+  function renderPill() {
+    var conn = el("conn");
+    var state = !streamUp && !staticView ? "reconnecting" : feed.mode === "replay" ? "replay" : feed.state || "waiting";
+    conn.textContent = state === "replay" ? replayName() : state;
+    conn.dataset.state = state;
+    var style = { live: "live", replay: "replay", delayed: "warn", waiting: "" }[state];
+    conn.className = "pill " + (style === undefined ? "down" : style);   // stale, reconnecting
   }
 
   function renderReliability(r) {
@@ -227,6 +349,10 @@
   }
 
   function renderService(h) {
+    var mine = (h.symbols || {})[symbol];
+    if (h.mode) { feed.mode = h.mode; feed.speed = h.speed; }
+    if (mine && mine.feed !== undefined) feed.state = mine.feed;
+    renderPill();
     var sym = h.symbols[symbol] || {};
     var model = h.model ? h.model.model + " (" + h.model.device + ", " + h.model.dtype + ")" : "loading…";
     var skipped = Object.keys(h.skipped).map(function (k) { return k + " " + h.skipped[k]; }).join(", ") || "none";
@@ -256,9 +382,8 @@
     if (symbol) q.set("symbol", symbol);
     if (token) q.set("token", token);   // EventSource cannot send headers
     var es = new EventSource("stream?" + q);
-    var conn = el("conn");
-    es.onopen = function () { conn.textContent = "live"; conn.className = "pill live"; };
-    es.onerror = function () { conn.textContent = "reconnecting"; conn.className = "pill down"; };
+    es.onopen = function () { streamUp = true; renderPill(); };
+    es.onerror = function () { streamUp = false; renderPill(); };
     ["forecast", "outcome"].forEach(function (kind) {
       es.addEventListener(kind, function (e) { render(JSON.parse(e.data)); window.KRONOS_EVENTS = (window.KRONOS_EVENTS || 0) + 1; });
     });
@@ -269,7 +394,12 @@
     window.KRONOS_STREAM = es;
   }
 
-  refresh().then(connect).catch(function (err) { el("freshness").textContent = String(err); connect(); });
-  setInterval(tick, 1000);
-  setInterval(function () { fetchJSON("health").then(renderService).catch(function () {}); }, 10000);
+  if (staticView) {
+    refresh().then(function () { window.KRONOS_DRAWN = true; })
+      .catch(function (err) { el("freshness").textContent = String(err); });
+  } else {
+    refresh().then(connect).catch(function (err) { el("freshness").textContent = String(err); connect(); });
+    setInterval(tick, 1000);
+    setInterval(function () { fetchJSON("health").then(renderService).catch(function () {}); }, 10000);
+  }
 })();
