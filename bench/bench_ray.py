@@ -58,7 +58,7 @@ def main() -> None:
     import ray
     import torch
 
-    from kronos_checkpoints import write_checkpoint_pair
+    from support.kronos_checkpoints import write_checkpoint_pair
     from test_backtest_ray import _write_universe
 
     symbols = args.symbols.split(",")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import backtest as cli
-import simulated
+from support import simulated
 from evaluation import baselines
 from app.config import build_config
 from evaluation import forecasters as efc
@@ -259,7 +259,7 @@ def test_baseline_backtest_on_real_bars(real_data_dir: Path, tmp_path: Path, cap
 
 def tiny_kronos(root: Path) -> tuple[Path, Path]:
     """A random-weight Kronos pair far smaller than the published ones, in the published layout."""
-    from kronos_checkpoints import write_checkpoint_pair
+    from support.kronos_checkpoints import write_checkpoint_pair
 
     return write_checkpoint_pair(root, "tiny", seed=0)
 
@@ -337,7 +337,7 @@ def test_fit_a_calibrator_from_the_forecast_run_log(tmp_path: Path) -> None:
 
 def test_alpaca_history_source(tmp_path: Path, monkeypatch) -> None:
     """backtest.py without a file asks Alpaca (the real client, a fake endpoint) for the range plus history."""
-    from fake_alpaca import FakeAlpaca, bars_page
+    from support.fake_alpaca import FakeAlpaca, bars_page
 
     frame = simulated.simulate_bars("2025-03-03", 5, seed=26)
 

@@ -24,7 +24,7 @@ N_SHARDS = 2 * 2 * 2  # symbols x sessions x (baselines, kronos)
 def _write_universe(real: Path, root: Path) -> Path:
     """QQQ as Parquet and SPY as CSV (from Lean's zips), three sessions each; BAD.csv is not a bars file and
     IWM has none. Written to a temporary folder (the real files stay where they are)."""
-    from test_market_bars import read_lean_zip
+    from support.real_files import read_lean_zip
 
     from marketdata.files import read_bars_file
 
@@ -46,7 +46,7 @@ def universe(tmp_path_factory) -> dict:
     value = os.environ.get("TEST_DATA_DIR")
     if not value:
         pytest.skip("TEST_DATA_DIR is not set: real-bar tests need the shared data folder")
-    from kronos_checkpoints import write_checkpoint_pair
+    from support.kronos_checkpoints import write_checkpoint_pair
 
     root = tmp_path_factory.mktemp("universe")
     model, tok = write_checkpoint_pair(root / "ck", "tiny", seed=0)
@@ -194,8 +194,8 @@ def test_without_ray_installed_ray_runs_are_refused_with_the_way_to_install_it(u
 def test_alpaca_bars_are_fetched_once_per_symbol_and_cached_per_session(tmp_path: Path, monkeypatch) -> None:
     """Without --data-dir: one request per symbol (the real client, a fake endpoint), one Parquet file per
     symbol and session; a second run reads the cache and asks again only for the symbol that failed."""
-    import simulated
-    from fake_alpaca import FakeAlpaca, bars_page
+    from support import simulated
+    from support.fake_alpaca import FakeAlpaca, bars_page
 
     frames = {"QQQ": simulated.simulate_bars("2025-03-03", 5, seed=31),
               "SPY": simulated.simulate_bars("2025-03-03", 5, price=400.0, seed=32)}

@@ -19,8 +19,8 @@ import serve
 from app.exits import ExitCode
 from app.operation import run_lock
 from forecast.pipeline import ForecastPipeline
-from kronos_checkpoints import write_checkpoint_pair
-from live_support import canonical_bars
+from support.kronos_checkpoints import write_checkpoint_pair
+from support.live_support import canonical_bars
 
 NO_FOLDER = None   # the service stopped before its folder was made
 LOCK = ".serve.lock"

@@ -17,7 +17,7 @@ import cli_kronos_prob_qqq as cli
 import finetune
 from app.config import load_config
 from app.exits import ExitCode
-from kronos_checkpoints import write_checkpoint_pair
+from support.kronos_checkpoints import write_checkpoint_pair
 from training import loop
 from training.data import load_training_bars
 from training.windows import build_splits
@@ -379,8 +379,8 @@ def alpaca_run(tiny, out, fake, monkeypatch, secret: str) -> list[str]:
 
 def test_bars_from_alpaca_the_last_sessions(tiny, tmp_path, monkeypatch):
     """--source alpaca: the last K sessions up to now, fetched through alpaca-py from a fake server."""
-    import simulated
-    from fake_alpaca import FakeAlpaca, bars_page
+    from support import simulated
+    from support.fake_alpaca import FakeAlpaca, bars_page
     from marketdata import calendar as mcal
 
     now = pd.Timestamp.now(tz="UTC")
@@ -403,8 +403,8 @@ def test_bars_from_alpaca_the_last_sessions(tiny, tmp_path, monkeypatch):
 
 def test_ab_of_alpaca_bars_resumes_on_a_rerun(tiny, tmp_path, monkeypatch):
     """--source alpaca: the data's "as of" is the clock, yet an identical A/B re-run resumes instead of refusing."""
-    import simulated
-    from fake_alpaca import FakeAlpaca, bars_page
+    from support import simulated
+    from support.fake_alpaca import FakeAlpaca, bars_page
     from marketdata import calendar as mcal
 
     sessions = mcal.recent_sessions(pd.Timestamp.now(tz="UTC"), 6, True)

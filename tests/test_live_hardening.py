@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from app.exits import ExitCode
-from kronos_checkpoints import write_checkpoint_pair
-from live_support import canonical_bars
+from support.kronos_checkpoints import write_checkpoint_pair
+from support.live_support import canonical_bars
 from web.guard import HEADER_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[1]

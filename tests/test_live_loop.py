@@ -9,9 +9,9 @@ import pytest
 
 import cli_kronos_prob_qqq as cli
 from app.exits import ExitCode
-from kronos_checkpoints import write_checkpoint_pair
-from live_support import ManualClock, SpySampler, canonical_bars, make_loop, serve_config
-from test_cli import args_for
+from support.kronos_checkpoints import write_checkpoint_pair
+from support.live_support import ManualClock, SpySampler, canonical_bars, make_loop, serve_config
+from support.bars import args_for
 
 T_CLOSE = pd.Timestamp("2025-06-04T15:01:00Z")   # the close of the 15:00 bar
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import redis as redis_py
 
-from kronos_checkpoints import write_checkpoint_pair
-from live_support import ManualClock, canonical_bars, make_loop, serve_config, wait_for
+from support.kronos_checkpoints import write_checkpoint_pair
+from support.live_support import ManualClock, canonical_bars, make_loop, serve_config, wait_for
 
 T_CLOSE = pd.Timestamp("2025-06-04T15:01:00Z")
 

@@ -18,11 +18,11 @@ import pytest
 import serve
 from app.exits import ExitCode
 from app.operation import run_lock
-from kronos_checkpoints import write_checkpoint_pair
+from support.kronos_checkpoints import write_checkpoint_pair
 from live.book import BarBook
 from live.clock import ReplayClock
 from live.playback import ReplaySource
-from live_support import canonical_bars
+from support.live_support import canonical_bars
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_MINUTE = pd.Timedelta(minutes=1)

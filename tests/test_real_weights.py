@@ -3,7 +3,7 @@ machine that holds the pinned weights in its hub cache (`python tests/verify_ins
 this file). Elsewhere every test here skips with one reason naming the repos, revisions and that command; a plain
 `pytest` skips them too (tests/conftest.py), so the default run never reads or downloads the real weights.
 
-What is compared and how a difference is judged: tests/real_weights.py (the runs) and tests/record_check.py (the
+What is compared and how a difference is judged: tests/support/real_weights.py (the runs) and tests/support/record_check.py (the
 rules). On CPU the network runs in float32; with KRONOS_TEST_DEVICE=cuda the same checks run on the GPU in float32
 (same tolerances) and, in addition, bfloat16 is checked against that float32 run (record_check.BF16_MAX_FLIP_GAP).
 """
@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import real_weights as rw
-from record_check import RecordNote, judge_bf16, judge_greedy, judge_mse
+from support import real_weights as rw
+from support.record_check import RecordNote, judge_bf16, judge_greedy, judge_mse
 
 pytestmark = pytest.mark.real_weights
 

@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 import torch
 
-import real_weights as rw
-import record_check as rc
-from kronos_checkpoints import install_in_hub_cache, write_checkpoint_pair
+from support import real_weights as rw
+from support import record_check as rc
+from support.kronos_checkpoints import install_in_hub_cache, write_checkpoint_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 

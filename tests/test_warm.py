@@ -25,8 +25,8 @@ import pytest
 import cli_kronos_prob_qqq as cli
 from app import warm
 from app.exits import ExitCode
-from kronos_checkpoints import write_checkpoint_pair
-from test_cli import KEYS, TIMING_FREE, synthetic_bars
+from support.kronos_checkpoints import write_checkpoint_pair
+from support.bars import KEYS, TIMING_FREE, synthetic_bars
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -286,7 +286,7 @@ def alpaca_run_args(ckpt, out, asof, *extra):
 
 @pytest.fixture
 def alpaca_bars():
-    from fake_alpaca import FakeAlpaca, bars_page
+    from support.fake_alpaca import FakeAlpaca, bars_page
 
     frame = synthetic_bars()
     frame.index = pd.DatetimeIndex(frame["timestamp"])

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from real_weights import COLUMNS, MSE_COLUMNS, Origin, Run
+from support.real_weights import COLUMNS, MSE_COLUMNS, Origin, Run
 
 REL_TOL = 1e-5
 MSE_TOL = 1e-6
