@@ -85,3 +85,11 @@ def bars(tmp_path_factory):
     path = tmp_path_factory.mktemp("bars") / "qqq.csv"
     raw[(stamp >= "2025-05-01") & (stamp < "2025-05-13")].to_csv(path, index=False)
     return path
+
+
+@pytest.fixture(scope="module")
+def sim():
+    """Six sessions of simulated minute bars (the walk-forward tests' known answers)."""
+    from support import simulated
+
+    return simulated.simulate_bars("2025-03-03", 6, seed=21)

@@ -15,30 +15,10 @@ import backtest as cli
 from evaluation import scoring
 from evaluation.shards import FAULT_ENV
 from evaluation.store import PARTS, RESULTS, RUN_FILE, SKIP, ResultStore
+from support.real_files import write_universe
 
 SYMBOLS = ("QQQ", "SPY")
-SESSIONS = {"QQQ": ("2025-05-07", "2025-05-08"), "SPY": ("2013-10-08", "2013-10-09")}  # two each
 N_SHARDS = 2 * 2 * 2  # symbols x sessions x (baselines, kronos)
-
-
-def _write_universe(real: Path, root: Path) -> Path:
-    """QQQ as Parquet and SPY as CSV (from Lean's zips), three sessions each; BAD.csv is not a bars file and
-    IWM has none. Written to a temporary folder (the real files stay where they are)."""
-    from support.real_files import read_lean_zip
-
-    from marketdata.files import read_bars_file
-
-    root.mkdir()
-    qqq = read_bars_file(real / "QQQ_60day_1min_polygon__Poloilo16-VWAP.csv")
-    ny = qqq.index.tz_convert("America/New_York").strftime("%Y-%m-%d")
-    lo, hi = SESSIONS["QQQ"]
-    qqq[(ny >= lo) & (ny <= hi)].to_parquet(root / "QQQ.parquet")
-    lo, hi = (s.replace("-", "") for s in SESSIONS["SPY"])
-    spy = pd.concat([read_lean_zip(p) for p in sorted((real / "lean_spy_minute").glob("*_trade.zip"))
-                     if lo <= p.name[:8] <= hi])
-    spy.rename_axis("timestamp").reset_index().to_csv(root / "SPY.csv", index=False)
-    (root / "BAD.csv").write_text("when,price\nyesterday,1\n")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +30,7 @@ def universe(tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("universe")
     model, tok = write_checkpoint_pair(root / "ck", "tiny", seed=0)
-    data = _write_universe(Path(value), root / "bars")
+    data = write_universe(Path(value), root / "bars")
     argv = ["--config", str(Path(cli.__file__).parent / "config.yaml"), "--symbols", "QQQ,IWM,SPY,BAD",
             "--data-dir", str(data), "--every", "90", "--days", "2", "--n-samples", "4", "--lookback", "100",
             "--top-p", "1.0", "--batch", "4",

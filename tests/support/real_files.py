@@ -5,6 +5,8 @@ import pandas as pd
 
 POLOILO = "QQQ_60day_1min_polygon__Poloilo16-VWAP.csv"
 MASON = "QQQ_1min_2019-02-11_15__masonblier-eqker.csv"
+# the many-symbols backtest (test_backtest_ray, bench_ray): two sessions of each real file
+UNIVERSE_SESSIONS = {"QQQ": ("2025-05-07", "2025-05-08"), "SPY": ("2013-10-08", "2013-10-09")}
 
 
 def read_lean_zip(path: Path) -> pd.DataFrame:
@@ -19,3 +21,21 @@ def read_lean_zip(path: Path) -> pd.DataFrame:
     out["volume"] = raw["volume"].astype(float)
     out.index = pd.DatetimeIndex(idx, name="timestamp")
     return out
+
+
+def write_universe(real: Path, root: Path) -> Path:
+    """QQQ as Parquet and SPY as CSV (from Lean's zips), three sessions each; BAD.csv is not a bars file and
+    IWM has none. Written to a temporary folder (the real files stay where they are)."""
+    from marketdata.files import read_bars_file
+
+    root.mkdir()
+    qqq = read_bars_file(real / POLOILO)
+    ny = qqq.index.tz_convert("America/New_York").strftime("%Y-%m-%d")
+    lo, hi = UNIVERSE_SESSIONS["QQQ"]
+    qqq[(ny >= lo) & (ny <= hi)].to_parquet(root / "QQQ.parquet")
+    lo, hi = (s.replace("-", "") for s in UNIVERSE_SESSIONS["SPY"])
+    spy = pd.concat([read_lean_zip(p) for p in sorted((real / "lean_spy_minute").glob("*_trade.zip"))
+                     if lo <= p.name[:8] <= hi])
+    spy.rename_axis("timestamp").reset_index().to_csv(root / "SPY.csv", index=False)
+    (root / "BAD.csv").write_text("when,price\nyesterday,1\n")
+    return root
