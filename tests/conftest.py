@@ -48,6 +48,23 @@ def engine_device() -> str:
     return device
 
 
+@pytest.fixture(scope="session")
+def checkpoint_pairs(tmp_path_factory):
+    """checkpoint_pairs(shape, seed) -> (model, tokenizer) folders of random weights, written once per session and
+    shared by every module that asks for the same pair. Only for tests that never write into the folders: a test
+    that changes its checkpoint writes its own with write_checkpoint_pair."""
+    from support.kronos_checkpoints import write_checkpoint_pair
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    written: dict[tuple[str, int], tuple[Path, Path]] = {}
+
+    def get(shape: str, seed: int) -> tuple[Path, Path]:
+        if (shape, seed) not in written:
+            written[shape, seed] = write_checkpoint_pair(root / f"{shape}_{seed}", shape, seed=seed)
+        return written[shape, seed]
+    return get
+
+
 # ----------------------------------------------------------------------------- fine-tuning (test_finetune and its
 # bad-input table): a module asks for one_thread with pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_checkpoint_pair(tmp_path_factory.mktemp("tiny"), shape="tiny", seed=2)
+def tiny(checkpoint_pairs):
+    return checkpoint_pairs("tiny", 2)  # read only: shared by the session (conftest.py)
 
 
 @pytest.fixture(scope="module")
