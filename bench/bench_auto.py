@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_auto.py                          # CPU, budgets of 5, 15 and 30 s of sampling
     .venv/bin/python bench/bench_auto.py --device cuda --budgets 2,5,15
 
-Kronos-small-shaped random weights (tests/kronos_checkpoints.py, unless --model/--tokenizer name real
+Kronos-small-shaped random weights (tests/support/kronos_checkpoints.py, unless --model/--tokenizer name real
 checkpoints), lookback 480, horizon 30, the forecast's own stop rule (forecast/auto_samples.py) with a precision
 target no run can meet, so every row stops on its time budget: N reached, paths per second, and the half-width
 of P(up)'s 95 % interval that N gives at P(up) = 0.5 (the worst case; random weights give a meaningless P(up)).
@@ -44,7 +44,7 @@ def main() -> None:
 
     model, tokenizer = args.model, args.tokenizer
     if model is None:
-        from kronos_checkpoints import write_checkpoint_pair
+        from support.kronos_checkpoints import write_checkpoint_pair
 
         model, tokenizer = write_checkpoint_pair(Path(tempfile.mkdtemp(prefix="bench_auto_")), "small", seed=0)
     sampler = KronosPathSampler.from_pretrained(model, tokenizer, device=args.device)

@@ -33,8 +33,8 @@ def main() -> None:
 
     import torch
 
-    from kronos_checkpoints import write_checkpoint_pair
-    from test_cli import synthetic_bars
+    from support.kronos_checkpoints import write_checkpoint_pair
+    from support.bars import synthetic_bars
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)

@@ -8,7 +8,7 @@ with finetune.py's default settings, on windows of random-walk minute bars.
 
 Each shape runs in a fresh subprocess so its peak memory is its own (CPU: peak RSS of the process; CUDA:
 torch.cuda.max_memory_allocated). A token is one predicted bar (window - 1 per window). Random weights come
-from tests/kronos_checkpoints.py (needs the test-only reference package). The fp32 matmul rate is measured in
+from tests/support/kronos_checkpoints.py (needs the test-only reference package). The fp32 matmul rate is measured in
 the same run, since this machine's varies by day; "floor" is the step's analytic matmul FLOPs divided by it
 (the per-window normalisation and the copy to the device are in the step's time, not in its FLOPs).
 """
@@ -44,9 +44,9 @@ def training_flops(p, t, batch: int, window: int) -> float:
 
 
 def synthetic_split(window: int, batch: int) -> Any:
-    """A train split of random-walk minute bars (tests/simulated.py), windows of ``window`` bars across sessions
+    """A train split of random-walk minute bars (tests/support/simulated.py), windows of ``window`` bars across sessions
     at stride 1: at least ``batch`` of them, built as finetune.py builds its splits."""
-    import simulated
+    from support import simulated
     from training.data import SessionBars
     from training.windows import build_split
 
@@ -62,7 +62,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from app.config import load_config
     from bench_sampler import matmul_rates
-    from kronos_checkpoints import write_checkpoint_pair
+    from support.kronos_checkpoints import write_checkpoint_pair
     from training.distributed import World
     from training.loop import TrainSettings, Trainer
     from training.run import check_context, load_networks

@@ -58,8 +58,8 @@ def main() -> None:
     import ray
     import torch
 
-    from kronos_checkpoints import write_checkpoint_pair
-    from test_backtest_ray import _write_universe
+    from support.kronos_checkpoints import write_checkpoint_pair
+    from support.real_files import write_universe
 
     symbols = args.symbols.split(",")
     cores = os.cpu_count() or 1
@@ -67,7 +67,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         model, tok = write_checkpoint_pair(tmp_path / "ck", args.shape, seed=0)
-        bars = _write_universe(Path(data), tmp_path / "bars")
+        bars = write_universe(Path(data), tmp_path / "bars")
         common = ["--config", str(ROOT / "config.yaml"), "--symbols", args.symbols, "--data-dir", str(bars),
                   "--every", str(args.every), "--n-samples", str(args.n_samples), "--lookback", str(args.lookback),
                   "--seed", "1", "--forecasters", "kronos", "--model", str(model), "--tokenizer", str(tok),

@@ -12,7 +12,7 @@ For N = --floor-n (100) the worker also measures the machine's matmul rate befor
 analytic FLOPs of the run (bench/kronos_flops.py), so the floor FLOPs / rate and our time as a multiple of it
 come from the same run. Peak CUDA memory is that of the timed calls; peak RSS is the process's, so on the
 floor run it includes the CPU rate check's operands (3 x 16 MB).
-Random weights come from tests/kronos_checkpoints.py (needs the test-only reference package), unless
+Random weights come from tests/support/kronos_checkpoints.py (needs the test-only reference package), unless
 --model/--tokenizer point at real checkpoint directories.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ def bars(lookback: int, horizon: int):
     import numpy as np
     import pandas as pd
 
-    from kronos_checkpoints import frame_inputs
+    from support.kronos_checkpoints import frame_inputs
 
     rng = np.random.default_rng(0)
     close = 100 + np.cumsum(rng.normal(0, 0.5, lookback))
@@ -189,7 +189,7 @@ def main() -> None:
 
     tmp = tempfile.TemporaryDirectory(prefix="kronos_bench_")
     if args.model is None:
-        from kronos_checkpoints import write_checkpoint_pair
+        from support.kronos_checkpoints import write_checkpoint_pair
 
         args.model, args.tokenizer = write_checkpoint_pair(Path(tmp.name), "small", seed=0)
     load_before = os.getloadavg()

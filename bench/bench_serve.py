@@ -55,7 +55,7 @@ def session_bars(path: Path | None, session: str, count: int = 1):
     from marketdata.files import read_bars_file
 
     if path is None:
-        from live_support import canonical_bars
+        from support.live_support import canonical_bars
 
         frame = canonical_bars(("2025-06-02", "2025-06-03", "2025-06-04", "2025-06-05"))
         session = "2025-06-05"
@@ -110,11 +110,11 @@ def main() -> None:
     import torch
 
     from app.config import build_config
-    from kronos_checkpoints import write_checkpoint_pair
+    from support.kronos_checkpoints import write_checkpoint_pair
     from live import outputs as outputs_mod
     from live.service import listen_socket
     from web.server import start_web
-    from live_support import ManualClock, make_loop
+    from support.live_support import ManualClock, make_loop
 
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)

@@ -63,8 +63,8 @@ def main() -> None:
 
     import torch
 
-    from kronos_checkpoints import write_checkpoint_pair
-    from test_cli import synthetic_bars
+    from support.kronos_checkpoints import write_checkpoint_pair
+    from support.bars import synthetic_bars
 
     tmp_path = Path(tempfile.mkdtemp(prefix="kwb"))
     try:

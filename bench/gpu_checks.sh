@@ -39,7 +39,7 @@ step bench_fp32 200 "$py" bench/bench_sampler.py --device cuda --ns 1,100,1000,1
 step engine_tests 240 env KRONOS_TEST_DEVICE=cuda "$py" -m pytest -q -rs -p no:cacheprovider \
   tests/test_kronos_cuda.py tests/test_kronos_exact.py tests/test_kronos_batch.py tests/test_kronos_sampling.py \
   tests/test_kronos_static.py
-step checkpoint 60 "$py" -c "import sys; sys.path.insert(0, 'tests'); from kronos_checkpoints import \
+step checkpoint 60 "$py" -c "import sys; sys.path.insert(0, 'tests'); from support.kronos_checkpoints import \
 write_checkpoint_pair as w; print(w('$ckpt', 'small', seed=0))"  # the README sample's checkpoint
 for dtype in float32 bfloat16; do
   step "cli_$dtype" 60 "$py" cli_kronos_prob_qqq.py --source csv --csv "$bars" --asof 2025-06-25T15:00:00Z \

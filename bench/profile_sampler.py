@@ -29,7 +29,7 @@ def main() -> None:
 
     from bench_sampler import bars
     from kronos import KronosPathSampler
-    from kronos_checkpoints import write_checkpoint_pair
+    from support.kronos_checkpoints import write_checkpoint_pair
 
     cuda = args.device.startswith("cuda")
     with tempfile.TemporaryDirectory() as tmp:

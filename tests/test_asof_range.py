@@ -10,7 +10,8 @@ import pytest
 import cli_kronos_prob_qqq as cli
 import forecast.pipeline as pipeline
 from app.exits import ExitCode
-from test_pinned_outputs import BARS, StandIn
+from support.real_files import POLOILO as BARS
+from support.stand_in import StandIn
 
 ROOT = Path(__file__).resolve().parents[1]
 

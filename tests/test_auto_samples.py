@@ -16,15 +16,15 @@ from forecast.auto_samples import next_chunk, sample_until_precise
 from forecast.mc_error import proportion_interval
 from forecast.publish import preflight
 from kronos import KronosPathSampler
-from kronos_checkpoints import frame_inputs, make_bars, write_checkpoint_pair
-from test_cli import TIMING_FREE, synthetic_bars
+from support.kronos_checkpoints import frame_inputs, make_bars
+from support.bars import TIMING_FREE, synthetic_bars
 
 ASOF = pd.Timestamp("2025-06-04T15:00:00Z")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_checkpoint_pair(tmp_path_factory.mktemp("tiny"), shape="tiny", seed=2)
+def tiny(checkpoint_pairs):
+    return checkpoint_pairs("tiny", 2)  # read only: shared by the session (conftest.py)
 
 
 @pytest.fixture(scope="module")

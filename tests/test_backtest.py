@@ -8,44 +8,14 @@ import pandas as pd
 import pytest
 
 import backtest as cli
-import simulated
+from support import simulated
 from evaluation import baselines
-from app.config import build_config
 from evaluation import forecasters as efc
-from evaluation import replay, report as erep, store, walkforward
-from forecast.pipeline import ForecastPipeline
+from evaluation import report as erep
 from marketdata.files import read_bars_file
+from support.backtest_api import FakeSampler, bt, kronos, settings
 
 NY = "America/New_York"
-
-
-@pytest.fixture(scope="module")
-def sim() -> pd.DataFrame:
-    return simulated.simulate_bars("2025-03-03", 6, seed=21)
-
-
-def settings(**kw):
-    """A backtest config: the key table's defaults with these changes (n_paths and min_history by their config
-    names n_samples and lookback)."""
-    names = {"n_paths": "n_samples", "min_history": "lookback"}
-    base = dict(every=20, n_samples=32, lookback=60, batch=4, start="2025-03-06", seed=0)
-    return build_config({}, base | {names.get(k, k): v for k, v in kw.items()}, script="backtest")
-
-
-def run_walk_forward(frame, s, forecasters, out, **kw):
-    return walkforward.run_walk_forward(frame, ForecastPipeline(s, calibrator=None), forecasters, out, progress=False)
-
-
-def kronos(name: str, sampler, s, **changes):
-    return efc.KronosForecaster(name, ForecastPipeline(s.replace(**changes), sampler=sampler, calibrator=None))
-
-
-class bt:  # the walk-forward API the tests use, from its modules
-    run_walk_forward = staticmethod(run_walk_forward)
-    make_origins = staticmethod(replay.make_origins)
-    build_report = staticmethod(erep.build_report)
-    describe = staticmethod(store.describe)
-    SKIP, RESULTS, RUN_FILE = store.SKIP, store.RESULTS, store.RUN_FILE
 
 
 class Recorder:
@@ -60,26 +30,6 @@ class Recorder:
     def sample(self, history, future_times, n_paths, rng):
         self.seen.append((history.index.max(), future_times[0], len(future_times)))
         return self.inner.sample(history, future_times, n_paths, rng)
-
-
-class FakeSampler:
-    """Stands in for KronosPathSampler.sample_batch and records the model's inputs (time features)."""
-
-    model_revision = tokenizer_revision = None
-    device, max_context = "cpu", 512
-
-    def __init__(self) -> None:
-        self.calls = []
-
-    def sample_batch(self, values, x_stamp, y_stamp, n_paths, temperature, top_k, top_p, seeds):
-        self.calls.append([(tuple(x[-1]), tuple(y[0]), len(y)) for x, y in zip(x_stamp, y_stamp)])
-        out = []
-        for v, y, seed in zip(values, y_stamp, seeds):
-            rng = np.random.default_rng(seed)
-            close = v[-1, 3] * np.exp(np.cumsum(rng.normal(0, 5e-4, (n_paths, len(y))), axis=1))
-            out.append(np.stack([close, close * 1.0005, close * 0.9995, close, np.full_like(close, 1e4),
-                                 close * 1e4], axis=-1))
-        return np.stack(out)
 
 
 def features(t: pd.Timestamp) -> tuple:
@@ -259,7 +209,7 @@ def test_baseline_backtest_on_real_bars(real_data_dir: Path, tmp_path: Path, cap
 
 def tiny_kronos(root: Path) -> tuple[Path, Path]:
     """A random-weight Kronos pair far smaller than the published ones, in the published layout."""
-    from kronos_checkpoints import write_checkpoint_pair
+    from support.kronos_checkpoints import write_checkpoint_pair
 
     return write_checkpoint_pair(root, "tiny", seed=0)
 
@@ -337,7 +287,7 @@ def test_fit_a_calibrator_from_the_forecast_run_log(tmp_path: Path) -> None:
 
 def test_alpaca_history_source(tmp_path: Path, monkeypatch) -> None:
     """backtest.py without a file asks Alpaca (the real client, a fake endpoint) for the range plus history."""
-    from fake_alpaca import FakeAlpaca, bars_page
+    from support.fake_alpaca import FakeAlpaca, bars_page
 
     frame = simulated.simulate_bars("2025-03-03", 5, seed=26)
 

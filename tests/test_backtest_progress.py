@@ -9,7 +9,7 @@ import re
 
 from evaluation import baselines, walkforward
 from forecast.pipeline import ForecastPipeline, origin_ticker
-from test_backtest import FakeSampler, kronos, settings, sim  # noqa: F401 - sim is a fixture
+from support.backtest_api import FakeSampler, kronos, settings  # the fixture sim is in conftest.py
 
 
 class SteppingSampler(FakeSampler):

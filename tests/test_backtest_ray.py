@@ -15,30 +15,10 @@ import backtest as cli
 from evaluation import scoring
 from evaluation.shards import FAULT_ENV
 from evaluation.store import PARTS, RESULTS, RUN_FILE, SKIP, ResultStore
+from support.real_files import write_universe
 
 SYMBOLS = ("QQQ", "SPY")
-SESSIONS = {"QQQ": ("2025-05-07", "2025-05-08"), "SPY": ("2013-10-08", "2013-10-09")}  # two each
 N_SHARDS = 2 * 2 * 2  # symbols x sessions x (baselines, kronos)
-
-
-def _write_universe(real: Path, root: Path) -> Path:
-    """QQQ as Parquet and SPY as CSV (from Lean's zips), three sessions each; BAD.csv is not a bars file and
-    IWM has none. Written to a temporary folder (the real files stay where they are)."""
-    from test_market_bars import read_lean_zip
-
-    from marketdata.files import read_bars_file
-
-    root.mkdir()
-    qqq = read_bars_file(real / "QQQ_60day_1min_polygon__Poloilo16-VWAP.csv")
-    ny = qqq.index.tz_convert("America/New_York").strftime("%Y-%m-%d")
-    lo, hi = SESSIONS["QQQ"]
-    qqq[(ny >= lo) & (ny <= hi)].to_parquet(root / "QQQ.parquet")
-    lo, hi = (s.replace("-", "") for s in SESSIONS["SPY"])
-    spy = pd.concat([read_lean_zip(p) for p in sorted((real / "lean_spy_minute").glob("*_trade.zip"))
-                     if lo <= p.name[:8] <= hi])
-    spy.rename_axis("timestamp").reset_index().to_csv(root / "SPY.csv", index=False)
-    (root / "BAD.csv").write_text("when,price\nyesterday,1\n")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +26,11 @@ def universe(tmp_path_factory) -> dict:
     value = os.environ.get("TEST_DATA_DIR")
     if not value:
         pytest.skip("TEST_DATA_DIR is not set: real-bar tests need the shared data folder")
-    from kronos_checkpoints import write_checkpoint_pair
+    from support.kronos_checkpoints import write_checkpoint_pair
 
     root = tmp_path_factory.mktemp("universe")
     model, tok = write_checkpoint_pair(root / "ck", "tiny", seed=0)
-    data = _write_universe(Path(value), root / "bars")
+    data = write_universe(Path(value), root / "bars")
     argv = ["--config", str(Path(cli.__file__).parent / "config.yaml"), "--symbols", "QQQ,IWM,SPY,BAD",
             "--data-dir", str(data), "--every", "90", "--days", "2", "--n-samples", "4", "--lookback", "100",
             "--top-p", "1.0", "--batch", "4",
@@ -194,8 +174,8 @@ def test_without_ray_installed_ray_runs_are_refused_with_the_way_to_install_it(u
 def test_alpaca_bars_are_fetched_once_per_symbol_and_cached_per_session(tmp_path: Path, monkeypatch) -> None:
     """Without --data-dir: one request per symbol (the real client, a fake endpoint), one Parquet file per
     symbol and session; a second run reads the cache and asks again only for the symbol that failed."""
-    import simulated
-    from fake_alpaca import FakeAlpaca, bars_page
+    from support import simulated
+    from support.fake_alpaca import FakeAlpaca, bars_page
 
     frames = {"QQQ": simulated.simulate_bars("2025-03-03", 5, seed=31),
               "SPY": simulated.simulate_bars("2025-03-03", 5, price=400.0, seed=32)}

@@ -27,8 +27,8 @@ import cli_kronos_prob_qqq as cli
 from app.exits import ExitCode
 from app.operation import run_lock
 from forecast.runlog import OLDEST_HEADER, RUN_LOG_COLUMNS
-from kronos_checkpoints import write_checkpoint_pair
-from test_cli import KEYS, ROOT, synthetic_bars
+from support.kronos_checkpoints import write_checkpoint_pair
+from support.bars import KEYS, ROOT, synthetic_bars
 
 ASOF = "2025-06-04T15:00:00Z"
 STAMP = "20250604T150000Z"
@@ -176,7 +176,7 @@ def run_log(text: str):
 def alpaca(respond, keys: bool = True):
     """Bars from a fake Alpaca on 127.0.0.1 answering ``respond(query) -> (status, body)``."""
     def setup(d: Path, a: dict) -> None:
-        from fake_alpaca import FakeAlpaca
+        from support.fake_alpaca import FakeAlpaca
 
         server = FakeAlpaca(respond)
         a["servers"].append(server)
@@ -187,7 +187,7 @@ def alpaca(respond, keys: bool = True):
 
 
 def bars_body(edit: Callable[[list], None] | None = None):
-    from fake_alpaca import window_bars
+    from support.fake_alpaca import window_bars
 
     f = frame()
 

@@ -19,7 +19,7 @@ from typing import Callable
 import pytest
 
 import backtest
-import simulated
+from support import simulated
 from app.exits import ExitCode
 from evaluation.jobs import BACKTEST
 from forecast.owned import claim

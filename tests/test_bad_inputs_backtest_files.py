@@ -19,7 +19,7 @@ from typing import Callable
 import pytest
 
 import backtest
-import simulated
+from support import simulated
 from forecast.owned import MARKER
 
 RUN = {MARKER, "results.jsonl", "run.json", "report.json", "per_origin.csv", "calibrator_random_walk.json"}

@@ -19,7 +19,9 @@ import pytest
 
 import finetune
 from forecast.owned import MARKER
-from test_finetune import argv, bars, one_thread, tiny  # noqa: F401 - fixtures (one_thread: autouse)
+from support.finetune_run import argv
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # the fixtures one_thread, tiny and bars are in conftest.py
 
 RUN = ("--max-steps", "4", "--eval-every", "2")
 TRAINED = {MARKER, "best", "best/config.json", "best/model.safetensors", "best/trained_for.json", "card.json", "last", "last/config.json",

@@ -16,8 +16,8 @@ import pytest
 
 import finetune
 from app.exits import ExitCode
-from kronos_checkpoints import write_checkpoint_pair
-from test_cli import ROOT, synthetic_bars
+from support.kronos_checkpoints import write_checkpoint_pair
+from support.bars import ROOT, synthetic_bars
 
 
 @dataclass

@@ -19,8 +19,7 @@ import serve
 from app.exits import ExitCode
 from app.operation import run_lock
 from forecast.pipeline import ForecastPipeline
-from kronos_checkpoints import write_checkpoint_pair
-from live_support import canonical_bars
+from support.live_support import canonical_bars
 
 NO_FOLDER = None   # the service stopped before its folder was made
 LOCK = ".serve.lock"
@@ -85,8 +84,8 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return write_checkpoint_pair(tmp_path_factory.mktemp("serve_bad_ckpt"), shape="tiny", seed=0)
+def ckpt(checkpoint_pairs):
+    return checkpoint_pairs("tiny", 0)  # read only: shared by the session (conftest.py)
 
 
 class Lines(logging.Handler):

@@ -7,7 +7,7 @@ from marketdata import calendar as mcal
 from marketdata.files import read_bars_file
 from marketdata.prepare import prepare_bars
 from marketdata.quality import BarRules, find_bad_bars
-from test_market_bars import MASON, POLOILO, read_lean_zip
+from support.real_files import MASON, POLOILO, read_lean_zip
 
 
 def real_tapes(data_dir):

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-import simulated
+from support import simulated
 from evaluation import baselines
 from evaluation import scoring
 

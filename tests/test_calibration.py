@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import simulated
+from support import simulated
 from evaluation import calibration as cal, scoring
 from forecast import calibrator as fcal
 

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from evaluation import baselines
 from evaluation.charts import _legend_or_say
 from evaluation.evaluate import DIAGRAM_MIN_BIN
-from test_backtest import bt, settings, sim  # noqa: F401 - sim is a fixture
+from support.backtest_api import bt, settings  # the fixture sim is in conftest.py
 
 
 def test_an_empty_chart_says_why_and_a_full_one_keeps_its_legend():

@@ -15,7 +15,8 @@ import cli_kronos_prob_qqq as cli
 import forecast.pipeline as pipeline
 from forecast.extended import latest_extended
 from forecast.plotting import _title
-from test_pinned_outputs import BARS, StandIn
+from support.real_files import POLOILO as BARS
+from support.stand_in import StandIn
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,49 +17,13 @@ import cli_kronos_prob_qqq as cli
 import finetune
 from app.config import load_config
 from app.exits import ExitCode
-from kronos_checkpoints import write_checkpoint_pair
+from support.finetune_run import argv
 from training import loop
 from training.data import load_training_bars
 from training.windows import build_splits
 
 ROOT = Path(__file__).resolve().parents[1]
-QQQ = "QQQ_60day_1min_polygon__Poloilo16-VWAP.csv"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one thread is faster than two fighting over a loaded CI machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_checkpoint_pair(tmp_path_factory.mktemp("tiny"), "tiny", seed=3)
-
-
-@pytest.fixture(scope="module")
-def bars(tmp_path_factory):
-    """Eight full sessions of the real QQQ file (2025-05-01 .. 2025-05-12), in a temporary file."""
-    value = os.environ.get("TEST_DATA_DIR")
-    if not value:
-        pytest.skip("TEST_DATA_DIR is not set: real-bar tests need the shared data folder")
-    raw = pd.read_csv(Path(value) / QQQ)
-    stamp = pd.to_datetime(raw["Datetime"])
-    path = tmp_path_factory.mktemp("bars") / "qqq.csv"
-    raw[(stamp >= "2025-05-01") & (stamp < "2025-05-13")].to_csv(path, index=False)
-    return path
-
-
-def argv(tiny, bars, out, *extra) -> list[str]:
-    model, tok = tiny
-    return ["--config", str(ROOT / "config.yaml"), "--csv", str(bars), "--model", str(model), "--tokenizer", str(tok),
-            "--out", str(out), "--sessions", "8", "--val-sessions", "2", "--test-sessions", "2", "--lookback", "30",
-            "--horizon", "10", "--stride", "20", "--batch-size", "8", "--warmup-steps", "2", "--lr", "2e-3",
-            "--eval-windows", "16", "--no-ab-after-training", "--no-progress", "--no-plots", "--device", "cpu",
-            *extra]
+pytestmark = pytest.mark.usefixtures("one_thread")  # the fixtures one_thread, tiny and bars are in conftest.py
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -379,8 +343,8 @@ def alpaca_run(tiny, out, fake, monkeypatch, secret: str) -> list[str]:
 
 def test_bars_from_alpaca_the_last_sessions(tiny, tmp_path, monkeypatch):
     """--source alpaca: the last K sessions up to now, fetched through alpaca-py from a fake server."""
-    import simulated
-    from fake_alpaca import FakeAlpaca, bars_page
+    from support import simulated
+    from support.fake_alpaca import FakeAlpaca, bars_page
     from marketdata import calendar as mcal
 
     now = pd.Timestamp.now(tz="UTC")
@@ -403,8 +367,8 @@ def test_bars_from_alpaca_the_last_sessions(tiny, tmp_path, monkeypatch):
 
 def test_ab_of_alpaca_bars_resumes_on_a_rerun(tiny, tmp_path, monkeypatch):
     """--source alpaca: the data's "as of" is the clock, yet an identical A/B re-run resumes instead of refusing."""
-    import simulated
-    from fake_alpaca import FakeAlpaca, bars_page
+    from support import simulated
+    from support.fake_alpaca import FakeAlpaca, bars_page
     from marketdata import calendar as mcal
 
     sessions = mcal.recent_sessions(pd.Timestamp.now(tz="UTC"), 6, True)

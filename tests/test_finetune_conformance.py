@@ -8,7 +8,7 @@ import torch
 
 from kronos.loading import load_trainable
 from kronos.model import Kronos, KronosTokenizer
-from kronos_checkpoints import predictor_config, tokenizer_config
+from support.kronos_checkpoints import predictor_config, tokenizer_config
 from training.loss import PredictorObjective, TokenizerObjective
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ import torch
 
 import kronos
 from kronos import CONTEXT_BY_REPO, CheckpointError, KronosPathSampler, complete_columns
-from kronos_checkpoints import frame_inputs, install_in_hub_cache, make_bars, time_features, write_checkpoint_pair
+from support.kronos_checkpoints import frame_inputs, install_in_hub_cache, make_bars, time_features, write_checkpoint_pair
 
 HASH = "1234567890abcdef1234567890abcdef12345678"
 

@@ -9,7 +9,7 @@ import torch
 from kronos import KronosPathSampler
 from kronos.inputs import normalise
 from kronos.sampler import uniforms
-from kronos_checkpoints import frame_inputs, make_bars, write_checkpoint_pair
+from support.kronos_checkpoints import frame_inputs, make_bars, write_checkpoint_pair
 
 LOOKBACK, HORIZON, PATHS = 60, 5, 7
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kronos import CheckpointError, KronosPathSampler
-from kronos_checkpoints import write_checkpoint_pair
+from support.kronos_checkpoints import write_checkpoint_pair
 
 
 @pytest.fixture(scope="module")

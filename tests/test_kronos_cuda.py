@@ -15,8 +15,8 @@ import kronos.sampler
 from kronos import KronosPathSampler
 from kronos.inputs import normalise
 from kronos.sampler import uniforms
-from kronos_checkpoints import write_checkpoint_pair
-from test_kronos_exact import QQQ, contexts, qqq_bars
+from support.kronos_checkpoints import write_checkpoint_pair
+from support.qqq import QQQ, contexts, qqq_bars
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

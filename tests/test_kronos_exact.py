@@ -6,19 +6,18 @@ sampled tokens of every step must then be equal, and the decoded values equal up
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from kronos import KronosPathSampler, complete_columns
+from kronos import KronosPathSampler
 from kronos.inputs import normalise
 from kronos.sampler import uniforms
-from kronos_checkpoints import time_features, write_checkpoint_pair
+from support.kronos_checkpoints import write_checkpoint_pair
+from support.qqq import QQQ, contexts, qqq_bars
 
-QQQ = "QQQ_60day_1min_polygon__Poloilo16-VWAP.csv"
 CONTEXT = {"mini": 2048, "small": 512, "base": 512}
 # shape -> (lookback, horizon, contexts): reference cost grows with lookback x horizon x model size
 CASES = {
@@ -26,25 +25,6 @@ CASES = {
     "small": [(64, 5, 6), (256, 4, 6), (480, 3, 4)],
     "base": [(40, 3, 6), (160, 3, 4)],
 }
-
-
-@lru_cache(maxsize=1)
-def qqq_bars(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(values [T, 6] with amount = volume x mean price, stamps [T, 5] of the New York wall clock)."""
-    import pandas as pd
-
-    df = pd.read_csv(path)
-    ts = pd.DatetimeIndex(pd.to_datetime(df["Datetime"])).tz_localize("UTC").tz_convert("America/New_York")
-    return complete_columns(df[["Open", "High", "Low", "Close", "Volume"]].to_numpy()), time_features(ts)
-
-
-def contexts(values: np.ndarray, stamps: np.ndarray, lookback: int, horizon: int, count: int, seed: int):
-    rng = np.random.default_rng(seed)
-    starts = rng.choice(len(values) - lookback - horizon, size=count, replace=False)
-    x = np.stack([values[s : s + lookback] for s in starts])
-    xs = np.stack([stamps[s : s + lookback] for s in starts])
-    ys = np.stack([stamps[s + lookback : s + lookback + horizon] for s in starts])
-    return x, xs, ys
 
 
 def reference_greedy(model_dir: Path, tok_dir: Path, x32: np.ndarray, xs: np.ndarray, ys: np.ndarray,

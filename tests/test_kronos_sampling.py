@@ -8,7 +8,7 @@ import torch
 
 from kronos import KronosPathSampler
 from kronos.sampler import filter_logits, filter_logits_full_sort, nucleus_keep, sample_tokens
-from kronos_checkpoints import frame_inputs, make_bars, write_checkpoint_pair
+from support.kronos_checkpoints import frame_inputs, make_bars, write_checkpoint_pair
 
 
 def full_sort_filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:

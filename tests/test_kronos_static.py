@@ -16,8 +16,8 @@ from kronos import KronosPathSampler
 from kronos.inputs import normalise
 from kronos.layers import CACHE_BUCKET
 from kronos.sampler import uniforms
-from kronos_checkpoints import write_checkpoint_pair
-from test_kronos_exact import QQQ, contexts, qqq_bars
+from support.kronos_checkpoints import write_checkpoint_pair
+from support.qqq import QQQ, contexts, qqq_bars
 
 
 @pytest.fixture(scope="module")

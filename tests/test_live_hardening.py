@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from app.exits import ExitCode
-from kronos_checkpoints import write_checkpoint_pair
-from live_support import canonical_bars
+from support.live_support import canonical_bars
 from web.guard import HEADER_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,8 +28,8 @@ HALF_OPEN = 300
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return write_checkpoint_pair(tmp_path_factory.mktemp("hardening_ckpt"), shape="tiny", seed=0)
+def ckpt(checkpoint_pairs):
+    return checkpoint_pairs("tiny", 0)  # read only: shared by the session (conftest.py)
 
 
 class Serve:

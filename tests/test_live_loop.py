@@ -9,16 +9,15 @@ import pytest
 
 import cli_kronos_prob_qqq as cli
 from app.exits import ExitCode
-from kronos_checkpoints import write_checkpoint_pair
-from live_support import ManualClock, SpySampler, canonical_bars, make_loop, serve_config
-from test_cli import args_for
+from support.live_support import ManualClock, SpySampler, canonical_bars, make_loop, serve_config
+from support.bars import args_for
 
 T_CLOSE = pd.Timestamp("2025-06-04T15:01:00Z")   # the close of the 15:00 bar
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return write_checkpoint_pair(tmp_path_factory.mktemp("live_ckpt"), shape="tiny", seed=0)
+def ckpt(checkpoint_pairs):
+    return checkpoint_pairs("tiny", 0)  # read only: shared by the session (conftest.py)
 
 
 @pytest.fixture(scope="module")

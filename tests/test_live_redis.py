@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 import redis as redis_py
 
-from kronos_checkpoints import write_checkpoint_pair
-from live_support import ManualClock, canonical_bars, make_loop, serve_config, wait_for
+from support.live_support import ManualClock, canonical_bars, make_loop, serve_config, wait_for
 
 T_CLOSE = pd.Timestamp("2025-06-04T15:01:00Z")
 
@@ -47,8 +46,8 @@ def stop_redis(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return write_checkpoint_pair(tmp_path_factory.mktemp("redis_ckpt"), shape="tiny", seed=0)
+def ckpt(checkpoint_pairs):
+    return checkpoint_pairs("tiny", 0)  # read only: shared by the session (conftest.py)
 
 
 def test_published_json_equals_the_api_and_survives_an_outage(ckpt, tmp_path):

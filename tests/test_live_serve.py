@@ -18,19 +18,18 @@ import pytest
 import serve
 from app.exits import ExitCode
 from app.operation import run_lock
-from kronos_checkpoints import write_checkpoint_pair
 from live.book import BarBook
 from live.clock import ReplayClock
 from live.playback import ReplaySource
-from live_support import canonical_bars
+from support.live_support import canonical_bars
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_MINUTE = pd.Timedelta(minutes=1)
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return write_checkpoint_pair(tmp_path_factory.mktemp("serve_ckpt"), shape="tiny", seed=0)
+def ckpt(checkpoint_pairs):
+    return checkpoint_pairs("tiny", 0)  # read only: shared by the session (conftest.py)
 
 
 @pytest.fixture

@@ -9,15 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fake_alpaca import FakeAlpaca, window_bars
-from fake_alpaca_stream import FakeAlpacaStream, bar_message
+from support.fake_alpaca import FakeAlpaca, window_bars
+from support.fake_alpaca_stream import FakeAlpacaStream, bar_message
 from live.book import BarBook
 from live.clock import ReplayClock
 from live.hub import LiveHub
 from live.sources import AlpacaLiveSource
-from live_support import wait_for
+from support.live_support import wait_for
 from marketdata.alpaca import Credentials
-from test_cli import synthetic_bars
+from support.bars import synthetic_bars
 
 KEY, SECRET = "PKTEST0000KEY1234", "secret-not-for-logs-5678"
 
@@ -165,7 +165,7 @@ def test_serve_exits_with_the_data_source_code_when_the_stream_refuses_the_keys(
     import live.sources
     import serve
     from app.exits import ExitCode
-    from kronos_checkpoints import write_checkpoint_pair
+    from support.kronos_checkpoints import write_checkpoint_pair
 
     model, tokenizer = write_checkpoint_pair(tmp_path / "ckpt", shape="tiny", seed=0)
     monkeypatch.setattr(live.sources, "STREAM_REFUSALS_MAX", 2)

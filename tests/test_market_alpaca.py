@@ -9,7 +9,7 @@ import pytest
 
 from marketdata.alpaca import AlpacaBarSource, Credentials, credentials_from_env, fetch_with_fallback
 from marketdata.frame import DataSourceError, SubscriptionError
-from fake_alpaca import FakeAlpaca
+from support.fake_alpaca import FakeAlpaca
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # websockets.legacy, imported by alpaca.data

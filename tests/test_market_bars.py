@@ -10,9 +10,7 @@ from marketdata import calendar as mcal
 from marketdata.files import detect_label, read_bars_file
 from marketdata.frame import DataError
 from marketdata.prepare import prepare_bars, session_bars
-
-POLOILO = "QQQ_60day_1min_polygon__Poloilo16-VWAP.csv"
-MASON = "QQQ_1min_2019-02-11_15__masonblier-eqker.csv"
+from support.real_files import MASON, POLOILO, read_lean_zip
 
 
 def et(text: str) -> pd.Timestamp:
@@ -311,20 +309,6 @@ def test_prepare_rejects_a_non_canonical_frame():
         prepare_bars(rows.iloc[::-1], et("2025-05-27 10:00"), days=1)
     with pytest.raises(DataError, match="volume"):
         prepare_bars(rows.drop(columns="volume"), et("2025-05-27 10:00"), days=1)
-
-
-def read_lean_zip(path: Path) -> pd.DataFrame:
-    """Test-only reader for Lean's SPY minute zips: ms since midnight ET (bar start), prices x 10000."""
-    import zipfile
-    with zipfile.ZipFile(path) as z:
-        raw = pd.read_csv(z.open(z.namelist()[0]), header=None,
-                          names=["ms", "open", "high", "low", "close", "volume"])
-    day = pd.Timestamp(path.name[:8], tz="America/New_York")
-    idx = (day + pd.to_timedelta(raw["ms"], unit="ms")).dt.tz_convert("UTC")
-    out = raw[["open", "high", "low", "close"]] / 10000.0
-    out["volume"] = raw["volume"].astype(float)
-    out.index = pd.DatetimeIndex(idx, name="timestamp")
-    return out
 
 
 def test_lean_spy_2013_six_full_sessions(real_data_dir):

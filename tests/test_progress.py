@@ -15,7 +15,8 @@ import forecast.pipeline as pipeline
 from app.exits import ExitCode
 from app.operation import TimeBudgetExceeded, time_budget
 from app.progress import Stages
-from test_pinned_outputs import BARS, StandIn
+from support.real_files import POLOILO as BARS
+from support.stand_in import StandIn
 
 ROOT = Path(__file__).resolve().parents[1]
 

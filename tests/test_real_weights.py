@@ -3,23 +3,20 @@ machine that holds the pinned weights in its hub cache (`python tests/verify_ins
 this file). Elsewhere every test here skips with one reason naming the repos, revisions and that command; a plain
 `pytest` skips them too (tests/conftest.py), so the default run never reads or downloads the real weights.
 
-What is compared and how a difference is judged: tests/real_weights.py (the runs) and tests/record_check.py (the
+What is compared and how a difference is judged: tests/support/real_weights.py (the runs) and tests/support/record_check.py (the
 rules). On CPU the network runs in float32; with KRONOS_TEST_DEVICE=cuda the same checks run on the GPU in float32
 (same tolerances) and, in addition, bfloat16 is checked against that float32 run (record_check.BF16_MAX_FLIP_GAP).
 """
 from __future__ import annotations
 
-import json
-import math
 import os
-import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 
-import real_weights as rw
-from record_check import RecordNote, judge_bf16, judge_greedy, judge_mse
+from support import real_weights as rw
+from support.real_cli_check import check_cli_forecast
+from support.record_check import bf16_verdict, judge_greedy, judge_mse, report
 
 pytestmark = pytest.mark.real_weights
 
@@ -60,12 +57,6 @@ def precisions() -> list[str]:
     return ["float32", "bfloat16"] if os.environ.get("KRONOS_TEST_DEVICE", "cpu").startswith("cuda") else ["float32"]
 
 
-def report(verdict) -> None:
-    for note in verdict.notes:
-        print(note)
-        warnings.warn(note, RecordNote)
-
-
 def reference_runs(pair, origins):
     """The reference's runs, after checking that the float32 input we build is bit for bit the one it builds."""
     if pair is None:
@@ -76,14 +67,6 @@ def reference_runs(pair, origins):
         np.testing.assert_array_equal(rw.upstream_normalise(o)[0], fed, err_msg="upstream's float32 input")
         runs.append(run)
     return runs
-
-
-def bf16_verdict(samplers, label, origins):
-    s32, s16 = samplers("float32"), samplers("bfloat16")
-    fp32 = [rw.ours(s32, o, "float64") for o in origins]
-    bf16 = [rw.ours(s16, o, "float64") for o in origins]
-    return judge_bf16(label, origins, fp32, bf16,
-                      lambda k, i, name, token: rw.logit_gap(s32, origins[k], fp32[k], i, name, token))
 
 
 @pytest.mark.parametrize("precision", precisions())
@@ -120,70 +103,7 @@ def test_mse_of_30_bar_forecasts_matches_the_record(samplers, reference_pair, ba
     report(judge_mse(label, MSE_EXPECTED[context], origins, ours64, ours32, ref))
 
 
-def minute_bars(path) -> pd.Timestamp:
-    """Three regular sessions of 1-minute bars of a random walk near $500 as a CSV; -> a replay instant."""
-    rng = np.random.default_rng(23)
-    frames, price = [], 500.0
-    for day in ("2025-06-02", "2025-06-03", "2025-06-04"):
-        idx = pd.date_range(f"{day}T13:30Z", f"{day}T19:59Z", freq="min")
-        close = price * np.exp(np.cumsum(rng.normal(0, 4e-4, len(idx))))
-        open_ = np.r_[price, close[:-1]]
-        wick = np.abs(rng.normal(0, 2e-4, len(idx))) * close
-        frames.append(pd.DataFrame({"timestamp": idx.strftime("%Y-%m-%dT%H:%M:%SZ"), "open": open_,
-                                    "high": np.maximum(open_, close) + wick, "low": np.minimum(open_, close) - wick,
-                                    "close": close, "volume": rng.integers(50_000, 150_000, len(idx)).astype(float)}))
-        price = close[-1]
-    pd.concat(frames, ignore_index=True).to_csv(path, index=False)
-    return pd.Timestamp("2025-06-04T15:00:00Z")
-
-
 def test_cli_forecast_with_the_real_checkpoint(snapshots, engine_device, tmp_path):
     """The forecast CLI on the real default checkpoint (pinned) over a replay of minute bars: the summary a trader
-    reads is finite and coherent."""
-    import cli_kronos_prob_qqq as cli
-
-    bars = tmp_path / "bars.csv"
-    asof = minute_bars(bars)
-    out = tmp_path / "out"
-    code = cli.main(["--source", "csv", "--csv", str(bars), "--asof", asof.isoformat(), "--out", str(out),
-                     "--model", rw.MODEL_REPO, "--model-revision", rw.MODEL_REVISION,
-                     "--tokenizer", rw.TOKENIZER_REPO, "--tokenizer-revision", rw.TOKENIZER_REVISION,
-                     "--device", engine_device, "--seed", "23", "--n-samples", "100", "--time-budget", "900", "-q"])
-    assert code == 0
-    summary = json.loads((out / "pred_summary_QQQ_latest.json").read_text())
-    h = summary["horizon_min"]
-    assert h == 30 and summary["n_samples"] == 100
-    assert summary["model"]["model_revision"] == rw.MODEL_REVISION
-    assert summary["model"]["tokenizer_revision"] == rw.TOKENIZER_REVISION
-    s = summary["summary"]
-    numbers = list(_numbers(s))
-    assert numbers and all(math.isfinite(v) for v in numbers), "non-finite number in the summary"
-    for key, value in s.items():
-        if key.startswith("p_") and not key.endswith("_ci") and value is not None:
-            assert 0.0 <= value <= 1.0, f"{key} = {value} is not a probability"
-            lo, hi = s[f"{key}_ci"]  # its Monte Carlo interval holds it and stays in [0, 1]
-            assert 0.0 <= lo <= value <= hi <= 1.0, f"{key} = {value} outside its interval [{lo}, {hi}]"
-    pct = s["percentiles"]
-    levels = sorted(pct, key=lambda k: float(k[1:]))
-    bands = np.array([pct[k] for k in levels], dtype=float)  # [levels, minutes]
-    assert bands.shape == (len(levels), h) and (np.diff(bands, axis=0) >= 0).all(), "percentiles out of order"
-    assert bands[0, -1] < bands[-1, -1], "no spread at the horizon: the paths are all alike"
-    stamp = asof.strftime("%Y%m%dT%H%M%SZ")
-    paths, highs, lows = (pd.read_csv(out / f"{kind}_QQQ_{stamp}.csv", index_col=0).to_numpy(float)
-                          for kind in ("paths", "paths_high", "paths_low"))
-    for p in (paths, highs, lows):
-        assert p.shape == (100, h) and np.isfinite(p).all() and (p > 0).all()
-    assert (highs >= paths - 1e-9).all() and (lows <= paths + 1e-9).all()
-    # a forecast of the next 30 minutes stays near the last price: a wild path means broken weights or inputs
-    assert np.abs(np.log(paths / summary["now_close"])).max() < 0.2
-
-
-def _numbers(tree):
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _numbers(v)
-    elif isinstance(tree, (list, tuple)):
-        for v in tree:
-            yield from _numbers(v)
-    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
-        yield float(tree)
+    reads is finite and coherent (the checks: support/real_cli_check.py)."""
+    check_cli_forecast(engine_device, tmp_path)

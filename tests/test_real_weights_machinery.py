@@ -20,9 +20,10 @@ import pandas as pd
 import pytest
 import torch
 
-import real_weights as rw
-import record_check as rc
-from kronos_checkpoints import install_in_hub_cache, write_checkpoint_pair
+from support import real_weights as rw
+from support import record_check as rc
+from support.kronos_checkpoints import install_in_hub_cache, write_checkpoint_pair
+from support.real_cli_check import check_cli_forecast
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,10 +152,8 @@ def test_windowed_decoding_equals_the_engine_where_both_apply(runs, one_thread):
 def test_bf16_check_plumbing_on_the_cpu(runs, one_thread):
     """The bf16 check's path on the CPU (bf16 itself needs CUDA): float32 against itself parts nowhere, and the
     logit gap it would ask for is 0 for float32's own token and positive for any other at a greedy step."""
-    import test_real_weights as trw
-
     sampler, (origin, ours64) = runs["sampler"], runs[512][:2]
-    assert trw.bf16_verdict(lambda dtype: sampler, "plumbing", [origin]).notes == []
+    assert rc.bf16_verdict(lambda dtype: sampler, "plumbing", [origin]).notes == []
     for step, name, own in ((0, "s1", ours64.s1[0]), (5, "s2", ours64.s2[5])):  # step 5: the window has slid
         other = (int(own) + 1) % 1024
         assert rw.logit_gap(sampler, origin, ours64, step, name, other) > 0.0
@@ -169,10 +168,8 @@ def test_bf16_check_plumbing_on_the_cpu(runs, one_thread):
 
 def test_cli_check_runs_on_stand_in_weights(stand_in_hub, one_thread, tmp_path, monkeypatch):
     """The CLI check's plumbing (flags, file names, summary keys) against the stand-in pinned checkpoint."""
-    import test_real_weights as trw
-
     monkeypatch.setenv("HF_HUB_CACHE", str(stand_in_hub))
-    trw.test_cli_forecast_with_the_real_checkpoint(rw.cached_snapshots()[0], "cpu", tmp_path)
+    check_cli_forecast("cpu", tmp_path)
 
 
 def test_verify_install_without_the_hub_is_one_line_and_exit_5(tmp_path, monkeypatch, capsys):
@@ -223,8 +220,7 @@ def test_a_statistics_difference_is_reported_exactly(fabricated):
     assert f"context row 37 ({when}): s2 token {run.context_s2[37]} vs {s2[37]}" in note
     assert "predicted bar 0" in note and "open" in note  # where the forecast first misses
     with pytest.warns(rc.RecordNote, match="context row 37"):
-        import test_real_weights as trw
-        trw.report(verdict)
+        rc.report(verdict)
 
 
 def test_other_differences_fail(fabricated):

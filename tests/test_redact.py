@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from app.config import ConfigError, build_config
-from fake_alpaca import FakeAlpaca
+from support.fake_alpaca import FakeAlpaca
 from marketdata.alpaca import AlpacaBarSource
 from marketdata.frame import DataSourceError
 from marketdata.redact import redact_text, redact_url

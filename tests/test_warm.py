@@ -25,15 +25,15 @@ import pytest
 import cli_kronos_prob_qqq as cli
 from app import warm
 from app.exits import ExitCode
-from kronos_checkpoints import write_checkpoint_pair
-from test_cli import KEYS, TIMING_FREE, synthetic_bars
+from support.kronos_checkpoints import write_checkpoint_pair
+from support.bars import KEYS, TIMING_FREE, synthetic_bars
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_checkpoint_pair(tmp_path_factory.mktemp("tiny"), shape="tiny", seed=2)
+def tiny(checkpoint_pairs):
+    return checkpoint_pairs("tiny", 2)  # read only: shared by the session (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +286,7 @@ def alpaca_run_args(ckpt, out, asof, *extra):
 
 @pytest.fixture
 def alpaca_bars():
-    from fake_alpaca import FakeAlpaca, bars_page
+    from support.fake_alpaca import FakeAlpaca, bars_page
 
     frame = synthetic_bars()
     frame.index = pd.DatetimeIndex(frame["timestamp"])

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from live.hub import LiveHub
 from web.app import create_app
-from web_forecasts import ServerThread, pipeline, qqq_bars, synthetic_forecast
+from support.web_forecasts import ServerThread, pipeline, qqq_bars, synthetic_forecast
 
 NOW = pd.Timestamp("2025-06-10 15:00", tz="UTC")
 TOKEN = "tok-3f9a-never-shown"

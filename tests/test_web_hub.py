@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from evaluation.outcome import realised_outcome
 from forecast.metrics import session_vwap
 from live.hub import DELAYED_LAG_S, STALE_S, LiveHub, feed_state
-from web_forecasts import pipeline, qqq_bars, synthetic_forecast
+from support.web_forecasts import pipeline, qqq_bars, synthetic_forecast
 
 NOW = pd.Timestamp("2025-06-10 15:00", tz="UTC")   # a regular Tuesday session in the QQQ file
 MINUTE = pd.Timedelta(minutes=1)

@@ -18,7 +18,7 @@ import pytest
 from forecast.metrics import session_vwap
 from live.hub import LiveHub
 from web.app import create_app
-from web_forecasts import ServerThread, pipeline, qqq_bars, synthetic_forecast
+from support.web_forecasts import ServerThread, pipeline, qqq_bars, synthetic_forecast
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from app.exits import ExitCode  # noqa: E402
-from real_weights import FILES, PINNED, cached_snapshots, hub_cache  # noqa: E402
+from support.real_weights import FILES, PINNED, cached_snapshots, hub_cache  # noqa: E402
 
 
 def fetch() -> str | None:

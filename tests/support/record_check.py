@@ -13,12 +13,13 @@ Rules, for a case of one or more origins:
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from real_weights import COLUMNS, MSE_COLUMNS, Origin, Run
+from support.real_weights import COLUMNS, MSE_COLUMNS, Origin, Run, logit_gap, ours
 
 REL_TOL = 1e-5
 MSE_TOL = 1e-6
@@ -205,3 +206,19 @@ def judge_bf16(label: str, origins: list[Origin], fp32: list[Run], bf16: list[Ru
                                  f"(allowed up to {BF16_MAX_FLIP_GAP})")
         notes.append(f"{label}: bf16 parts from float32 at a near tie: {text}")
     return Verdict(notes)
+
+
+def report(verdict) -> None:
+    """Each explained difference: printed, and a RecordNote warning in the test summary."""
+    for note in verdict.notes:
+        print(note)
+        warnings.warn(note, RecordNote)
+
+
+def bf16_verdict(samplers, label, origins):
+    """bfloat16 against float32 on the same origins; samplers(dtype) -> a loaded sampler."""
+    s32, s16 = samplers("float32"), samplers("bfloat16")
+    fp32 = [ours(s32, o, "float64") for o in origins]
+    bf16 = [ours(s16, o, "float64") for o in origins]
+    return judge_bf16(label, origins, fp32, bf16,
+                      lambda k, i, name, token: logit_gap(s32, origins[k], fp32[k], i, name, token))

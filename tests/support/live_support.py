@@ -12,7 +12,7 @@ from live.book import BarBook
 from live.hub import LiveHub
 from live.loop import ForecastLoop
 from live.outputs import Outputs, RedisPublisher
-from test_cli import synthetic_bars
+from support.bars import synthetic_bars
 
 
 def canonical_bars(sessions=("2025-06-02", "2025-06-03", "2025-06-04"), seed=0, price=500.0) -> pd.DataFrame:

@@ -31,7 +31,7 @@ import torch
 from kronos import KronosPathSampler
 from kronos.inputs import normalise
 from kronos.sampler import sample_tokens
-from kronos_checkpoints import time_features
+from support.kronos_checkpoints import time_features
 
 MODEL_REPO, MODEL_REVISION = "NeoQuasar/Kronos-small", "901c26c1332695a2a8f243eb2f37243a37bea320"
 TOKENIZER_REPO, TOKENIZER_REVISION = "NeoQuasar/Kronos-Tokenizer-base", "0e0117387f39004a9016484a186a908917e22426"
@@ -39,7 +39,7 @@ PINNED = ((MODEL_REPO, MODEL_REVISION), (TOKENIZER_REPO, TOKENIZER_REVISION))
 FILES = ("config.json", "model.safetensors")
 FETCH_COMMAND = "python tests/verify_install.py"
 
-DATA = Path(__file__).resolve().parent / "kronos_regression"
+DATA = Path(__file__).resolve().parents[1] / "kronos_regression"
 COLUMNS = ["open", "high", "low", "close", "volume", "amount"]
 MSE_COLUMNS = ["open", "high", "low", "close"]
 MAX_CONTEXT = 512
