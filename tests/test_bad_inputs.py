@@ -29,6 +29,7 @@ from app.operation import run_lock
 from forecast.runlog import OLDEST_HEADER, RUN_LOG_COLUMNS
 from support.kronos_checkpoints import write_checkpoint_pair
 from support.bars import KEYS, ROOT, synthetic_bars
+from support.log_lines import Lines
 
 ASOF = "2025-06-04T15:00:00Z"
 STAMP = "20250604T150000Z"
@@ -472,15 +473,6 @@ def argv_for(a: dict) -> list[str]:
     if "config" in a:
         argv += ["--config", str(a["config"])]
     return argv + list(a["args"])
-
-
-class Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

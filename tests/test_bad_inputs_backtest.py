@@ -23,6 +23,7 @@ from support import simulated
 from app.exits import ExitCode
 from evaluation.jobs import BACKTEST
 from forecast.owned import claim
+from support.log_lines import Lines
 
 MARKER = ".kronos-owned.json"  # what marks --out as the backtest's own
 REPORT = {"calibrator_random_walk.json", "per_origin.csv", "report.json", "results.jsonl", "run.json", MARKER}
@@ -203,15 +204,6 @@ def argv_for(a: dict) -> list[str]:
         if key in a:
             argv += [f"--{key.replace('_', '-')}", str(a[key])]
     return argv + a.get("universe", []) + list(a["args"])
-
-
-class Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -20,6 +20,7 @@ from app.exits import ExitCode
 from app.operation import run_lock
 from forecast.pipeline import ForecastPipeline
 from support.live_support import canonical_bars
+from support.log_lines import Lines
 
 NO_FOLDER = None   # the service stopped before its folder was made
 LOCK = ".serve.lock"
@@ -86,15 +87,6 @@ CASES = [
 @pytest.fixture(scope="module")
 def ckpt(checkpoint_pairs):
     return checkpoint_pairs("tiny", 0)  # read only: shared by the session (conftest.py)
-
-
-class Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 def no_model(self, *args, **kwargs):
