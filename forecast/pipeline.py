@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,8 +30,26 @@ from forecast.summary import build_summary
 from marketdata.prepare import PrepareInfo, prepare_bars
 from marketdata.quality import BarRules
 
-if TYPE_CHECKING:  # the application's config; the pipeline reads its fields only
+if TYPE_CHECKING:  # the forecast's settings; the pipeline reads their fields only
+    from forecast.online import OnlineCalibrator
     from forecast.settings import Config
+    from forecast.trust import Recent
+
+
+class PathSampler(Protocol):
+    """What the pipeline uses of the engine (kronos.KronosPathSampler; tests pass stand-ins): numpy in, paths out."""
+    model_revision: str | None
+    tokenizer_revision: str | None
+    device: Any                                   # a torch.device; only printed here
+    max_context: int
+    progress: Callable[[int, int], None] | None   # decode steps done / total of a sample_batch call
+
+    def sample_batch(self, values: np.ndarray, x_stamp: np.ndarray, y_stamp: np.ndarray, n_paths: int = 100,
+                     temperature: float = 1.0, top_k: int = 0, top_p: float = 0.9,
+                     seeds: Sequence[int | None] | None = None) -> np.ndarray: ...
+
+    def open_stream(self, values: np.ndarray, x_stamp: np.ndarray, y_stamp: np.ndarray, temperature: float = 1.0,
+                    top_k: int = 0, top_p: float = 0.9, seed: int | None = None) -> Any: ...
 
 log = logging.getLogger(__name__)
 PRICE_FIELDS = slice(0, 4)  # open, high, low, close of a path bar
@@ -93,21 +111,21 @@ def engine_inputs(bars: pd.DataFrame, times: pd.DatetimeIndex, time_label: str) 
 class ForecastPipeline:
     """Turns bars closed by now into a forecast, with a warm engine."""
 
-    def __init__(self, cfg: Config, sampler: Any = None, calibrator: Calibrator | None = None,
-                 loader: Callable[[Config], Any] | None = None) -> None:
+    def __init__(self, cfg: Config, sampler: PathSampler | None = None, calibrator: Calibrator | None = None,
+                 loader: Callable[[Config], PathSampler] | None = None) -> None:
         self.cfg = cfg
         self._sampler = sampler
         self._loader = loader or load_sampler  # a warm worker passes its kept engines' lookup
         self.calibrator = calibrator if calibrator is not None else self._load_calibrator(cfg.calibrator)
         # Set by the entry point that keeps them (the cron CLI, the live service): the online calibration state
         # (forecast.online) and the recent resolved outcomes trust.status is decided on (forecast.trust.Recent).
-        self.online: Any = None
-        self.recent: Any = None
+        self.online: OnlineCalibrator | None = None
+        self.recent: Recent | None = None
 
     # ------------------------------------------------------------------------------------------- the engine
 
     @property
-    def sampler(self) -> Any:
+    def sampler(self) -> PathSampler:
         if self._sampler is None:
             self.load()
         return self._sampler
@@ -353,7 +371,7 @@ def check_paths(paths: np.ndarray) -> np.ndarray:
     return paths
 
 
-def load_sampler(cfg: Config) -> Any:
+def load_sampler(cfg: Config) -> PathSampler:
     """The Kronos engine for the config; any failure to find or fit the weights is a ModelError."""
     import torch
 
