@@ -87,6 +87,16 @@ def tiny(tmp_path_factory):
     return write_checkpoint_pair(tmp_path_factory.mktemp("tiny"), "tiny", seed=3)
 
 
+@pytest.fixture(scope="session")
+def synthetic_bars_csv(tmp_path_factory):
+    """support.bars.synthetic_bars in a CSV (read only: shared by the session)."""
+    from support.bars import synthetic_bars
+
+    path = tmp_path_factory.mktemp("synthetic_bars") / "bars.csv"
+    synthetic_bars().to_csv(path, index=False)
+    return path
+
+
 @pytest.fixture(scope="module")
 def bars(tmp_path_factory):
     """Eight full sessions of the real QQQ file (2025-05-01 .. 2025-05-12), in a temporary file."""

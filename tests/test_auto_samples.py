@@ -17,7 +17,7 @@ from forecast.mc_error import proportion_interval
 from forecast.publish import preflight
 from kronos import KronosPathSampler
 from support.kronos_checkpoints import frame_inputs, make_bars
-from support.bars import TIMING_FREE, synthetic_bars
+from support.bars import TIMING_FREE
 
 ASOF = pd.Timestamp("2025-06-04T15:00:00Z")
 
@@ -27,16 +27,9 @@ def tiny(checkpoint_pairs):
     return checkpoint_pairs("tiny", 2)  # read only: shared by the session (conftest.py)
 
 
-@pytest.fixture(scope="module")
-def bars_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bars") / "bars.csv"
-    synthetic_bars().to_csv(path, index=False)
-    return path
-
-
-def forecast(tiny, bars_csv, out, **settings):
+def forecast(tiny, synthetic_bars_csv, out, **settings):
     model, tokenizer = tiny
-    cfg = load_config(None, {"source": "csv", "csv": str(bars_csv), "model": str(model), "tokenizer": str(tokenizer),
+    cfg = load_config(None, {"source": "csv", "csv": str(synthetic_bars_csv), "model": str(model), "tokenizer": str(tokenizer),
                              "device": "cpu", "out": str(out), "seed": 3, "lookback": 64, "horizon": 10,
                              "time_budget": float(TIMING_FREE[1]), **settings})
     preflight(cfg.out, cfg.symbol)  # as cli.main does before a run
@@ -54,8 +47,8 @@ def test_stream_draws_are_one_sample_call(tiny):
         stream.draw(1)
 
 
-def test_auto_run_equals_the_fixed_run_of_its_n(tiny, bars_csv, tmp_path):
-    auto = forecast(tiny, bars_csv, tmp_path / "auto", n_samples="auto", p_up_precision=0.01)
+def test_auto_run_equals_the_fixed_run_of_its_n(tiny, synthetic_bars_csv, tmp_path):
+    auto = forecast(tiny, synthetic_bars_csv, tmp_path / "auto", n_samples="auto", p_up_precision=0.01)
     block = auto.summary["sampling"]
     n = auto.summary["n_samples"]
     assert block["stopped"] == "precision" and len(block["chunks"]) >= 2 and sum(block["chunks"]) == n
@@ -65,7 +58,7 @@ def test_auto_run_equals_the_fixed_run_of_its_n(tiny, bars_csv, tmp_path):
     assert half(n) <= 0.01 < half(n - block["chunks"][-1])
     assert block["p_up_half_width"] == pytest.approx(half(n), abs=1e-6)
 
-    fixed = forecast(tiny, bars_csv, tmp_path / "fixed", n_samples=n)
+    fixed = forecast(tiny, synthetic_bars_csv, tmp_path / "fixed", n_samples=n)
     np.testing.assert_array_equal(auto.paths, fixed.paths)  # bit for bit
     assert auto.summary["summary"] == fixed.summary["summary"]
     assert fixed.summary["sampling"] == {"n_samples": n, "stopped": "fixed"}
@@ -73,8 +66,8 @@ def test_auto_run_equals_the_fixed_run_of_its_n(tiny, bars_csv, tmp_path):
         (tmp_path / "fixed" / "paths_QQQ_latest.csv").read_bytes()
 
 
-def test_auto_run_stops_at_max_samples(tiny, bars_csv, tmp_path):
-    fc = forecast(tiny, bars_csv, tmp_path, n_samples="auto", p_up_precision=0.001, max_samples=150)
+def test_auto_run_stops_at_max_samples(tiny, synthetic_bars_csv, tmp_path):
+    fc = forecast(tiny, synthetic_bars_csv, tmp_path, n_samples="auto", p_up_precision=0.001, max_samples=150)
     assert fc.summary["n_samples"] == 150 == len(fc.paths)
     assert fc.summary["sampling"]["stopped"] == "max_samples" and fc.summary["sampling"]["chunks"] == [20, 20, 40, 70]
     log = pd.read_csv(tmp_path / "runs_QQQ.csv")

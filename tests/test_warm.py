@@ -15,7 +15,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -34,13 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny(checkpoint_pairs):
     return checkpoint_pairs("tiny", 2)  # read only: shared by the session (conftest.py)
-
-
-@pytest.fixture(scope="module")
-def bars_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bars") / "bars.csv"
-    synthetic_bars().to_csv(path, index=False)
-    return path
 
 
 def worker_pids(directory: Path) -> dict[str, int]:
@@ -126,12 +118,12 @@ def comparable(out: Path) -> dict[str, object]:
 INSTANTS = ("2025-06-04T15:00:00Z", "2025-06-04T15:01:00Z", "2025-06-04T19:48:00Z", "2025-06-04T20:00:00Z")
 
 
-def test_warm_runs_equal_cold_runs(tiny, bars_csv, tmp_path, warm_dir, capsys):
+def test_warm_runs_equal_cold_runs(tiny, synthetic_bars_csv, tmp_path, warm_dir, capsys):
     for asof in INSTANTS:  # one seed: the seed is a setting that affects results, so part of the worker's key
         extra = ("--asof", asof, "--seed", "5")
-        assert cli.main(run_args(tiny, bars_csv, tmp_path / "cold", *extra)) == ExitCode.OK
+        assert cli.main(run_args(tiny, synthetic_bars_csv, tmp_path / "cold", *extra)) == ExitCode.OK
         cold_text = capsys.readouterr().out
-        assert cli.main(run_args(tiny, bars_csv, tmp_path / "warm", "--warm", *extra)) == ExitCode.OK
+        assert cli.main(run_args(tiny, synthetic_bars_csv, tmp_path / "warm", "--warm", *extra)) == ExitCode.OK
         assert capsys.readouterr().out == cold_text
     assert comparable(tmp_path / "warm") == comparable(tmp_path / "cold")
     # 4 runs' 6 files (summary, 4 paths CSVs, bands CSV), 3 latest copies, the run log, the online calibration state
@@ -139,21 +131,21 @@ def test_warm_runs_equal_cold_runs(tiny, bars_csv, tmp_path, warm_dir, capsys):
     assert len(warm._started) == 1 and len(worker_pids(warm_dir)) == 1  # one worker did every warm run
     # --json prints the same document (timings aside)
     extra = ("--asof", INSTANTS[0], "--seed", "5", "--json")
-    assert cli.main(run_args(tiny, bars_csv, tmp_path / "c2", *extra)) == 0
+    assert cli.main(run_args(tiny, synthetic_bars_csv, tmp_path / "c2", *extra)) == 0
     cold = json.loads(capsys.readouterr().out)
-    assert cli.main(run_args(tiny, bars_csv, tmp_path / "w2", "--warm", *extra)) == 0
+    assert cli.main(run_args(tiny, synthetic_bars_csv, tmp_path / "w2", "--warm", *extra)) == 0
     warm_doc = json.loads(capsys.readouterr().out)
     assert {k: v for k, v in warm_doc.items() if k != "timings_s"} == {k: v for k, v in cold.items() if k != "timings_s"}
 
 
-def test_private_socket_and_folder(tiny, bars_csv, tmp_path, warm_dir):
-    assert cli.main(run_args(tiny, bars_csv, tmp_path / "a", "--warm", "--asof", INSTANTS[0])) == 0
+def test_private_socket_and_folder(tiny, synthetic_bars_csv, tmp_path, warm_dir):
+    assert cli.main(run_args(tiny, synthetic_bars_csv, tmp_path / "a", "--warm", "--asof", INSTANTS[0])) == 0
     (sock,) = warm_dir.glob("*.sock")
     assert stat.S_IMODE(sock.stat().st_mode) == 0o600 and stat.S_IMODE(warm_dir.stat().st_mode) == 0o700
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in warm_dir.iterdir() if p.is_file())
 
 
-def test_failures_give_the_in_process_lines(tiny, bars_csv, tmp_path, warm_dir, caplog):
+def test_failures_give_the_in_process_lines(tiny, synthetic_bars_csv, tmp_path, warm_dir, caplog):
     """Settings the worker refuses (a check across keys), a model that is not there, a skip: same code, same
     line."""
     cases = [("--lookback", "600", "--model", "NeoQuasar/Kronos-small"),  # lookback + horizon > context
@@ -164,49 +156,49 @@ def test_failures_give_the_in_process_lines(tiny, bars_csv, tmp_path, warm_dir, 
         lines = []
         for mode in ((), ("--warm",)):
             caplog.clear()
-            code = cli.main(run_args(tiny, bars_csv, tmp_path / "o", *mode, *case))
+            code = cli.main(run_args(tiny, synthetic_bars_csv, tmp_path / "o", *mode, *case))
             lines.append((code, [r.getMessage() for r in caplog.records if r.levelno >= 30]))
         assert lines[0] == lines[1] and lines[0][0] != 0, case
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("pred_*"))
 
 
-def test_killed_worker_is_replaced(tiny, bars_csv, tmp_path, warm_dir, caplog):
+def test_killed_worker_is_replaced(tiny, synthetic_bars_csv, tmp_path, warm_dir, caplog):
     caplog.set_level("INFO")
-    assert cli.main(run_args(tiny, bars_csv, tmp_path / "w", "--warm", "--asof", INSTANTS[0], "-v", "--seed", "1")) == 0
+    assert cli.main(run_args(tiny, synthetic_bars_csv, tmp_path / "w", "--warm", "--asof", INSTANTS[0], "-v", "--seed", "1")) == 0
     (pid,) = worker_pids(warm_dir).values()
     os.kill(pid, signal.SIGKILL)
     assert wait_for(lambda: gone(pid))
     caplog.clear()
-    assert cli.main(run_args(tiny, bars_csv, tmp_path / "w", "--warm", "--asof", INSTANTS[1], "-v", "--seed", "1")) == 0
+    assert cli.main(run_args(tiny, synthetic_bars_csv, tmp_path / "w", "--warm", "--asof", INSTANTS[1], "-v", "--seed", "1")) == 0
     assert any("starting a warm worker" in r.getMessage() for r in caplog.records)
     (new,) = worker_pids(warm_dir).values()
     assert new != pid
-    assert cli.main(run_args(tiny, bars_csv, tmp_path / "c", "--asof", INSTANTS[1], "--seed", "1")) == 0
+    assert cli.main(run_args(tiny, synthetic_bars_csv, tmp_path / "c", "--asof", INSTANTS[1], "--seed", "1")) == 0
     assert comparable(tmp_path / "w")["paths_QQQ_latest.csv"] == comparable(tmp_path / "c")["paths_QQQ_latest.csv"]
 
 
-def test_hung_worker_times_out_and_the_run_forecasts_here(tiny, bars_csv, tmp_path, warm_dir, caplog,
+def test_hung_worker_times_out_and_the_run_forecasts_here(tiny, synthetic_bars_csv, tmp_path, warm_dir, caplog,
                                                            monkeypatch):
-    assert cli.main(run_args(tiny, bars_csv, tmp_path / "w", "--warm", "--asof", INSTANTS[0], "--seed", "1")) == 0
+    assert cli.main(run_args(tiny, synthetic_bars_csv, tmp_path / "w", "--warm", "--asof", INSTANTS[0], "--seed", "1")) == 0
     (pid,) = worker_pids(warm_dir).values()
     os.kill(pid, signal.SIGSTOP)  # it still accepts connections (the kernel's backlog) but never answers
     monkeypatch.setattr(warm, "ACK_TIMEOUT_S", 1.0)
     caplog.clear()
-    assert cli.main(run_args(tiny, bars_csv, tmp_path / "w", "--warm", "--asof", INSTANTS[1], "--seed", "1")) == 0
+    assert cli.main(run_args(tiny, synthetic_bars_csv, tmp_path / "w", "--warm", "--asof", INSTANTS[1], "--seed", "1")) == 0
     lines = [r.getMessage() for r in caplog.records if r.levelno >= 30]
     assert lines == [f"warm worker unusable: the worker (pid {pid}) did not take the job (no answer in time); "
                      "forecasting in this process"]
     assert wait_for(lambda: gone(pid))  # the hung worker was ended, so the next run does not wait for it again
-    assert cli.main(run_args(tiny, bars_csv, tmp_path / "c", "--asof", INSTANTS[1], "--seed", "1")) == 0
+    assert cli.main(run_args(tiny, synthetic_bars_csv, tmp_path / "c", "--asof", INSTANTS[1], "--seed", "1")) == 0
     assert comparable(tmp_path / "w")["paths_QQQ_latest.csv"] == comparable(tmp_path / "c")["paths_QQQ_latest.csv"]
 
 
-def test_other_settings_get_their_own_worker_and_another_version_falls_back(tiny, bars_csv, tmp_path, warm_dir,
+def test_other_settings_get_their_own_worker_and_another_version_falls_back(tiny, synthetic_bars_csv, tmp_path, warm_dir,
                                                                              caplog, monkeypatch):
-    assert cli.main(run_args(tiny, bars_csv, tmp_path / "a", "--warm", "--asof", INSTANTS[0], "--seed", "1")) == 0
-    assert cli.main(run_args(tiny, bars_csv, tmp_path / "b", "--warm", "--asof", INSTANTS[0], "--seed", "2")) == 0
+    assert cli.main(run_args(tiny, synthetic_bars_csv, tmp_path / "a", "--warm", "--asof", INSTANTS[0], "--seed", "1")) == 0
+    assert cli.main(run_args(tiny, synthetic_bars_csv, tmp_path / "b", "--warm", "--asof", INSTANTS[0], "--seed", "2")) == 0
     # settings that do not change results share the worker
-    assert cli.main(run_args(tiny, bars_csv, tmp_path / "c", "--warm", "--asof", INSTANTS[0], "--seed", "2",
+    assert cli.main(run_args(tiny, synthetic_bars_csv, tmp_path / "c", "--warm", "--asof", INSTANTS[0], "--seed", "2",
                              "--plot")) == 0
     pids = worker_pids(warm_dir)
     assert len(pids) == 2 and len(set(pids.values())) == 2
@@ -216,7 +208,7 @@ def test_other_settings_get_their_own_worker_and_another_version_falls_back(tiny
     old = dict(pids)
     monkeypatch.setattr(warm, "code_version", lambda: "another-version")
     caplog.clear()
-    assert cli.main(run_args(tiny, bars_csv, tmp_path / "a", "--warm", "--asof", INSTANTS[1], "--seed", "1")) == 0
+    assert cli.main(run_args(tiny, synthetic_bars_csv, tmp_path / "a", "--warm", "--asof", INSTANTS[1], "--seed", "1")) == 0
     (line,) = [r.getMessage() for r in caplog.records if r.levelno >= 30]
     assert "refused the job: it runs another version of the code" in line and line.endswith("in this process")
     assert wait_for(lambda: len(worker_pids(warm_dir)) == 1)  # the refusing worker exited, the other one stays
@@ -225,9 +217,9 @@ def test_other_settings_get_their_own_worker_and_another_version_falls_back(tiny
 
 
 @pytest.mark.parametrize("problem", ["loose socket", "foreign socket", "loose folder"])
-def test_a_socket_or_folder_that_is_not_private_is_refused(problem, tiny, bars_csv, tmp_path, warm_dir, caplog,
+def test_a_socket_or_folder_that_is_not_private_is_refused(problem, tiny, synthetic_bars_csv, tmp_path, warm_dir, caplog,
                                                            monkeypatch):
-    args = run_args(tiny, bars_csv, tmp_path / "w", "--warm", "--asof", INSTANTS[0])
+    args = run_args(tiny, synthetic_bars_csv, tmp_path / "w", "--warm", "--asof", INSTANTS[0])
     assert cli.main(args) == 0
     (sock,) = warm_dir.glob("*.sock")
     if problem == "loose socket":
@@ -246,16 +238,16 @@ def test_a_socket_or_folder_that_is_not_private_is_refused(problem, tiny, bars_c
         expected = f"the runtime folder {warm_dir} is open to others (mode 0755, must be 0700)"
     caplog.clear()
     before = sock.stat()
-    assert cli.main(run_args(tiny, bars_csv, tmp_path / "w", "--warm", "--asof", INSTANTS[1])) == 0
+    assert cli.main(run_args(tiny, synthetic_bars_csv, tmp_path / "w", "--warm", "--asof", INSTANTS[1])) == 0
     lines = [r.getMessage() for r in caplog.records if r.levelno >= 30]
     assert len(lines) == 1 and expected in lines[0] and lines[0].endswith("forecasting in this process"), lines
     assert sock.stat().st_ino == before.st_ino  # not ours to replace
     assert json.loads((tmp_path / "w" / "pred_summary_QQQ_latest.json").read_text())["asof"] == INSTANTS[1]
 
 
-def test_idle_worker_exits_by_itself(tiny, bars_csv, tmp_path, warm_dir):
+def test_idle_worker_exits_by_itself(tiny, synthetic_bars_csv, tmp_path, warm_dir):
     # 0.02 minutes: the worker ends about a second after its last forecast, and removes its socket
-    assert cli.main(run_args(tiny, bars_csv, tmp_path / "w", "--warm", "--warm-idle", "0.02",
+    assert cli.main(run_args(tiny, synthetic_bars_csv, tmp_path / "w", "--warm", "--warm-idle", "0.02",
                              "--asof", INSTANTS[0])) == 0
     (pid,) = worker_pids(warm_dir).values()
     assert wait_for(lambda: gone(pid), 30)
@@ -352,8 +344,8 @@ def test_two_cron_runs_at_once_one_runs_one_exits_6(tiny, tmp_path, warm_dir, al
     assert stamp.sub("", held.stderr) == stamp.sub("", cold.stderr)  # the same line, timestamps aside
 
 
-def test_the_client_imports_nothing_heavy(tiny, bars_csv, tmp_path, warm_dir):
-    args = run_args(tiny, bars_csv, tmp_path / "w", "--warm", "--asof", INSTANTS[0])
+def test_the_client_imports_nothing_heavy(tiny, synthetic_bars_csv, tmp_path, warm_dir):
+    args = run_args(tiny, synthetic_bars_csv, tmp_path / "w", "--warm", "--asof", INSTANTS[0])
     assert cli.main(args) == 0  # the worker is up
     probe = ("import json, sys; import cli_kronos_prob_qqq as c; code = c.main(sys.argv[1:]); "
              "heavy = [m for m in ('torch', 'pandas', 'numpy', 'exchange_calendars', 'alpaca') if m in sys.modules]; "
